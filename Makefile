@@ -1,0 +1,59 @@
+# streamtoken: `make run` starts the whole local stack, `make test` runs every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --inexact --quiet
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## create .venv and install the locked dependencies
+
+.PHONY: run
+run: install ## run the whole local stack (embedded broker, issuer, resolver, notifier) with demo data
+	$(VENV)/bin/streamtoken dev --demo
+
+.PHONY: test
+test: install ## run every test: unit, integration (broker, SQLite, PostgreSQL) and end-to-end
+	$(PY) -m pytest tests
+
+.PHONY: test-fast
+test-fast: install ## the unit tests only (no network, seconds)
+	$(PY) -m pytest
+
+.PHONY: lint
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: format
+format: install ## format the code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: bench
+bench: install ## run the benchmark scripts (figures go to docs/benchmarks.md by hand)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+.PHONY: lock
+lock: $(UV) ## re-resolve uv.lock after changing pyproject.toml
+	$(UV) lock
+
+.PHONY: clean
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .streamtoken

@@ -1,0 +1,1 @@
+"""The ``streamtoken`` command-line program."""

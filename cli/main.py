@@ -1,0 +1,30 @@
+"""``streamtoken``: one program for the services, the local stack, management and the deployment agent.
+
+Each part registers its own commands (``cli/<part>.py``); heavy imports happen inside the commands so
+``streamtoken --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli import agent, broker, dev, issuer, notifier, resolver
+
+app = typer.Typer(
+    name="streamtoken",
+    help="Streaming tokens on Kafka: issuer, resolver, notifier, the local stack and the deployment agent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for part in (broker, dev, issuer, resolver, notifier, agent):
+    part.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+CREATE DATABASE issuer OWNER streamtoken;
+CREATE DATABASE notifier OWNER streamtoken;

@@ -1,0 +1,81 @@
+"""Environment-id and topic-id rules.
+
+An environment id is ``{org}-{project}-{environment}``; a topic id is ``{environment_id}-{name}``. Kafka
+limits a topic name to 249 characters of ``[a-zA-Z0-9._-]``, so each slug part is bounded and the room left
+for topic names is known in advance.
+"""
+
+from __future__ import annotations
+
+import re
+
+SLUG_MAX = 32
+ENVIRONMENT_ID_MAX = 3 * SLUG_MAX + 2
+KAFKA_TOPIC_MAX = 249
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+_ENVIRONMENT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+_KAFKA_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+
+class InvalidIdentifier(ValueError):
+    """An org, project, environment, environment id or topic name breaks the rules; the message says how."""
+
+
+def validate_slug(kind: str, value: str) -> str:
+    if not _SLUG.match(value) or "--" in value:
+        raise InvalidIdentifier(
+            f"{kind} {value!r} is not a valid slug: use 1-{SLUG_MAX} lowercase letters, digits and single "
+            "hyphens, starting and ending with a letter or digit"
+        )
+    return value
+
+
+def environment_id(org: str, project: str, environment: str) -> str:
+    """The environment id ``{org}-{project}-{environment}``, after validating each part."""
+    return "-".join(
+        (
+            validate_slug("org", org),
+            validate_slug("project", project),
+            validate_slug("environment", environment),
+        )
+    )
+
+
+def validate_environment_id(value: str) -> str:
+    if len(value) > ENVIRONMENT_ID_MAX or not _ENVIRONMENT_ID.match(value):
+        raise InvalidIdentifier(
+            f"environment id {value[:80]!r} is not valid: expected '{{org}}-{{project}}-{{environment}}' of "
+            f"lowercase letters, digits and hyphens, at most {ENVIRONMENT_ID_MAX} characters"
+        )
+    return value
+
+
+def validate_topic_name(name: str) -> str:
+    if not name or name in {".", ".."} or not _KAFKA_TOPIC.match(name):
+        raise InvalidIdentifier(
+            f"topic name {name[:80]!r} is not a legal Kafka topic name: use letters, digits, '.', '_' and '-'"
+        )
+    return name
+
+
+def topic_id(environment_id: str, name: str) -> str:
+    """The Kafka topic id of topic ``name`` in an environment.
+
+    A name that already carries the environment prefix is accepted as the id itself, as the Quix Portal
+    API does. Raises :class:`InvalidIdentifier` for an illegal name or an id over Kafka's 249 characters.
+    """
+    validate_topic_name(name)
+    prefix = f"{environment_id}-"
+    full = name if name.startswith(prefix) and len(name) > len(prefix) else prefix + name
+    if len(full) > KAFKA_TOPIC_MAX:
+        raise InvalidIdentifier(
+            f"topic id for {name[:40]!r} would be {len(full)} characters; Kafka allows at most "
+            f"{KAFKA_TOPIC_MAX}, so the name may have at most {KAFKA_TOPIC_MAX - len(prefix)}"
+        )
+    return full
+
+
+def short_name(environment_id: str, topic: str) -> str:
+    """The short name of a topic id of this environment (the id itself if it lacks the prefix)."""
+    prefix = f"{environment_id}-"
+    return topic[len(prefix) :] if topic.startswith(prefix) else topic

@@ -1,0 +1,77 @@
+"""Structured logging: one JSON object a line, saying what happened to which environment.
+
+A last-line-of-defence processor replaces anything shaped like a streaming token with a redaction, so a
+token that slips into an exception message or a field never reaches the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+TOKEN_PATTERN = re.compile(r"stk_[0-9A-Za-z]{20,}")
+REDACTED = "stk_[REDACTED]"
+
+
+def scrub(text: str) -> str:
+    return TOKEN_PATTERN.sub(REDACTED, text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_value(v) for v in value)
+    return value
+
+
+def redact_tokens(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: _scrub_value(v) for k, v in event_dict.items()}
+
+
+class _ScrubFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):  # structlog's own records are dicts, scrubbed by redact_tokens
+            record.msg = scrub(record.getMessage())
+            record.args = None
+        return True
+
+
+def configure_logging(service: str, level: str = "INFO", json: bool = True) -> None:
+    """Route structlog and the standard library through one JSON renderer on stderr."""
+    shared_processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_tokens,
+    ]
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared_processors,
+        )
+    )
+    handler.addFilter(_ScrubFilter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    structlog.contextvars.bind_contextvars(service=service)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

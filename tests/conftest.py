@@ -1,0 +1,200 @@
+"""Fixtures every suite shares: the broker, databases, loopback HTTP servers and unique names.
+
+The broker is, in order: ``$STREAMTOKEN_TEST_KAFKA_BOOTSTRAP`` (an external cluster), testcontainers'
+Kafka when a Docker engine answers, else the embedded Tansu broker started for the session.
+PostgreSQL is 127.0.0.1:5432: each test gets a database of its own; when the server is unreachable the
+tests skip, except in CI (``CI=true``) or with ``STREAMTOKEN_REQUIRE_POSTGRES=1``, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.broker import EmbeddedBroker, free_port
+from shared.kafka import KafkaSettings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "STREAMTOKEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _postgres_required() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"} or bool(
+        os.environ.get("STREAMTOKEN_REQUIRE_POSTGRES")
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if f"{os.sep}integration{os.sep}" in path:
+            item.add_marker(pytest.mark.integration)
+        if f"{os.sep}e2e{os.sep}" in path:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _unique(request: pytest.FixtureRequest, prefix: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    return f"{prefix}-{slug}-{uuid.uuid4().hex[:8]}"
+
+
+# --- Kafka -----------------------------------------------------------------------------------------------
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of the session's real Kafka-protocol broker."""
+    external = os.environ.get("STREAMTOKEN_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    if _docker_reachable():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(port=free_port(), log_path=log) as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name no other test uses."""
+    return _unique(request, "t")
+
+
+@pytest.fixture
+def topic_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Make topic names no other test uses: ``topic_factory("events")``."""
+    return lambda base="t": _unique(request, base)
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str, topic_name: str) -> KafkaSettings:
+    """Kafka settings on the session broker with a ``streaming-tokens`` topic of this test's own."""
+    return KafkaSettings(bootstrap_servers=kafka_bootstrap, topic=topic_name, topic_partitions=3)
+
+
+@pytest.fixture
+def embedded_broker_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedBroker]]:
+    """Start dedicated embedded brokers (to stop and restart in outage tests); all stopped at teardown."""
+    started: list[EmbeddedBroker] = []
+
+    def start(port: int | None = None) -> EmbeddedBroker:
+        broker = EmbeddedBroker(port=port or free_port(), log_path=tmp_path / f"tansu-{len(started)}.log")
+        started.append(broker.start())
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+# --- Databases -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'streamtoken.db'}"
+
+
+def _sqlalchemy_url(libpq_url: str) -> str:
+    return libpq_url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (SQLAlchemy URL, psycopg 3), dropped afterwards."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {exc}".strip()
+        if _postgres_required():
+            pytest.fail(message + " (required in CI: start it with pg_ctlcluster)")
+        pytest.skip(message)
+    name = "st_" + uuid.uuid4().hex[:12]
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        yield _sqlalchemy_url(f"{base}/{name}")
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test that takes this runs on SQLite and on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+# --- Loopback HTTP servers -------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_server(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[..., str]]:
+    """``url = serve_app(app)``: the app runs on loopback until the test ends."""
+    stack: list[Any] = []
+
+    def start(app: Any, port: int | None = None) -> str:
+        cm = running_server(app, port)
+        url = cm.__enter__()
+        stack.append(cm)
+        return url
+
+    yield start
+    for cm in reversed(stack):
+        with suppress(Exception):
+            cm.__exit__(None, None, None)
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -1,0 +1,55 @@
+import json
+import logging
+
+import pytest
+from pydantic import SecretStr
+
+from shared.kafka import KafkaSettings
+from shared.logs import configure_logging, get_logger, scrub
+from shared.tokens import generate_token
+
+
+def test_librdkafka_dict_from_settings() -> None:
+    settings = KafkaSettings(
+        bootstrap_servers="k1:9092,k2:9092",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc",
+        sasl_password=SecretStr("s3cret"),
+    )
+    assert settings.librdkafka() == {
+        "bootstrap.servers": "k1:9092,k2:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "s3cret",
+    }
+    assert "s3cret" not in repr(settings)
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS", "broker:29092")
+    monkeypatch.setenv("STREAMTOKEN_KAFKA_TOPIC", "tokens-x")
+    settings = KafkaSettings()
+    assert settings.bootstrap_servers == "broker:29092"
+    assert settings.topic == "tokens-x"
+
+
+def test_scrub_removes_tokens_from_text() -> None:
+    token = generate_token()
+    assert token not in scrub(f"bad token {token} seen")
+    assert "stk_[REDACTED]" in scrub(token)
+
+
+def test_log_lines_are_json_and_never_carry_a_token(capsys: pytest.CaptureFixture[str]) -> None:
+    token = generate_token()
+    configure_logging("test")
+    try:
+        get_logger("t").info("rotated", environment_id="a-b-c", oops=token, nested={"t": [token]})
+        logging.getLogger("stdlib").warning("stdlib saw %s", token)
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert [line["event"] for line in lines] == ["rotated", f"stdlib saw {scrub(token)}"]
+    assert lines[0]["environment_id"] == "a-b-c"
+    assert all(token not in json.dumps(line) for line in lines)
