@@ -56,6 +56,7 @@ class IssuerStandIn:
         self.token_1 = Slot()
         self.token_2 = Slot()
         self.reads = 0
+        self.created: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def rotate(self) -> None:
@@ -76,6 +77,25 @@ class IssuerStandIn:
 
     def app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.post("/v1/environments")
+        async def create(request: Request) -> JSONResponse:
+            if _bearer(request) != self.pat:
+                return _error(401, "unauthorized", "invalid or missing personal access token")
+            body = await request.json()
+            env_id = f"{body['org']}-{body['project']}-{body['name']}"
+            if env_id in self.created:
+                return _error(409, "conflict", f"environment {env_id!r} already exists")
+            self.created[env_id] = {**body, "id": env_id, "generation": 1}
+            return JSONResponse(self.created[env_id], status_code=201)
+
+        @app.get("/v1/environments/{env_id}")
+        async def show(env_id: str, request: Request) -> JSONResponse:
+            if _bearer(request) != self.pat:
+                return _error(401, "unauthorized", "invalid or missing personal access token")
+            if env_id not in self.created:
+                return _error(404, "not_found", f"environment {env_id} does not exist")
+            return JSONResponse(self.created[env_id])
 
         @app.get("/v1/environments/{env_id}/streaming-tokens")
         async def tokens(env_id: str, request: Request) -> JSONResponse:
