@@ -141,6 +141,7 @@ def run(
 ) -> None:
     """Run CMD under the deployment agent."""
     import asyncio
+    import logging
     import os
     import socket
 
@@ -190,6 +191,7 @@ def run(
 
     settings = RuntimeSettings()
     configure_logging("agent", settings.log_level, settings.log_json)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     config = AgentConfig(
         command=list(command),
         portal_url=portal_url,
