@@ -192,6 +192,11 @@ def run(
     settings = RuntimeSettings()
     configure_logging("agent", settings.log_level, settings.log_json)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if chosen_action == RELOAD and environment and slot == 1 and token_file_out is None:
+        logging.getLogger("streamtoken.agent").warning(
+            "action reload with Token 1: after a rotation the token the child holds is refused; "
+            "the zero-downtime strategy runs on Token 2 (--slot 2)"
+        )
     config = AgentConfig(
         command=list(command),
         portal_url=portal_url,
