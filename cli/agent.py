@@ -147,7 +147,7 @@ def run(
 
     from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
     from services.agent.domain import RELOAD, RESTART, Policy
-    from services.agent.runtime import AgentConfig, AgentRuntime
+    from services.agent.runtime import AgentConfig, AgentRuntime, ListenError
     from shared.ids import InvalidIdentifier, validate_environment_id
     from shared.logs import configure_logging
     from shared.settings import RuntimeSettings
@@ -215,11 +215,11 @@ def run(
             start_retries=start_retries,
         ),
     )
+    runtime = AgentRuntime(config, source)
     try:
-        runtime = AgentRuntime(config, source)
         status = asyncio.run(runtime.run())
-    except OSError as exc:
-        raise _fail(f"cannot listen for webhooks on 127.0.0.1:{listen_port}: {exc.strerror}", 1) from None
+    except ListenError as exc:
+        raise _fail(str(exc), 1) from None
     if runtime.error:
         raise _fail(runtime.error, status)
     raise typer.Exit(status)

@@ -56,6 +56,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORWARDED_SIGNALS = (signal.SIGHUP,)
 
 
+class ListenError(Exception):
+    """The webhook listener could not be opened; the message is one sentence."""
+
+
 @dataclass
 class AgentConfig:
     """Everything ``streamtoken run`` was given, resolved."""
@@ -108,7 +112,13 @@ class AgentRuntime:
         try:
             if self.config.notifier_url:
                 self._notifier = NotifierClient(self.config.notifier_url, self._http)
-                sock = bind(self.config.listen_port, self.config.listen_host)
+                try:
+                    sock = bind(self.config.listen_port, self.config.listen_host)
+                except OSError as exc:
+                    raise ListenError(
+                        f"cannot listen for webhooks on {self.config.listen_host}:{self.config.listen_port}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
                 port = sock.getsockname()[1]
                 self.webhook_url = f"http://{self.config.listen_host}:{port}{WEBHOOK_PATH}"
                 app = build_listener(self.events.put_nowait, self._secret, self._environment_id)
@@ -220,9 +230,14 @@ class AgentRuntime:
 
     def _reload_child(self, credential: Credential) -> None:
         self.credential = credential
-        if self.config.token_file_out is not None:
-            write_atomically(self.config.token_file_out, credential.token + "\n")
-            log.info("token_file_rewritten", path=str(self.config.token_file_out), **credential.describe())
+        path = self.config.token_file_out
+        if path is not None:
+            try:
+                write_atomically(path, credential.token + "\n")
+            except OSError as exc:
+                log.error("token_file_not_written", path=str(path), error=exc.strerror or type(exc).__name__)
+            else:
+                log.info("token_file_rewritten", path=str(path), **credential.describe())
         if self.config.reload_signal is not None and self.child is not None:
             self.child.signal(self.config.reload_signal)
             log.info("child_signalled", signal=signal.Signals(self.config.reload_signal).name)
