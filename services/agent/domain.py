@@ -369,9 +369,14 @@ class AgentMachine:
         if self.phase is Phase.STOPPING:
             return [Log("child_stopped", "info", fields), *self._exit(status)]
         if self.phase is Phase.RESTARTING:
-            assert self.credential is not None
-            self.phase = Phase.RUNNING
             self.crashes = 0
+            if self.fetching:
+                # A newer rotation arrived while the child stopped: start it once that token is here.
+                self.phase = Phase.BACKING_OFF
+                self.restart_due = True
+                return [Log("child_stopped", "info", fields)]
+            self.phase = Phase.RUNNING
+            assert self.credential is not None
             return [
                 Log("child_stopped", "info", fields),
                 StartChild(self.credential),

@@ -256,3 +256,14 @@ def test_webhooks_before_the_first_token_are_ignored() -> None:
 def test_credential_repr_hides_the_token() -> None:
     assert "stk_old" not in repr(OLD)
     assert "stk_old" not in str(OLD.describe())
+
+
+def test_rotation_arriving_while_the_child_stops_is_waited_for_before_starting() -> None:
+    machine = running()
+    machine.handle(rotated(2))
+    assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(rotated(3))) == [FetchToken()]
+    assert acts(machine.handle(ChildExited(0, 1.0))) == []  # not on NEW: generation 3 is being fetched
+    assert acts(machine.handle(TokenObtained(NEWER))) == [StartChild(NEWER), Acknowledge(3, NEWER)]
+    assert machine.phase is Phase.RUNNING
+    assert machine.applied_generation == 3
