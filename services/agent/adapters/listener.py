@@ -7,33 +7,38 @@ outcome from the agent's explicit acknowledgement (``POST /v1/subscriptions/{id}
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from standardwebhooks import Webhook, WebhookVerificationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from services.agent.domain import RELOAD, RESTART, REVOKED, ROTATED, WebhookReceived
-from shared.web import error_body
 
 WEBHOOK_PATH = "/webhook"
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    # The shape of shared.web.error_body, without importing FastAPI into every agent (start time, memory).
+    return {"error": code, "message": message}
 
 
 def build_listener(
     on_webhook: Callable[[WebhookReceived], None],
     secret: Callable[[], str | None],
     environment_id: Callable[[], str | None],
-) -> FastAPI:
-    app = FastAPI(title="streamtoken agent webhook listener", openapi_url=None, docs_url=None, redoc_url=None)
+) -> Starlette:
+    """A bare Starlette app: ``POST /webhook`` and ``GET /health/live``."""
 
-    @app.get("/health/live")
-    async def live() -> dict[str, str]:
-        return {"status": "live"}
+    async def live(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "live"})
 
-    @app.post(WEBHOOK_PATH)
     async def webhook(request: Request) -> JSONResponse:
         current = secret()
         if current is None:
@@ -42,10 +47,17 @@ def build_listener(
             )
         body = await request.body()
         try:
-            payload: Any = Webhook(current).verify(body, dict(request.headers))
+            # ValueError: a malformed signature header or a body that is not UTF-8.
+            Webhook(current).verify(body, dict(request.headers), json_parse=False)
         except (WebhookVerificationError, ValueError):
             return JSONResponse(
                 error_body("invalid_signature", "the webhook signature does not verify"), status_code=401
+            )
+        try:
+            payload: Any = json.loads(body)
+        except ValueError:
+            return JSONResponse(
+                error_body("invalid_webhook", "the webhook body is not JSON"), status_code=400
             )
         event = _event_from(request.headers.get("webhook-id", ""), payload, environment_id())
         if isinstance(event, str):
@@ -54,7 +66,9 @@ def build_listener(
             on_webhook(event)
         return JSONResponse({"status": "accepted"}, status_code=202)
 
-    return app
+    return Starlette(
+        routes=[Route("/health/live", live, methods=["GET"]), Route(WEBHOOK_PATH, webhook, methods=["POST"])]
+    )
 
 
 def _event_from(webhook_id: str, payload: Any, environment_id: str | None) -> WebhookReceived | str | None:
@@ -97,6 +111,6 @@ def bind(port: int = 0, host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-def make_server(app: FastAPI) -> uvicorn.Server:
+def make_server(app: Starlette) -> uvicorn.Server:
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", log_level="warning")
     return _Server(config)
