@@ -136,7 +136,7 @@ class AgentRuntime:
                 loop.remove_signal_handler(signum)
             if self.child is not None and self.child.running():
                 self.child.kill()
-            for task in self._tasks:
+            for task in list(self._tasks):
                 task.cancel()
             if server is not None and server_task is not None:
                 server.should_exit = True
