@@ -86,7 +86,9 @@ def main() -> int:
                 producer.flush(10)
                 print(f"f1_producer: {produced} messages produced to {topic.name}", flush=True)
             time.sleep(args.interval)
-    print(f"f1_producer: stopped after {produced} messages (flushed)", flush=True)
+    print(
+        f"f1_producer: stopped after {produced} message{'' if produced == 1 else 's'} (flushed)", flush=True
+    )
     return 0
 
 
