@@ -1,9 +1,225 @@
-"""`streamtoken` commands of the agent (filled in by its issue)."""
+"""``streamtoken run [options] -- CMD ...``: run a deployment under the agent."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from services.agent.adapters.tokens import TokenSource
+
+RUN_HELP = """Run CMD with a streaming token, and restart or reload it when the token is rotated.
+
+The token comes from the issuer (--environment with --pat), a variable (--token-env) or a file
+(--token-file). The child gets Quix__Sdk__Token (or --inject-as VAR) and Quix__Portal__Api. The agent
+subscribes to the notifier with its own webhook listener on 127.0.0.1 and, on a verified webhook, restarts
+the child with the new Token 1 (action restart) or tells it without restarting (action reload:
+--reload-signal / --token-file-out).
+"""
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to ``app``."""
+    app.command(
+        "run",
+        help=RUN_HELP,
+        context_settings={"allow_interspersed_args": False},
+        no_args_is_help=True,
+    )(run)
+
+
+def _fail(message: str, status: int = 2) -> typer.Exit:
+    typer.echo(f"streamtoken run: error: {message}", err=True)
+    return typer.Exit(status)
+
+
+def _signal_number(name: str) -> int | None:
+    if name.lower() in {"", "none"}:
+        return None
+    upper = name.upper()
+    if upper.isdigit():
+        return int(upper)
+    try:
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
+    except KeyError:
+        raise _fail(f"--reload-signal {name!r} is not a signal name (e.g. SIGHUP, SIGUSR1, none)") from None
+
+
+def run(
+    command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...", help="the command to run"),
+    issuer_url: str = typer.Option(
+        "http://127.0.0.1:8001", "--issuer-url", envvar="STREAMTOKEN_ISSUER_URL", help="the issuer's base URL"
+    ),
+    pat: str | None = typer.Option(
+        None,
+        "--pat",
+        envvar="STREAMTOKEN_PAT",
+        help="personal access token for the issuer",
+        show_default=False,
+    ),
+    environment: str | None = typer.Option(
+        None,
+        "--environment",
+        envvar="STREAMTOKEN_ENVIRONMENT",
+        help="environment id, e.g. acme-telemetry-dev",
+    ),
+    slot: int = typer.Option(1, "--slot", min=1, max=2, help="which token to use: 1 (current) or 2 (next)"),
+    token_env: str | None = typer.Option(
+        None, "--token-env", metavar="VAR", help="take the token from this variable instead of the issuer"
+    ),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", metavar="PATH", help="take the token from this file (read again on restart)"
+    ),
+    portal_url: str = typer.Option(
+        "http://127.0.0.1:8002",
+        "--portal-url",
+        envvar="STREAMTOKEN_RESOLVER_URL",
+        help="the resolver's URL, given to the child as Quix__Portal__Api",
+    ),
+    inject_as: str | None = typer.Option(
+        None,
+        "--inject-as",
+        metavar="VAR",
+        help="put the token in VAR instead of Quix__Sdk__Token (zero-downtime strategy; "
+        "implies --action reload)",
+    ),
+    notifier_url: str = typer.Option(
+        "http://127.0.0.1:8003",
+        "--notifier-url",
+        envvar="STREAMTOKEN_NOTIFIER_URL",
+        help="the notifier's URL",
+    ),
+    subscribe: bool = typer.Option(
+        True, "--subscribe/--no-subscribe", help="subscribe to the notifier (off: just run with the token)"
+    ),
+    deployment_id: str | None = typer.Option(
+        None,
+        "--deployment-id",
+        envvar="STREAMTOKEN_DEPLOYMENT_ID",
+        help="name of this deployment at the notifier [default: HOSTNAME-PID]",
+        show_default=False,
+    ),
+    action: str | None = typer.Option(
+        None,
+        "--action",
+        help="what a rotation means for this deployment: restart or reload "
+        "[default: reload with --inject-as, else restart]",
+        show_default=False,
+    ),
+    reload_signal: str | None = typer.Option(
+        None,
+        "--reload-signal",
+        metavar="SIGNAL",
+        help="signal sent to the child on reload, or 'none' "
+        "[default: SIGHUP unless --token-file-out is given]",
+        show_default=False,
+    ),
+    token_file_out: Path | None = typer.Option(
+        None,
+        "--token-file-out",
+        metavar="PATH",
+        help="write the token to PATH (0600) before starting the child and rewrite it atomically on reload",
+    ),
+    listen_port: int = typer.Option(
+        0, "--listen-port", min=0, max=65535, help="port of the webhook listener on 127.0.0.1 (0: a free one)"
+    ),
+    stop_timeout: float = typer.Option(
+        10.0, "--stop-timeout", min=0.0, help="seconds between SIGTERM and SIGKILL when stopping the child"
+    ),
+    restart: str = typer.Option(
+        "on-failure", "--restart", help="restart the child when it exits: always, on-failure or never"
+    ),
+    backoff_initial: float = typer.Option(
+        0.5, "--backoff-initial", min=0.0, help="first delay before restarting a crashed child (doubles)"
+    ),
+    backoff_max: float = typer.Option(30.0, "--backoff-max", min=0.0, help="the longest such delay"),
+    start_retries: int = typer.Option(
+        5, "--start-retries", min=0, help="retries when the token cannot be obtained at start (back-off)"
+    ),
+) -> None:
+    """Run CMD under the deployment agent."""
+    import asyncio
+    import logging
+    import os
+    import socket
+
+    from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
+    from services.agent.domain import RELOAD, RESTART, Policy
+    from services.agent.runtime import AgentConfig, AgentRuntime, ListenError
+    from shared.ids import InvalidIdentifier, validate_environment_id
+    from shared.logs import configure_logging
+    from shared.settings import RuntimeSettings
+
+    if not command:
+        raise _fail("no command given: streamtoken run [options] -- CMD ...")
+    chosen = [
+        name
+        for name, value in (
+            ("--environment", environment),
+            ("--token-env", token_env),
+            ("--token-file", token_file),
+        )
+        if value
+    ]
+    if len(chosen) != 1:
+        raise _fail("give exactly one token source: --environment (with --pat), --token-env or --token-file")
+    source: TokenSource
+    if environment:
+        try:
+            validate_environment_id(environment)
+        except InvalidIdentifier as exc:
+            raise _fail(str(exc)) from None
+        if not pat:
+            raise _fail("--environment needs a PAT: --pat or STREAMTOKEN_PAT")
+        source = IssuerTokenSource(issuer_url, pat, environment, slot)
+    elif token_env:
+        source = VariableTokenSource(token_env)
+    else:
+        assert token_file is not None
+        source = FileTokenSource(token_file)
+    chosen_action = action or (RELOAD if inject_as else RESTART)
+    if chosen_action not in (RESTART, RELOAD):
+        raise _fail(f"--action must be restart or reload, not {chosen_action!r}")
+    if restart not in ("always", "on-failure", "never"):
+        raise _fail(f"--restart must be always, on-failure or never, not {restart!r}")
+    if reload_signal is None:
+        signum = None if token_file_out else int(signal.SIGHUP)
+    else:
+        signum = _signal_number(reload_signal)
+
+    settings = RuntimeSettings()
+    configure_logging("agent", settings.log_level, settings.log_json)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if chosen_action == RELOAD and environment and slot == 1 and token_file_out is None:
+        logging.getLogger("streamtoken.agent").warning(
+            "action reload with Token 1: after a rotation the token the child holds is refused; "
+            "the zero-downtime strategy runs on Token 2 (--slot 2)"
+        )
+    config = AgentConfig(
+        command=list(command),
+        portal_url=portal_url,
+        notifier_url=notifier_url if subscribe else None,
+        deployment_id=deployment_id or f"{socket.gethostname()}-{os.getpid()}",
+        action=chosen_action,
+        inject_as=inject_as,
+        reload_signal=signum,
+        token_file_out=token_file_out,
+        listen_port=listen_port,
+        policy=Policy(
+            backoff_initial=backoff_initial,
+            backoff_max=max(backoff_max, backoff_initial),
+            stop_timeout=stop_timeout,
+            restart_policy=restart,  # type: ignore[arg-type]
+            start_retries=start_retries,
+        ),
+    )
+    runtime = AgentRuntime(config, source)
+    try:
+        status = asyncio.run(runtime.run())
+    except ListenError as exc:
+        raise _fail(str(exc), 1) from None
+    if runtime.error:
+        raise _fail(runtime.error, status)
+    raise typer.Exit(status)

@@ -1,26 +1,46 @@
-"""``streamtoken dev``: the whole local stack in one foreground process group.
+"""``streamtoken dev [--demo]``: the whole local stack in the foreground.
 
-Starts the embedded broker, then each service as a child process, waits until each answers
-``/health/ready``, and on Ctrl-C (or SIGTERM) stops every child it started, leaving no process behind.
+Starts the embedded broker, then each service found as ``services.<name>.__main__`` as a child process in
+its own process group, waits until each answers ``/health/ready`` (showing progress), and on Ctrl-C (or
+SIGTERM) stops every group it started and every process they started, leaving nothing behind.
+
+With ``--demo`` it then creates demo data through the issuer API (an admin PAT minted by
+``streamtoken admin pat``, org ``acme`` / project ``telemetry`` with ``dev`` and ``prod``) and runs
+``examples/f1_producer.py`` - an unmodified quixstreams app - under the deployment agent, and prints the
+URLs, the PAT, dev's tokens and the one command that rotates them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import IO, Any
 
 import typer
 
-from shared.broker import DEFAULT_PORT, BrokerError, EmbeddedBroker
+from shared.broker import DEFAULT_PORT, BrokerError, EmbeddedBroker, port_is_free
 
 SERVICE_PORTS = {"issuer": 8001, "resolver": 8002, "notifier": 8003}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_APP = REPO_ROOT / "examples" / "f1_producer.py"
+DEMO_ORG, DEMO_PROJECT, DEMO_ENVIRONMENTS = "acme", "telemetry", ("dev", "prod")
+DEMO_DEPLOYMENT = "demo-f1-producer"
+_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
+
+
+class Interrupted(Exception):
+    """Ctrl-C arrived while the stack was starting."""
 
 
 @dataclass
@@ -29,27 +49,52 @@ class Child:
     argv: list[str]
     ready_url: str | None
     env: dict[str, str] = field(default_factory=dict)
+    stdout: Path | None = None  # None: the terminal
+    stderr: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
 
 class Stack:
-    """Children started in order, each waited for, all stopped together."""
+    """Children started in order, each in its own process group, all stopped together."""
 
-    def __init__(self, broker: EmbeddedBroker | None) -> None:
+    def __init__(
+        self, broker: EmbeddedBroker | None, should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self.broker = broker
         self.children: list[Child] = []
+        self.should_stop = should_stop
 
-    def start_child(self, child: Child, timeout: float = 60.0) -> None:
+    def start_child(
+        self, child: Child, timeout: float = 60.0, progress: Callable[[str], None] | None = None
+    ) -> None:
         env = {**os.environ, **child.env}
-        child.process = subprocess.Popen(child.argv, env=env)
+        handles: list[IO[bytes]] = []
+        try:
+            out = _open_log(child.stdout, handles)
+            err = _open_log(child.stderr, handles) if child.stderr != child.stdout else out
+            child.process = subprocess.Popen(
+                child.argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        finally:
+            for handle in handles:
+                handle.close()
         self.children.append(child)
         if child.ready_url:
-            wait_ready(child, timeout)
+            wait_ready(child, timeout, self.should_stop, progress)
 
     def stop(self, timeout: float = 10.0) -> None:
+        import psutil
+
+        # What the children started (an agent's deployment lives in a session of its own): find it before
+        # the parents go, kill what is left of it at the end.
+        descendants: list[psutil.Process] = []
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    descendants += psutil.Process(child.process.pid).children(recursive=True)
         for child in reversed(self.children):
             if child.process and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+                _signal_group(child.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in reversed(self.children):
             if child.process is None:
@@ -57,23 +102,58 @@ class Stack:
             try:
                 child.process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                child.process.kill()
+                _signal_group(child.process.pid, signal.SIGKILL)
                 child.process.wait()
+            _signal_group(child.process.pid, signal.SIGKILL)  # stragglers left in the group
+        for process in descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(descendants, timeout=5)
         self.children.clear()
         if self.broker is not None:
             self.broker.stop()
 
-    def first_exited(self) -> Child | None:
-        return next((c for c in self.children if c.process and c.process.poll() is not None), None)
+    def first_exited(self, names: set[str] | None = None) -> Child | None:
+        return next(
+            (
+                c
+                for c in self.children
+                if (names is None or c.name in names) and c.process and c.process.poll() is not None
+            ),
+            None,
+        )
 
 
-def wait_ready(child: Child, timeout: float) -> None:
+def _open_log(path: Path | None, handles: list[IO[bytes]]) -> IO[bytes] | None:
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    handles.append(handle)
+    return handle
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def wait_ready(
+    child: Child,
+    timeout: float,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     import httpx
 
     assert child.process is not None
     assert child.ready_url is not None
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    next_note = started + 5.0
     while time.monotonic() < deadline:
+        if should_stop():
+            raise Interrupted
         if child.process.poll() is not None:
             raise RuntimeError(f"{child.name} exited with status {child.process.returncode} while starting")
         try:
@@ -81,14 +161,149 @@ def wait_ready(child: Child, timeout: float) -> None:
                 return
         except httpx.HTTPError:
             pass
+        if progress is not None and time.monotonic() >= next_note:
+            progress(f"  ... still waiting for {child.name} ({time.monotonic() - started:.0f} s)")
+            next_note += 5.0
         time.sleep(0.2)
     raise RuntimeError(f"{child.name} was not ready at {child.ready_url} after {timeout:g} s")
 
 
 def available_services() -> list[str]:
-    return [
-        name for name in SERVICE_PORTS if importlib.util.find_spec(f"services.{name}.__main__") is not None
-    ]
+    return [name for name in SERVICE_PORTS if _has_module(f"services.{name}.__main__")]
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _tail(path: Path | None, lines: int = 8) -> str:
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(f"    | {line}" for line in text)
+
+
+# --- demo data ---------------------------------------------------------------------------------------
+
+
+class DemoError(Exception):
+    """A demo step failed; the message is one sentence."""
+
+
+def mint_admin_pat(env: dict[str, str], timeout: float = 60.0) -> str:
+    """``streamtoken admin pat --subject demo-admin --role admin`` in a subprocess (the issuer's own CLI)."""
+    argv = [sys.executable, "-m", "cli.main", "admin", "pat", "--subject", "demo-admin", "--role", "admin"]
+    try:
+        result = subprocess.run(
+            argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+        )
+    except subprocess.TimeoutExpired:
+        raise DemoError(f"'streamtoken admin pat' did not answer in {timeout:g} s") from None
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DemoError(f"'streamtoken admin pat' failed ({result.returncode}): {last}")
+    found = _JWT.search(result.stdout)
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if found:
+        return found.group(0)
+    if lines:
+        return lines[-1]
+    raise DemoError("'streamtoken admin pat' printed no PAT")
+
+
+def _api_error(what: str, response: Any) -> DemoError:
+    try:
+        message = str(response.json().get("message", ""))
+    except ValueError:
+        message = ""
+    return DemoError(f"{what}: the issuer answered {response.status_code} {message}".rstrip())
+
+
+def ensure_environment(client: Any, org: str, project: str, name: str) -> dict[str, Any]:
+    """Create ``org/project/name`` through the issuer API, or read it if it already exists."""
+    response = client.post("/v1/environments", json={"org": org, "project": project, "name": name})
+    if response.status_code in (200, 201):
+        return dict(response.json())
+    if response.status_code == 409:
+        existing = client.get(f"/v1/environments/{org}-{project}-{name}")
+        if existing.status_code == 200:
+            return dict(existing.json())
+        raise _api_error(f"reading environment {org}-{project}-{name}", existing)
+    raise _api_error(f"creating environment {org}-{project}-{name}", response)
+
+
+def environment_tokens(client: Any, environment_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/environments/{environment_id}/streaming-tokens")
+    if response.status_code != 200:
+        raise _api_error(f"reading the tokens of {environment_id}", response)
+    return dict(response.json())
+
+
+def wait_token_known(resolver_url: str, token: str, timeout: float, should_stop: Callable[[], bool]) -> bool:
+    """Wait until the resolver accepts ``token`` (it learns tokens from Kafka, a moment after the issuer)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not should_stop():
+        try:
+            response = httpx.get(
+                f"{resolver_url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=2.0
+            )
+            if response.status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@dataclass
+class DemoData:
+    pat: str
+    environments: list[str]
+    tokens: dict[str, Any]
+
+
+def create_demo_data(issuer_url: str, pat: str) -> DemoData:
+    import httpx
+
+    with httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {pat}"}, timeout=15) as client:
+        created = [ensure_environment(client, DEMO_ORG, DEMO_PROJECT, name) for name in DEMO_ENVIRONMENTS]
+        environments = [str(env["id"]) for env in created]
+        return DemoData(pat, environments, environment_tokens(client, environments[0]))
+
+
+def agent_argv(environment_id: str, urls: dict[str, str], subscribe: bool) -> list[str]:
+    argv = [
+        sys.executable, "-m", "cli.main", "run",
+        "--environment", environment_id,
+        "--issuer-url", urls["issuer"],
+        "--portal-url", urls["resolver"],
+        "--notifier-url", urls["notifier"],
+        "--deployment-id", DEMO_DEPLOYMENT,
+        "--stop-timeout", "10",
+    ]  # fmt: skip
+    if not subscribe:
+        argv.append("--no-subscribe")
+    return [*argv, "--", sys.executable, str(SAMPLE_APP), "--interval", "0.5"]
+
+
+def _program() -> str:
+    if shutil.which("streamtoken"):
+        return "streamtoken"
+    local = Path(sys.executable).parent / "streamtoken"
+    if local.exists():
+        try:
+            return str(local.relative_to(Path.cwd()))
+        except ValueError:
+            return str(local)
+    return "streamtoken"
+
+
+# --- the command -------------------------------------------------------------------------------------
 
 
 def register(app: typer.Typer) -> None:
@@ -97,19 +312,23 @@ def register(app: typer.Typer) -> None:
 
 def dev(
     kafka_port: int = typer.Option(DEFAULT_PORT, help="port of the embedded broker"),
-    data_dir: Path = typer.Option(Path(".streamtoken"), help="where the SQLite databases and keys live"),
+    issuer_port: int = typer.Option(SERVICE_PORTS["issuer"], help="port of the issuer"),
+    resolver_port: int = typer.Option(SERVICE_PORTS["resolver"], help="port of the resolver"),
+    notifier_port: int = typer.Option(SERVICE_PORTS["notifier"], help="port of the notifier"),
+    data_dir: Path = typer.Option(
+        Path(".streamtoken"), help="where the SQLite databases, keys and logs live"
+    ),
     demo: bool = typer.Option(
         False, "--demo/--no-demo", help="create demo environments and a sample deployment"
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="show the services' logs here instead of in DATA_DIR/logs/"
+    ),
+    ready_timeout: float = typer.Option(60.0, help="seconds to wait for each service to be ready"),
 ) -> None:
     """Run the embedded broker and every service in the foreground until Ctrl-C."""
-    broker = EmbeddedBroker(port=kafka_port)
-    try:
-        broker.start()
-    except BrokerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    stack = Stack(broker)
+    ports = {"issuer": issuer_port, "resolver": resolver_port, "notifier": notifier_port}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     stopping = False
 
     def _stop(signum: int, _: FrameType | None) -> None:
@@ -118,31 +337,174 @@ def dev(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    typer.echo(f"broker    kafka://{broker.bootstrap_servers} (embedded, memory storage)")
+
+    services = available_services()
+    missing = [name for name in SERVICE_PORTS if name not in services]
+    busy = [f"{name} ({ports[name]})" for name in services if not port_is_free("127.0.0.1", ports[name])]
+    if busy:
+        typer.echo(f"error: port in use for {', '.join(busy)}; is another stack running?", err=True)
+        raise typer.Exit(1)
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    common = {"STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "STREAMTOKEN_ENV": "dev"}
+    logs = data_dir / "logs"
+
+    typer.echo("starting the embedded broker ...")
+    broker = EmbeddedBroker(port=kafka_port, log_path=None if verbose else _fresh(logs / "broker.log"))
     try:
-        for name in available_services():
-            port = SERVICE_PORTS[name]
+        broker.start()
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    stack = Stack(broker, lambda: stopping)
+    typer.echo(f"  kafka     {broker.bootstrap_servers} (embedded, memory storage)")
+    common = {
+        "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "STREAMTOKEN_ENV": "dev",
+        "STREAMTOKEN_DATA_DIR": str(data_dir),
+        "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
+    }
+    for name in missing:
+        typer.echo(f"  {name:<9} missing (services/{name}/__main__.py not found); starting without it")
+    up: list[str] = []
+    status = 0
+    try:
+        for name in services:
+            log_path = None if verbose else _fresh(logs / f"{name}.log")
             child = Child(
                 name,
                 [sys.executable, "-m", f"services.{name}"],
-                f"http://127.0.0.1:{port}/health/ready",
-                env={**common, "STREAMTOKEN_DATA_DIR": str(data_dir.resolve())},
+                f"{urls[name]}/health/ready",
+                env={
+                    **common,
+                    f"STREAMTOKEN_{name.upper()}_HOST": "127.0.0.1",
+                    f"STREAMTOKEN_{name.upper()}_PORT": str(ports[name]),
+                },
+                stdout=log_path,
+                stderr=log_path,
             )
-            stack.start_child(child)
-            typer.echo(f"{name:<9} http://127.0.0.1:{port} (ready)")
-        typer.echo("Everything is up. Ctrl-C stops it all.")
+            typer.echo(f"starting {name} ...")
+            began = time.monotonic()
+            try:
+                stack.start_child(child, ready_timeout, typer.echo)
+            except RuntimeError as exc:
+                typer.echo(f"error: {exc}; continuing without it", err=True)
+                tail = _tail(log_path)
+                if tail:
+                    typer.echo(tail, err=True)
+                continue
+            up.append(name)
+            typer.echo(f"  {name:<9} {urls[name]} ready in {time.monotonic() - began:.1f} s (OpenAPI: /docs)")
+        if demo:
+            _start_demo(stack, up, urls, common, logs, verbose, lambda: stopping)
+        typer.echo("")
+        typer.echo(f"Everything is up{'' if not missing else ' (missing: ' + ', '.join(missing) + ')'}.")
+        if not verbose:
+            typer.echo(f"Logs: {logs}/. Ctrl-C stops it all.")
+        else:
+            typer.echo("Ctrl-C stops it all.")
+        services_running = set(up)
         while not stopping:
-            exited = stack.first_exited()
+            exited = stack.first_exited(services_running)
             if exited is not None:
                 typer.echo(f"error: {exited.name} exited unexpectedly; stopping the stack", err=True)
+                status = 1
                 break
+            demo_child = stack.first_exited({DEMO_DEPLOYMENT})
+            if demo_child is not None and demo_child.process is not None:
+                typer.echo(
+                    f"note: the demo deployment exited with status {demo_child.process.returncode}"
+                    f" (see {logs}/agent.log)",
+                    err=True,
+                )
+                stack.children.remove(demo_child)
             time.sleep(0.2)
-    except RuntimeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        stack.stop()
-        raise typer.Exit(1) from None
+    except Interrupted:
+        pass
     finally:
-        typer.echo("stopping...")
+        typer.echo("stopping ...")
         stack.stop()
+        typer.echo("stopped.")
+    raise typer.Exit(status)
+
+
+def _fresh(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _start_demo(
+    stack: Stack,
+    up: list[str],
+    urls: dict[str, str],
+    common: dict[str, str],
+    logs: Path,
+    verbose: bool,
+    should_stop: Callable[[], bool],
+) -> None:
+    typer.echo("")
+    if "issuer" not in up:
+        typer.echo("demo: skipped - it needs the issuer, which is not running", err=True)
+        return
+    typer.echo("demo: minting an admin PAT (streamtoken admin pat --subject demo-admin --role admin) ...")
+    try:
+        pat = mint_admin_pat(common)
+        typer.echo(
+            f"demo: creating {DEMO_ORG}/{DEMO_PROJECT} with environments {', '.join(DEMO_ENVIRONMENTS)} ..."
+        )
+        data = create_demo_data(urls["issuer"], pat)
+    except DemoError as exc:
+        typer.echo(f"demo: failed - {exc}", err=True)
+        return
+    dev_id = data.environments[0]
+    token_1, token_2 = data.tokens["token_1"], data.tokens["token_2"]
+    deployment = "not started"
+    if "resolver" not in up:
+        typer.echo("demo: no sample deployment - it needs the resolver, which is not running", err=True)
+    elif not SAMPLE_APP.exists():
+        typer.echo(f"demo: no sample deployment - {SAMPLE_APP} not found", err=True)
+    else:
+        typer.echo("demo: waiting for the resolver to learn dev's tokens ...")
+        if not wait_token_known(urls["resolver"], token_1["token"], 30.0, should_stop):
+            typer.echo("demo: the resolver does not accept dev's token yet; starting the deployment anyway")
+        subscribe = "notifier" in up
+        if not subscribe:
+            typer.echo("demo: the notifier is not running: the deployment will not be told about rotations")
+        log_path = None if verbose else _fresh(logs / "agent.log")
+        typer.echo(f"demo: starting {SAMPLE_APP.relative_to(REPO_ROOT)} under the agent ...")
+        stack.start_child(
+            Child(
+                DEMO_DEPLOYMENT,
+                agent_argv(dev_id, urls, subscribe),
+                None,
+                env={**common, "STREAMTOKEN_PAT": data.pat, "STREAMTOKEN_LOG_JSON": "true"},
+                stdout=None,
+                stderr=log_path,
+            )
+        )
+        deployment = f"{DEMO_DEPLOYMENT}: examples/f1_producer.py under 'streamtoken run'"
+        deployment += f", producing to {dev_id}-f1-data"
+    program = _program()
+    rule = "-" * 78
+    typer.echo("")
+    typer.echo(rule)
+    typer.echo("streamtoken demo (local only: tokens are shown because this is a throw-away stack)")
+    for name in ("issuer", "resolver", "notifier"):
+        typer.echo(f"  {name:<12} {urls[name] if name in up else 'not running'}")
+    typer.echo(f"  environments {', '.join(data.environments)}")
+    typer.echo(f"  admin PAT    {data.pat}")
+    typer.echo(f"  dev Token 1  {token_1['token']}  ({token_1.get('token_id')})")
+    typer.echo(f"  dev Token 2  {token_2['token']}  ({token_2.get('token_id')})")
+    typer.echo(f"  deployment   {deployment}")
+    typer.echo("")
+    typer.echo(
+        "Rotate dev's tokens and watch the deployment restart with the new Token 1 (in another terminal):"
+    )
+    typer.echo(f"  export STREAMTOKEN_PAT={data.pat}")
+    issuer_option = (
+        ""
+        if urls["issuer"] == f"http://127.0.0.1:{SERVICE_PORTS['issuer']}"
+        else f" --issuer-url {urls['issuer']}"
+    )
+    typer.echo(f"  {program} tokens rotate {dev_id}{issuer_option}")
+    typer.echo(rule)

@@ -1,0 +1,81 @@
+"""The notifier's subscription API, as the agent uses it (Bearer = the environment's streaming token)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from services.agent.domain import Action, Credential
+
+
+class NotifierError(Exception):
+    """A call to the notifier failed; the message is one sentence without any token."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    secret: str = field(repr=False)
+    environment_id: str | None = None
+
+
+def _error(what: str, base_url: str, response: httpx.Response) -> NotifierError:
+    try:
+        detail = str(response.json().get("message", ""))[:200]
+    except ValueError:
+        detail = ""
+    suffix = f": {detail}" if detail else ""
+    return NotifierError(f"the notifier at {base_url} refused to {what} ({response.status_code}){suffix}")
+
+
+class NotifierClient:
+    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client
+
+    @staticmethod
+    def _auth(credential: Credential) -> dict[str, str]:
+        return {"Authorization": f"Bearer {credential.token}"}
+
+    async def _call(
+        self, what: str, method: str, path: str, credential: Credential, json: object | None = None
+    ) -> httpx.Response:
+        try:
+            response = await self._client.request(
+                method, f"{self.base_url}{path}", headers=self._auth(credential), json=json
+            )
+        except httpx.HTTPError as exc:
+            raise NotifierError(f"notifier unreachable at {self.base_url} ({type(exc).__name__})") from None
+        if response.status_code >= 300:
+            raise _error(what, self.base_url, response)
+        return response
+
+    async def subscribe(
+        self, credential: Credential, deployment_id: str, url: str, action: Action
+    ) -> Subscription:
+        body = {"deployment_id": deployment_id, "url": url, "action": action}
+        response = await self._call("subscribe", "POST", "/v1/subscriptions", credential, body)
+        try:
+            data = response.json()
+            return Subscription(str(data["id"]), str(data["secret"]), data.get("environment_id"))
+        except (ValueError, KeyError, TypeError):
+            raise NotifierError(
+                f"the notifier at {self.base_url} answered an unexpected subscription"
+            ) from None
+
+    async def acknowledge(self, subscription_id: str, generation: int, credential: Credential) -> None:
+        await self._call(
+            "record the acknowledgement",
+            "POST",
+            f"/v1/subscriptions/{subscription_id}/acks",
+            credential,
+            {"generation": generation},
+        )
+
+    async def unsubscribe(self, subscription_id: str, credential: Credential) -> None:
+        try:
+            await self._call("unsubscribe", "DELETE", f"/v1/subscriptions/{subscription_id}", credential)
+        except NotifierError as exc:
+            if "(404)" not in str(exc):
+                raise

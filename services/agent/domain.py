@@ -1,0 +1,500 @@
+"""The deployment agent's decisions: a small state machine, pure (no I/O, no clock, no randomness).
+
+The runtime feeds it :data:`Event` values (a token was obtained, the child exited, a verified webhook
+arrived, a signal was received, a timer fired) and carries out the :data:`Effect` values it returns (fetch a
+token, start, stop, signal or reload the child, acknowledge a generation, exit). Everything the agent decides
+lives here, so every rule is a unit test with plain data.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+RESTART: Literal["restart"] = "restart"
+RELOAD: Literal["reload"] = "reload"
+Action = Literal["restart", "reload"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+ROTATED = "streaming_tokens.rotated"
+REVOKED = "streaming_tokens.revoked"
+_SEEN_WEBHOOKS = 1024
+
+
+class Phase(StrEnum):
+    STARTING = "starting"  # obtaining the first token; no child yet
+    RUNNING = "running"  # the child runs (a rotation may be waiting for its token)
+    RESTARTING = "restarting"  # asked the child to stop; it starts again with the new token once it exits
+    BACKING_OFF = "backing_off"  # the child crashed; it starts again after a delay
+    STOPPING = "stopping"  # asked to stop; exits with the child's status once the child exits
+    EXITED = "exited"
+
+
+class Timer(StrEnum):
+    RESTART_CHILD = "restart_child"  # the back-off after a crash is over
+    RETRY_FETCH = "retry_fetch"  # try to obtain the token again
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A streaming token and what is known about it. ``repr`` never shows the token."""
+
+    token: str = field(repr=False)
+    token_id: str | None = None
+    generation: int | None = None
+    environment_id: str | None = None
+    slot: int | None = None
+
+    def describe(self) -> dict[str, object]:
+        """What may be logged about this credential: ids, never the token."""
+        return {
+            "environment_id": self.environment_id,
+            "token_id": self.token_id,
+            "generation": self.generation,
+        }
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the agent behaves; every field is a ``streamtoken run`` option."""
+
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    stable_after: float = 10.0  # a child that ran this long before crashing resets the back-off
+    stop_timeout: float = 10.0
+    restart_policy: RestartPolicy = "on-failure"
+    start_retries: int = 5
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Capped exponential back-off: ``initial``, ``2*initial``, ``4*initial``, ... at most ``maximum``."""
+    if attempt <= 0:
+        return 0.0
+    return float(min(initial * 2 ** min(attempt - 1, 62), maximum))
+
+
+def exit_status(returncode: int) -> int:
+    """The shell convention: a child killed by signal N exits 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+# --- events ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentStarted:
+    pass
+
+
+@dataclass(frozen=True)
+class TokenObtained:
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class TokenFailed:
+    message: str
+    permanent: bool = False  # a refused PAT or an unknown environment will not fix itself
+
+
+@dataclass(frozen=True)
+class ChildStartFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    returncode: int
+    ran_for: float
+
+
+@dataclass(frozen=True)
+class WebhookReceived:
+    webhook_id: str
+    type: str
+    action: Action
+    generation: int | None
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    signum: int
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    """A signal to pass on to the child without stopping (SIGHUP)."""
+
+    signum: int
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    timer: Timer
+
+
+Event = (
+    AgentStarted
+    | TokenObtained
+    | TokenFailed
+    | ChildStartFailed
+    | ChildExited
+    | WebhookReceived
+    | StopRequested
+    | SignalReceived
+    | TimerFired
+)
+
+
+# --- effects ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchToken:
+    pass
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    credential: Credential | None
+
+
+@dataclass(frozen=True)
+class StartChild:
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class StopChild:
+    """Send ``signum`` to the child; SIGKILL it if it still runs after ``kill_after`` seconds."""
+
+    signum: int
+    kill_after: float
+
+
+@dataclass(frozen=True)
+class KillChild:
+    pass
+
+
+@dataclass(frozen=True)
+class SignalChild:
+    signum: int
+
+
+@dataclass(frozen=True)
+class ReloadChild:
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class Acknowledge:
+    generation: int
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class ScheduleTimer:
+    timer: Timer
+    delay: float
+
+
+@dataclass(frozen=True)
+class Exit:
+    status: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Log:
+    event: str
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    fields: dict[str, object] = field(default_factory=dict)
+
+
+Effect = (
+    FetchToken
+    | Subscribe
+    | Unsubscribe
+    | StartChild
+    | StopChild
+    | KillChild
+    | SignalChild
+    | ReloadChild
+    | Acknowledge
+    | ScheduleTimer
+    | Exit
+    | Log
+)
+
+
+@dataclass
+class Rotation:
+    """What the notifier asked for and the agent has not applied yet."""
+
+    action: Action
+    generation: int | None
+
+
+@dataclass
+class AgentMachine:
+    """The agent's state and its transitions: ``handle(event)`` returns the effects to carry out."""
+
+    policy: Policy = field(default_factory=Policy)
+    phase: Phase = Phase.STARTING
+    credential: Credential | None = None
+    applied_generation: int | None = None
+    rotation: Rotation | None = None
+    fetching: bool = False
+    fetch_failures: int = 0
+    crashes: int = 0
+    restart_due: bool = False  # the back-off is over; the child starts once the token fetch is done
+    last_status: int | None = None
+    seen_webhooks: deque[str] = field(default_factory=lambda: deque(maxlen=_SEEN_WEBHOOKS))
+
+    def handle(self, event: Event) -> list[Effect]:
+        if self.phase is Phase.EXITED:
+            return []
+        match event:
+            case AgentStarted():
+                return self._fetch()
+            case TokenObtained(credential):
+                return self._token_obtained(credential)
+            case TokenFailed(message, permanent):
+                return self._token_failed(message, permanent)
+            case ChildStartFailed(message):
+                return self._exit(127, f"could not start the command: {message}")
+            case ChildExited(returncode, ran_for):
+                return self._child_exited(returncode, ran_for)
+            case WebhookReceived():
+                return self._webhook(event)
+            case StopRequested(signum):
+                return self._stop(signum)
+            case SignalReceived(signum):
+                if self.phase in (Phase.RUNNING, Phase.RESTARTING, Phase.STOPPING):
+                    return [SignalChild(signum)]
+                return []
+            case TimerFired(timer):
+                return self._timer(timer)
+        raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+    # --- tokens ------------------------------------------------------------------------------------------
+
+    def _fetch(self) -> list[Effect]:
+        if self.fetching:
+            return []
+        self.fetching = True
+        return [FetchToken()]
+
+    def _token_obtained(self, credential: Credential) -> list[Effect]:
+        self.fetching = False
+        rotation = self.rotation
+        if (
+            rotation is not None
+            and rotation.generation is not None
+            and credential.generation is not None
+            and credential.generation < rotation.generation
+        ):
+            # Fetched before the rotation reached the issuer's answer: ask again, after a pause.
+            self.fetch_failures += 1
+            return [
+                Log(
+                    "token_older_than_rotation",
+                    "warning",
+                    {**credential.describe(), "wanted": rotation.generation},
+                ),
+                ScheduleTimer(Timer.RETRY_FETCH, self._delay(self.fetch_failures)),
+            ]
+        self.fetch_failures = 0
+        self.credential = credential
+        log = Log("token_obtained", "info", credential.describe())
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.RUNNING
+            self.applied_generation = credential.generation
+            return [log, Subscribe(credential), StartChild(credential)]
+        if self.phase is Phase.BACKING_OFF:
+            return [log, *self._start_after_backoff()] if self.restart_due else [log]
+        if rotation is None or self.phase is not Phase.RUNNING:
+            return [log]
+        if rotation.action == RESTART:
+            self.phase = Phase.RESTARTING
+            return [
+                log,
+                Log("restarting_child", "info", {**credential.describe(), "reason": "rotation"}),
+                StopChild(signal.SIGTERM, self.policy.stop_timeout),
+            ]
+        return [log, ReloadChild(credential), *self._rotation_applied()]
+
+    def _token_failed(self, message: str, permanent: bool) -> list[Effect]:
+        self.fetching = False
+        self.fetch_failures += 1
+        if self.phase is Phase.STARTING:
+            if permanent or self.fetch_failures > self.policy.start_retries:
+                return self._exit(1, message)
+            delay = self._delay(self.fetch_failures)
+            return [
+                Log("token_unavailable", "warning", {"error": message, "retry_in": delay}),
+                ScheduleTimer(Timer.RETRY_FETCH, delay),
+            ]
+        if self.phase is Phase.BACKING_OFF:
+            # The child must run again; it keeps the token it had and the rotation is retried.
+            effects: list[Effect] = [Log("token_unavailable", "error", {"error": message})]
+            if self.restart_due:
+                effects += self._start_after_backoff()
+            if self.rotation is not None:
+                effects.append(ScheduleTimer(Timer.RETRY_FETCH, self._delay(self.fetch_failures)))
+            return effects
+        if self.rotation is not None and self.phase is Phase.RUNNING:
+            delay = self._delay(self.fetch_failures)
+            return [
+                Log("token_unavailable", "error", {"error": message, "retry_in": delay}),
+                ScheduleTimer(Timer.RETRY_FETCH, delay),
+            ]
+        return [Log("token_unavailable", "error", {"error": message})]
+
+    # --- the child ---------------------------------------------------------------------------------------
+
+    def _child_exited(self, returncode: int, ran_for: float) -> list[Effect]:
+        status = exit_status(returncode)
+        self.last_status = status
+        fields: dict[str, object] = {"status": status, "ran_for": round(ran_for, 3)}
+        if self.phase is Phase.STOPPING:
+            return [Log("child_stopped", "info", fields), *self._exit(status)]
+        if self.phase is Phase.RESTARTING:
+            self.crashes = 0
+            if self.fetching:
+                # A newer rotation arrived while the child stopped: start it once that token is here.
+                self.phase = Phase.BACKING_OFF
+                self.restart_due = True
+                return [Log("child_stopped", "info", fields)]
+            self.phase = Phase.RUNNING
+            assert self.credential is not None
+            return [
+                Log("child_stopped", "info", fields),
+                StartChild(self.credential),
+                *self._rotation_applied(),
+            ]
+        if self.phase is not Phase.RUNNING:
+            return []
+        policy = self.policy.restart_policy
+        if policy == "never" or (policy == "on-failure" and status == 0):
+            return [Log("child_exited", "info", fields), *self._exit(status)]
+        if ran_for >= self.policy.stable_after:
+            self.crashes = 0
+        self.crashes += 1
+        delay = self._delay(self.crashes)
+        self.phase = Phase.BACKING_OFF
+        return [
+            Log("child_crashed", "warning", {**fields, "restart_in": delay, "crashes": self.crashes}),
+            ScheduleTimer(Timer.RESTART_CHILD, delay),
+        ]
+
+    def _start_after_backoff(self) -> list[Effect]:
+        assert self.credential is not None
+        self.phase = Phase.RUNNING
+        self.restart_due = False
+        effects: list[Effect] = [StartChild(self.credential)]
+        if self.rotation is not None and not self.fetching and self._credential_covers_rotation():
+            effects += self._rotation_applied()
+        return effects
+
+    def _credential_covers_rotation(self) -> bool:
+        assert self.rotation is not None
+        assert self.credential is not None
+        wanted, have = self.rotation.generation, self.credential.generation
+        return wanted is None or have is None or have >= wanted
+
+    def _timer(self, timer: Timer) -> list[Effect]:
+        if timer is Timer.RESTART_CHILD and self.phase is Phase.BACKING_OFF:
+            # Fetch again first: a crash may be the old token being refused after a missed notification.
+            # When a fetch is already under way, its answer starts the child.
+            self.restart_due = True
+            return self._fetch() if not self.fetching else []
+        wanted = self.phase is Phase.STARTING or (
+            self.rotation is not None and self.phase in (Phase.RUNNING, Phase.BACKING_OFF)
+        )
+        if timer is Timer.RETRY_FETCH and wanted:
+            return self._fetch()
+        return []
+
+    # --- notifications -----------------------------------------------------------------------------------
+
+    def _webhook(self, event: WebhookReceived) -> list[Effect]:
+        fields: dict[str, object] = {
+            "webhook_id": event.webhook_id,
+            "type": event.type,
+            "action": event.action,
+            "generation": event.generation,
+        }
+        if event.webhook_id in self.seen_webhooks:
+            return [Log("webhook_duplicate", "info", fields)]
+        self.seen_webhooks.append(event.webhook_id)
+        if self.phase not in (Phase.RUNNING, Phase.RESTARTING, Phase.BACKING_OFF):
+            return [Log("webhook_ignored", "info", {**fields, "phase": str(self.phase)})]
+        # After a revocation both tokens are new: no token the child holds still works, so it must restart.
+        action: Action = RESTART if event.type == REVOKED else event.action
+        applied = self.applied_generation
+        if event.generation is not None and applied is not None and event.generation <= applied:
+            assert self.credential is not None
+            return [
+                Log("webhook_already_applied", "info", {**fields, "applied_generation": applied}),
+                Acknowledge(event.generation, self.credential),
+            ]
+        if self.rotation is None:
+            self.rotation = Rotation(action, event.generation)
+        else:
+            if action == RESTART:
+                self.rotation.action = RESTART
+            if event.generation is not None:
+                self.rotation.generation = max(event.generation, self.rotation.generation or 0)
+        return [Log("rotation_notified", "info", {**fields, "apply": self.rotation.action}), *self._fetch()]
+
+    def _rotation_applied(self) -> list[Effect]:
+        rotation, credential = self.rotation, self.credential
+        self.rotation = None
+        if rotation is None or credential is None:
+            return []
+        generation = rotation.generation if rotation.generation is not None else credential.generation
+        if credential.generation is not None:
+            self.applied_generation = max(credential.generation, generation or 0)
+        elif generation is not None:
+            self.applied_generation = generation
+        effects: list[Effect] = [
+            Log("rotation_applied", "info", {**credential.describe(), "action": rotation.action})
+        ]
+        if generation is not None:
+            effects.append(Acknowledge(generation, credential))
+        return effects
+
+    # --- stopping ----------------------------------------------------------------------------------------
+
+    def _stop(self, signum: int) -> list[Effect]:
+        if self.phase is Phase.STOPPING:
+            return [Log("child_killed", "warning", {"signal": signal.Signals(signum).name}), KillChild()]
+        if self.phase in (Phase.STARTING, Phase.BACKING_OFF):
+            status = self.last_status if self.last_status is not None else 128 + signum
+            return self._exit(status)
+        self.phase = Phase.STOPPING
+        return [
+            Log("stopping", "info", {"signal": signal.Signals(signum).name}),
+            StopChild(signum, self.policy.stop_timeout),
+        ]
+
+    def _exit(self, status: int, error: str | None = None) -> list[Effect]:
+        self.phase = Phase.EXITED
+        effects: list[Effect] = []
+        if self.credential is not None:
+            effects.append(Unsubscribe(self.credential))
+        effects.append(Exit(status, error))
+        return effects
+
+    def _delay(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.policy.backoff_initial, self.policy.backoff_max)

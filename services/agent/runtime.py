@@ -1,0 +1,302 @@
+"""The agent's event loop: feeds events to :class:`~services.agent.domain.AgentMachine`, carries out effects.
+
+One asyncio loop holds everything: the child process, the webhook listener (uvicorn), the HTTP clients
+(httpx) and the signal handlers. All decisions are the state machine's; this module only does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.agent.adapters.child import Child, child_environment, write_atomically
+from services.agent.adapters.listener import WEBHOOK_PATH, bind, build_listener, make_server
+from services.agent.adapters.notifier import NotifierClient, NotifierError, Subscription
+from services.agent.adapters.tokens import TokenSource, TokenUnavailable
+from services.agent.domain import (
+    Acknowledge,
+    Action,
+    AgentMachine,
+    AgentStarted,
+    ChildExited,
+    ChildStartFailed,
+    Credential,
+    Effect,
+    Event,
+    Exit,
+    FetchToken,
+    KillChild,
+    Log,
+    Policy,
+    ReloadChild,
+    ScheduleTimer,
+    SignalChild,
+    SignalReceived,
+    StartChild,
+    StopChild,
+    StopRequested,
+    Subscribe,
+    TimerFired,
+    TokenFailed,
+    TokenObtained,
+    Unsubscribe,
+)
+from shared.logs import get_logger
+
+log = get_logger("streamtoken.agent")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FORWARDED_SIGNALS = (signal.SIGHUP,)
+
+
+class ListenError(Exception):
+    """The webhook listener could not be opened; the message is one sentence."""
+
+
+@dataclass
+class AgentConfig:
+    """Everything ``streamtoken run`` was given, resolved."""
+
+    command: list[str]
+    portal_url: str = "http://127.0.0.1:8002"
+    notifier_url: str | None = "http://127.0.0.1:8003"
+    deployment_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    action: Action = "restart"
+    inject_as: str | None = None
+    reload_signal: int | None = None
+    token_file_out: Path | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    policy: Policy = field(default_factory=Policy)
+    http_timeout: float = 10.0
+
+
+class AgentRuntime:
+    def __init__(
+        self, config: AgentConfig, source: TokenSource, environ: dict[str, str] | None = None
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.environ = dict(os.environ if environ is None else environ)
+        self.machine = AgentMachine(policy=config.policy)
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.child: Child | None = None
+        self.subscription: Subscription | None = None
+        self.credential: Credential | None = None
+        self.exit_status: int | None = None
+        self.error: str | None = None
+        self.webhook_url: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subscribe_task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._notifier: NotifierClient | None = None
+
+    # --- wiring ------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self.events.put_nowait, StopRequested(signum))
+        for signum in FORWARDED_SIGNALS:
+            loop.add_signal_handler(signum, self.events.put_nowait, SignalReceived(signum))
+        self._http = httpx.AsyncClient(timeout=self.config.http_timeout)
+        server = None
+        server_task = None
+        try:
+            if self.config.notifier_url:
+                self._notifier = NotifierClient(self.config.notifier_url, self._http)
+                try:
+                    sock = bind(self.config.listen_port, self.config.listen_host)
+                except OSError as exc:
+                    raise ListenError(
+                        f"cannot listen for webhooks on {self.config.listen_host}:{self.config.listen_port}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
+                port = sock.getsockname()[1]
+                self.webhook_url = f"http://{self.config.listen_host}:{port}{WEBHOOK_PATH}"
+                app = build_listener(self.events.put_nowait, self._secret, self._environment_id)
+                server = make_server(app)
+                server_task = asyncio.create_task(server.serve(sockets=[sock]))
+                log.info("listening", webhook_url=self.webhook_url)
+            self.events.put_nowait(AgentStarted())
+            while self.exit_status is None:
+                event = await self.events.get()
+                for effect in self.machine.handle(event):
+                    await self._carry_out(effect)
+            return self.exit_status
+        finally:
+            for signum in (*STOP_SIGNALS, *FORWARDED_SIGNALS):
+                loop.remove_signal_handler(signum)
+            if self.child is not None and self.child.running():
+                self.child.kill()
+            for task in list(self._tasks):
+                task.cancel()
+            if server is not None and server_task is not None:
+                server.should_exit = True
+                try:
+                    await asyncio.wait_for(server_task, 5)
+                except (TimeoutError, asyncio.CancelledError):
+                    server_task.cancel()
+            await self._http.aclose()
+
+    def _secret(self) -> str | None:
+        return self.subscription.secret if self.subscription else None
+
+    def _environment_id(self) -> str | None:
+        if self.credential is not None and self.credential.environment_id:
+            return self.credential.environment_id
+        return self.subscription.environment_id if self.subscription else None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- effects -----------------------------------------------------------------------------------------
+
+    async def _carry_out(self, effect: Effect) -> None:
+        match effect:
+            case Log(event, level, fields):
+                getattr(log, level)(event, **fields)
+            case FetchToken():
+                self._spawn(self._fetch())
+            case Subscribe(credential):
+                self.credential = credential
+                if self._notifier is not None and self._subscribe_task is None:
+                    self._subscribe_task = self._spawn(self._subscribe())
+            case Unsubscribe(credential):
+                await self._unsubscribe(credential)
+            case StartChild(credential):
+                await self._start_child(credential)
+            case StopChild(signum, kill_after):
+                if self.child is not None:
+                    self.child.stop(signum, kill_after)
+            case KillChild():
+                if self.child is not None:
+                    self.child.kill()
+            case SignalChild(signum):
+                if self.child is not None:
+                    self.child.signal(signum)
+            case ReloadChild(credential):
+                self._reload_child(credential)
+            case Acknowledge(generation, credential):
+                self._spawn(self._acknowledge(generation, credential))
+            case ScheduleTimer(timer, delay):
+                asyncio.get_running_loop().call_later(delay, self.events.put_nowait, TimerFired(timer))
+            case Exit(status, error):
+                if error:
+                    log.error("agent_failed", error=error)
+                else:
+                    log.info("agent_exiting", status=status)
+                self.error = error
+                self.exit_status = status
+
+    async def _fetch(self) -> None:
+        try:
+            credential = await self.source.fetch()
+        except TokenUnavailable as exc:
+            self.events.put_nowait(TokenFailed(exc.message, exc.permanent))
+        else:
+            self.events.put_nowait(TokenObtained(credential))
+
+    async def _start_child(self, credential: Credential) -> None:
+        self.credential = credential
+        token_file = self.config.token_file_out
+        try:
+            if token_file is not None:
+                write_atomically(token_file, credential.token + "\n")
+            env = child_environment(
+                self.environ, credential.token, self.config.portal_url, self.config.inject_as
+            )
+            child = await Child.start(self.config.command, env)
+        except OSError as exc:
+            self.events.put_nowait(ChildStartFailed(f"{self.config.command[0]}: {exc.strerror or exc}"))
+            return
+        self.child = child
+        log.info("child_started", pid=child.pid, **credential.describe())
+        self._spawn(self._watch(child))
+
+    async def _watch(self, child: Child) -> None:
+        returncode, ran_for = await child.wait()
+        self.events.put_nowait(ChildExited(returncode, ran_for))
+
+    def _reload_child(self, credential: Credential) -> None:
+        self.credential = credential
+        path = self.config.token_file_out
+        if path is not None:
+            try:
+                write_atomically(path, credential.token + "\n")
+            except OSError as exc:
+                log.error("token_file_not_written", path=str(path), error=exc.strerror or type(exc).__name__)
+            else:
+                log.info("token_file_rewritten", path=str(path), **credential.describe())
+        if self.config.reload_signal is not None and self.child is not None:
+            self.child.signal(self.config.reload_signal)
+            log.info("child_signalled", signal=signal.Signals(self.config.reload_signal).name)
+
+    # --- the notifier ------------------------------------------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        assert self._notifier is not None
+        assert self.webhook_url is not None
+        attempt = 0
+        while True:
+            credential = self.credential
+            assert credential is not None
+            try:
+                self.subscription = await self._notifier.subscribe(
+                    credential, self.config.deployment_id, self.webhook_url, self.config.action
+                )
+            except NotifierError as exc:
+                attempt += 1
+                delay = min(2.0 ** (attempt - 1), 30.0)
+                log.warning("subscribe_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            log.info(
+                "subscribed",
+                subscription_id=self.subscription.id,
+                deployment_id=self.config.deployment_id,
+                action=self.config.action,
+                webhook_url=self.webhook_url,
+                environment_id=credential.environment_id or self.subscription.environment_id,
+            )
+            return
+
+    async def _acknowledge(self, generation: int, credential: Credential) -> None:
+        if self._notifier is None:
+            return
+        for attempt in range(1, 6):
+            subscription = self.subscription
+            if subscription is not None:
+                try:
+                    await self._notifier.acknowledge(subscription.id, generation, credential)
+                except NotifierError as exc:
+                    log.warning("ack_failed", error=str(exc), generation=generation, attempt=attempt)
+                else:
+                    log.info("acknowledged", generation=generation, subscription_id=subscription.id)
+                    return
+            await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
+        log.error("ack_given_up", generation=generation)
+
+    async def _unsubscribe(self, credential: Credential | None) -> None:
+        if self._subscribe_task is not None:
+            self._subscribe_task.cancel()
+        subscription = self.subscription
+        if self._notifier is None or subscription is None or credential is None:
+            return
+        try:
+            await asyncio.wait_for(self._notifier.unsubscribe(subscription.id, credential), 5)
+        except (NotifierError, TimeoutError) as exc:
+            log.warning("unsubscribe_failed", error=str(exc) or "timed out", subscription_id=subscription.id)
+        else:
+            log.info("unsubscribed", subscription_id=subscription.id)
+        self.subscription = None

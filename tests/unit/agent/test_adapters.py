@@ -1,0 +1,125 @@
+"""The agent's adapters without network: token sources (httpx.MockTransport), child env, token file."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.agent.adapters.child import child_environment, write_atomically
+from services.agent.adapters.listener import _event_from
+from services.agent.adapters.tokens import (
+    FileTokenSource,
+    IssuerTokenSource,
+    TokenUnavailable,
+    VariableTokenSource,
+)
+from services.agent.domain import Credential, WebhookReceived
+from shared.tokens import generate_token
+
+TOKEN_1, TOKEN_2 = generate_token(), generate_token()
+BODY = {
+    "environment_id": "acme-telemetry-dev",
+    "generation": 4,
+    "token_1": {"token_id": "tid_1", "token": TOKEN_1, "fingerprint": "f1", "created_at": "x"},
+    "token_2": {"token_id": "tid_2", "token": TOKEN_2, "fingerprint": "f2", "created_at": "x"},
+}
+
+
+def issuer(status: int, body: object = None, slot: int = 1) -> IssuerTokenSource:
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer pat-123"
+        assert request.url.path == "/v1/environments/acme-telemetry-dev/streaming-tokens"
+        return httpx.Response(status, json=body if body is not None else {"error": "x", "message": "x"})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    return IssuerTokenSource("http://issuer/", "pat-123", "acme-telemetry-dev", slot, client=client)
+
+
+@pytest.mark.parametrize("slot", [1, 2])
+async def test_issuer_source_returns_the_token_of_its_slot(slot: int) -> None:
+    credential = await issuer(200, BODY, slot).fetch()
+    assert credential == Credential(
+        TOKEN_1 if slot == 1 else TOKEN_2, f"tid_{slot}", 4, "acme-telemetry-dev", slot
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent", "words"),
+    [
+        (401, True, "refused the PAT"),
+        (403, True, "may not read"),
+        (404, True, "does not exist"),
+        (503, False, "failed to answer"),
+    ],
+)
+async def test_issuer_errors_are_one_clear_sentence(status: int, permanent: bool, words: str) -> None:
+    with pytest.raises(TokenUnavailable) as caught:
+        await issuer(status).fetch()
+    assert caught.value.permanent is permanent
+    assert words in caught.value.message
+
+
+async def test_unreachable_issuer_is_transient() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+    source = IssuerTokenSource("http://issuer", "p", "acme-telemetry-dev", client=client)
+    with pytest.raises(TokenUnavailable) as caught:
+        await source.fetch()
+    assert not caught.value.permanent
+    assert caught.value.message == "issuer unreachable at http://issuer (ConnectError)"
+
+
+async def test_malformed_issuer_answer_never_echoes_the_token() -> None:
+    with pytest.raises(TokenUnavailable) as caught:
+        await issuer(200, {"generation": 1, "token_1": {"token": "stk_not_a_token"}}).fetch()
+    assert "stk_" not in caught.value.message.replace("(stk_...)", "")
+
+
+async def test_variable_and_file_sources(tmp_path: Path) -> None:
+    assert (await VariableTokenSource("T", {"T": TOKEN_1}).fetch()).token == TOKEN_1
+    with pytest.raises(TokenUnavailable, match="is not set"):
+        await VariableTokenSource("T", {}).fetch()
+    path = tmp_path / "token"
+    path.write_text(TOKEN_2 + "\n")
+    source = FileTokenSource(path)
+    assert (await source.fetch()).token == TOKEN_2
+    path.write_text(TOKEN_1)
+    assert (await source.fetch()).token == TOKEN_1  # read again every time
+    path.write_text("garbage")
+    with pytest.raises(TokenUnavailable, match="well-formed"):
+        await source.fetch()
+
+
+def test_child_environment_injects_the_token_and_hides_the_pat() -> None:
+    base = {"PATH": "/bin", "STREAMTOKEN_PAT": "secret-pat", "Quix__Sdk__Token": "stale"}
+    env = child_environment(base, TOKEN_1, "http://resolver", None)
+    assert env["Quix__Sdk__Token"] == TOKEN_1
+    assert env["Quix__Portal__Api"] == "http://resolver"
+    assert "STREAMTOKEN_PAT" not in env
+    custom = child_environment(base, TOKEN_2, "http://resolver", "MY_TOKEN")
+    assert custom["MY_TOKEN"] == TOKEN_2
+    assert "Quix__Sdk__Token" not in custom
+
+
+def test_token_file_is_replaced_atomically_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "token"
+    write_atomically(path, "one\n")
+    write_atomically(path, "two\n")
+    assert path.read_text() == "two\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["token"]  # no temporary file left
+
+
+def test_webhook_payloads() -> None:
+    body = {"type": "streaming_tokens.rotated", "environment_id": "e", "generation": 2, "action": "reload"}
+    assert _event_from("m1", body, "e") == WebhookReceived("m1", "streaming_tokens.rotated", "reload", 2)
+    assert _event_from("m1", {**body, "type": "something.else"}, "e") is None
+    assert _event_from("m1", body, "other") == "the webhook is for another environment"
+    assert isinstance(_event_from("m1", {**body, "generation": "2"}, "e"), str)
+    assert isinstance(_event_from("m1", {**body, "action": "explode"}, "e"), str)
+    assert isinstance(_event_from("m1", [1], "e"), str)

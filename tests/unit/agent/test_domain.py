@@ -1,0 +1,269 @@
+"""The agent's state machine, driven with plain events."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from services.agent.domain import (
+    Acknowledge,
+    AgentMachine,
+    AgentStarted,
+    ChildExited,
+    ChildStartFailed,
+    Credential,
+    Effect,
+    Exit,
+    FetchToken,
+    KillChild,
+    Log,
+    Phase,
+    Policy,
+    ReloadChild,
+    ScheduleTimer,
+    SignalChild,
+    SignalReceived,
+    StartChild,
+    StopChild,
+    StopRequested,
+    Subscribe,
+    Timer,
+    TimerFired,
+    TokenFailed,
+    TokenObtained,
+    Unsubscribe,
+    WebhookReceived,
+    backoff_delay,
+    exit_status,
+)
+
+OLD = Credential("stk_old", "tid_old", 1, "acme-telemetry-dev", 1)
+NEW = Credential("stk_new", "tid_new", 2, "acme-telemetry-dev", 1)
+NEWER = Credential("stk_newer", "tid_newer", 3, "acme-telemetry-dev", 1)
+
+
+def acts(effects: list[Effect]) -> list[Effect]:
+    """The effects without log lines."""
+    return [e for e in effects if not isinstance(e, Log)]
+
+
+def running(policy: Policy | None = None) -> AgentMachine:
+    machine = AgentMachine(policy=policy or Policy(stop_timeout=7.0))
+    assert acts(machine.handle(AgentStarted())) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(OLD))) == [Subscribe(OLD), StartChild(OLD)]
+    assert machine.phase is Phase.RUNNING
+    return machine
+
+
+def rotated(generation: int, action: str = "restart", webhook_id: str | None = None) -> WebhookReceived:
+    return WebhookReceived(webhook_id or f"msg_{generation}", "streaming_tokens.rotated", action, generation)  # type: ignore[arg-type]
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_delay(n, 0.5, 4.0) for n in range(6)] == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert backoff_delay(10_000, 1.0, 30.0) == 30.0
+
+
+def test_exit_status_follows_the_shell_convention() -> None:
+    assert exit_status(3) == 3
+    assert exit_status(-signal.SIGTERM) == 143
+
+
+def test_restart_webhook_fetches_then_stops_then_starts_with_the_new_token_and_acks() -> None:
+    machine = running()
+    assert acts(machine.handle(rotated(2))) == [FetchToken()]
+    assert machine.phase is Phase.RUNNING  # the child keeps running while the new token is fetched
+    assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert machine.phase is Phase.RESTARTING
+    assert acts(machine.handle(ChildExited(-signal.SIGTERM, 30.0))) == [StartChild(NEW), Acknowledge(2, NEW)]
+    assert machine.phase is Phase.RUNNING
+    assert machine.applied_generation == 2
+
+
+def test_reload_webhook_reloads_without_stopping() -> None:
+    machine = running()
+    assert acts(machine.handle(rotated(2, "reload"))) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(NEW))) == [ReloadChild(NEW), Acknowledge(2, NEW)]
+    assert machine.phase is Phase.RUNNING
+
+
+def test_revocation_restarts_even_a_reload_deployment() -> None:
+    machine = running()
+    revoked = WebhookReceived("msg_r", "streaming_tokens.revoked", "reload", 2)
+    assert acts(machine.handle(revoked)) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
+
+
+def test_duplicate_webhook_id_is_applied_once() -> None:
+    machine = running()
+    machine.handle(rotated(2, webhook_id="msg_same"))
+    assert acts(machine.handle(rotated(2, webhook_id="msg_same"))) == []
+    assert any(
+        isinstance(e, Log) and e.event == "webhook_duplicate"
+        for e in machine.handle(rotated(2, webhook_id="msg_same"))
+    )
+
+
+def test_generation_already_applied_is_acknowledged_without_restart() -> None:
+    machine = running()
+    assert acts(machine.handle(rotated(1, webhook_id="late"))) == [Acknowledge(1, OLD)]
+    assert machine.phase is Phase.RUNNING
+
+
+def test_a_token_older_than_the_rotation_is_fetched_again() -> None:
+    machine = running()
+    machine.handle(rotated(3))
+    assert acts(machine.handle(TokenObtained(NEW))) == [ScheduleTimer(Timer.RETRY_FETCH, 0.5)]
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(NEWER))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(ChildExited(0, 1.0))) == [StartChild(NEWER), Acknowledge(3, NEWER)]
+
+
+def test_second_rotation_while_fetching_is_merged_into_one_restart() -> None:
+    machine = running()
+    assert acts(machine.handle(rotated(2, "reload"))) == [FetchToken()]
+    assert acts(machine.handle(rotated(3, "restart"))) == []  # the fetch under way will serve both
+    assert acts(machine.handle(TokenObtained(NEWER))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(ChildExited(0, 1.0))) == [StartChild(NEWER), Acknowledge(3, NEWER)]
+
+
+def test_crash_restarts_with_capped_exponential_backoff() -> None:
+    machine = running(Policy(backoff_initial=1.0, backoff_max=4.0))
+    delays = []
+    for _ in range(5):
+        effects = acts(machine.handle(ChildExited(1, 0.1)))
+        assert machine.phase is Phase.BACKING_OFF
+        (timer,) = effects
+        assert isinstance(timer, ScheduleTimer)
+        assert timer.timer is Timer.RESTART_CHILD
+        delays.append(timer.delay)
+        assert acts(machine.handle(TimerFired(Timer.RESTART_CHILD))) == [FetchToken()]
+        assert acts(machine.handle(TokenObtained(OLD))) == [StartChild(OLD)]
+    assert delays == [1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_a_child_that_ran_long_enough_resets_the_backoff() -> None:
+    machine = running(Policy(backoff_initial=1.0, stable_after=10.0))
+    for _ in range(3):
+        machine.handle(ChildExited(1, 0.1))
+        machine.handle(TimerFired(Timer.RESTART_CHILD))
+        machine.handle(TokenObtained(OLD))
+    assert acts(machine.handle(ChildExited(1, 60.0))) == [ScheduleTimer(Timer.RESTART_CHILD, 1.0)]
+
+
+def test_crash_restart_uses_a_rotated_token_if_the_issuer_has_one() -> None:
+    machine = running()
+    machine.handle(ChildExited(1, 0.1))
+    machine.handle(TimerFired(Timer.RESTART_CHILD))
+    assert acts(machine.handle(TokenObtained(NEW))) == [StartChild(NEW)]
+
+
+def test_crash_restart_keeps_the_old_token_when_the_issuer_is_down() -> None:
+    machine = running()
+    machine.handle(ChildExited(1, 0.1))
+    machine.handle(TimerFired(Timer.RESTART_CHILD))
+    assert acts(machine.handle(TokenFailed("issuer unreachable"))) == [StartChild(OLD)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "restarts"),
+    [
+        ("on-failure", 0, False),
+        ("on-failure", 2, True),
+        ("always", 0, True),
+        ("never", 2, False),
+    ],
+)
+def test_restart_policy(policy: str, status: int, restarts: bool) -> None:
+    machine = running(Policy(restart_policy=policy))  # type: ignore[arg-type]
+    effects = acts(machine.handle(ChildExited(status, 1.0)))
+    if restarts:
+        assert machine.phase is Phase.BACKING_OFF
+    else:
+        assert effects == [Unsubscribe(OLD), Exit(status)]
+
+
+def test_stop_forwards_the_signal_and_exits_with_the_childs_status() -> None:
+    machine = running()
+    assert acts(machine.handle(StopRequested(signal.SIGINT))) == [StopChild(signal.SIGINT, 7.0)]
+    assert machine.phase is Phase.STOPPING
+    assert acts(machine.handle(StopRequested(signal.SIGINT))) == [KillChild()]
+    assert acts(machine.handle(ChildExited(5, 1.0))) == [Unsubscribe(OLD), Exit(5)]
+    assert machine.handle(ChildExited(5, 1.0)) == []  # exited: nothing more happens
+
+
+def test_stop_while_restarting_waits_for_the_child_and_does_not_start_it_again() -> None:
+    machine = running()
+    machine.handle(rotated(2))
+    machine.handle(TokenObtained(NEW))
+    assert machine.phase is Phase.RESTARTING
+    machine.handle(StopRequested(signal.SIGTERM))
+    assert acts(machine.handle(ChildExited(-signal.SIGTERM, 1.0))) == [Unsubscribe(NEW), Exit(143)]
+
+
+def test_stop_during_backoff_exits_with_the_last_status() -> None:
+    machine = running()
+    machine.handle(ChildExited(4, 0.1))
+    assert acts(machine.handle(StopRequested(signal.SIGTERM))) == [Unsubscribe(OLD), Exit(4)]
+    assert machine.handle(TimerFired(Timer.RESTART_CHILD)) == []
+
+
+def test_sighup_is_forwarded_to_a_running_child() -> None:
+    machine = running()
+    assert machine.handle(SignalReceived(signal.SIGHUP)) == [SignalChild(signal.SIGHUP)]
+
+
+def test_permanent_token_error_at_start_exits_with_the_message() -> None:
+    machine = AgentMachine()
+    machine.handle(AgentStarted())
+    effects = machine.handle(TokenFailed("the issuer refused the PAT (401)", permanent=True))
+    assert effects == [Exit(1, "the issuer refused the PAT (401)")]
+
+
+def test_transient_token_error_at_start_is_retried_then_given_up() -> None:
+    machine = AgentMachine(policy=Policy(start_retries=2, backoff_initial=1.0))
+    machine.handle(AgentStarted())
+    assert acts(machine.handle(TokenFailed("issuer unreachable"))) == [ScheduleTimer(Timer.RETRY_FETCH, 1.0)]
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+    assert acts(machine.handle(TokenFailed("issuer unreachable"))) == [ScheduleTimer(Timer.RETRY_FETCH, 2.0)]
+    machine.handle(TimerFired(Timer.RETRY_FETCH))
+    assert acts(machine.handle(TokenFailed("issuer unreachable"))) == [Exit(1, "issuer unreachable")]
+
+
+def test_token_error_during_rotation_keeps_the_child_and_retries() -> None:
+    machine = running()
+    machine.handle(rotated(2))
+    assert acts(machine.handle(TokenFailed("issuer unreachable"))) == [ScheduleTimer(Timer.RETRY_FETCH, 0.5)]
+    assert machine.phase is Phase.RUNNING
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+
+
+def test_command_that_cannot_start_exits_127() -> None:
+    machine = AgentMachine()
+    machine.handle(AgentStarted())
+    machine.handle(TokenObtained(OLD))
+    effects = machine.handle(ChildStartFailed("nope: No such file or directory"))
+    assert effects[-1] == Exit(127, "could not start the command: nope: No such file or directory")
+
+
+def test_webhooks_before_the_first_token_are_ignored() -> None:
+    machine = AgentMachine()
+    machine.handle(AgentStarted())
+    assert acts(machine.handle(rotated(2))) == []
+
+
+def test_credential_repr_hides_the_token() -> None:
+    assert "stk_old" not in repr(OLD)
+    assert "stk_old" not in str(OLD.describe())
+
+
+def test_rotation_arriving_while_the_child_stops_is_waited_for_before_starting() -> None:
+    machine = running()
+    machine.handle(rotated(2))
+    assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(rotated(3))) == [FetchToken()]
+    assert acts(machine.handle(ChildExited(0, 1.0))) == []  # not on NEW: generation 3 is being fetched
+    assert acts(machine.handle(TokenObtained(NEWER))) == [StartChild(NEWER), Acknowledge(3, NEWER)]
+    assert machine.phase is Phase.RUNNING
+    assert machine.applied_generation == 3
