@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import structlog
+
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.ports import Delivery, OutboxMessage, OutboxStore, Publisher, TopicAdmin
 from shared.logs import get_logger
@@ -108,6 +110,7 @@ class OutboxRelay:
         return self.failures == 0
 
     def _run(self) -> None:
+        structlog.contextvars.bind_contextvars(service="issuer", component="relay")
         while not self._stopping.is_set():
             self._wake.clear()
             try:
