@@ -47,9 +47,7 @@ class RunningIssuer:
 
 
 @pytest.fixture
-def issuer_factory(
-    serve_app: Callable[..., str], tmp_path: Path
-) -> Iterator[Callable[..., RunningIssuer]]:
+def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Callable[..., RunningIssuer]]:
     clients: list[httpx.Client] = []
 
     def start(database_url: str, kafka: KafkaSettings, **overrides: Any) -> RunningIssuer:

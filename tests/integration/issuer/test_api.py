@@ -1,4 +1,4 @@
-"""The issuer end to end through HTTP, on SQLite and PostgreSQL, with the relay publishing to the real broker."""
+"""The issuer end to end over HTTP on SQLite and PostgreSQL, the relay publishing to the real broker."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_rotation_semantics_end_to_end_with_the_event_on_the_topic(
     assert before.status_code == 200, before.text
     before_body = before.json()
     old_1, old_2 = before_body["token_1"], before_body["token_2"]
-    assert is_well_formed(old_1["token"]) and is_well_formed(old_2["token"])
+    assert is_well_formed(old_1["token"])
+    assert is_well_formed(old_2["token"])
     assert old_1["fingerprint"] == fingerprint(old_1["token"])
 
     rotated = issuer.admin.post(f"{TOKENS}/rotate", json={"grace_period_seconds": 0})
@@ -56,7 +57,8 @@ def test_rotation_semantics_end_to_end_with_the_event_on_the_topic(
     events = [decode_event(r.value) for r in records]
     assert [e.generation for e in events if e] == [1, 2]
     created_event, rotated_event = events
-    assert created_event is not None and rotated_event is not None
+    assert created_event is not None
+    assert rotated_event is not None
     assert created_event.change.type is ChangeType.CREATED
     assert {(t.slot, t.fingerprint) for t in created_event.tokens} == {
         (1, old_1["fingerprint"]),
@@ -76,7 +78,9 @@ def test_rotation_semantics_end_to_end_with_the_event_on_the_topic(
     topic_bytes = b"".join((r.key.encode() + (r.value or b"")) for r in records)
     assert b"stk_" not in topic_bytes
     logs = captured_logs.text
-    assert ENV_ID in logs and new_2["fingerprint"] in logs and "tokens_rotated" in logs
+    assert ENV_ID in logs
+    assert new_2["fingerprint"] in logs
+    assert "tokens_rotated" in logs
     for token in plaintexts:
         assert token not in logs
         assert token.encode() not in topic_bytes
@@ -84,7 +88,8 @@ def test_rotation_semantics_end_to_end_with_the_event_on_the_topic(
 
     audit = issuer.admin.get("/v1/admin/audit", params={"environment_id": ENV_ID}).json()["entries"]
     assert [e["action"] for e in audit] == ["reveal", "rotate", "reveal", "create"]
-    assert audit[1]["actor"] == "pat:alice" and new_2["token_id"] in audit[1]["token_ids"]
+    assert audit[1]["actor"] == "pat:alice"
+    assert new_2["token_id"] in audit[1]["token_ids"]
     assert all("stk_" not in str(e) for e in audit)
 
 
@@ -110,7 +115,8 @@ def test_grace_revoke_and_delete_reach_the_topic(
     events = [decode_event(r.value) for r in records]
     assert events[3] is None  # the tombstone comes last
     grace_event, revoke_event = events[1], events[2]
-    assert grace_event is not None and revoke_event is not None
+    assert grace_event is not None
+    assert revoke_event is not None
     in_grace = [t for t in grace_event.tokens if t.valid_until is not None]
     assert [(t.slot, t.token_id) for t in in_grace] == [(1, first["token_1"]["token_id"])]
     assert revoke_event.change.type is ChangeType.REVOKED
@@ -121,7 +127,8 @@ def test_grace_revoke_and_delete_reach_the_topic(
 
     # The id can be created again; its generation continues so consumers accept it.
     again = issuer.admin.post("/v1/environments", json=ENV)
-    assert again.status_code == 201 and again.json()["generation"] == 4
+    assert again.status_code == 201
+    assert again.json()["generation"] == 4
 
 
 def test_authentication_authorisation_and_validation_errors(
@@ -134,7 +141,8 @@ def test_authentication_authorisation_and_validation_errors(
     def expect(response: httpx.Response, status: int, code: str | None = None) -> None:
         assert response.status_code == status, response.text
         body = response.json()
-        assert set(body) >= {"error", "message"} and body["message"]
+        assert set(body) >= {"error", "message"}
+        assert body["message"]
         if code:
             assert body["error"] == code
         assert not TOKEN_PATTERN.search(response.text)  # an error never echoes a token
@@ -149,7 +157,8 @@ def test_authentication_authorisation_and_validation_errors(
     assert "expired" in response.json()["message"]
     as_pat = issuer.anonymous.get("/v1/environments", headers={"Authorization": f"Bearer {streaming_token}"})
     expect(as_pat, 401)
-    assert "streaming token" in as_pat.json()["message"] and streaming_token not in as_pat.text
+    assert "streaming token" in as_pat.json()["message"]
+    assert streaming_token not in as_pat.text
 
     expect(issuer.member.post(f"{TOKENS}/rotate"), 403, "forbidden")
     expect(issuer.member.post(f"{TOKENS}/revoke"), 403, "forbidden")
@@ -162,7 +171,12 @@ def test_authentication_authorisation_and_validation_errors(
     expect(issuer.admin.post("/v1/environments", json=ENV), 409, "conflict")
     expect(issuer.admin.post("/v1/environments", json={**ENV, "org": "Not Valid"}), 422)
     expect(issuer.admin.post("/v1/environments", json={"org": "acme"}), 422)
-    expect(issuer.admin.post("/v1/environments", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    expect(
+        issuer.admin.post(
+            "/v1/environments", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        422,
+    )
     expect(issuer.admin.post("/v1/environments", json={**ENV, "extra": 1}), 422)
     expect(issuer.admin.get("/v1/environments/UPPER_case!/streaming-tokens"), 422)
     expect(issuer.admin.get("/v1/environments/acme-telemetry-nope/streaming-tokens"), 404, "not_found")
@@ -190,9 +204,7 @@ def test_idempotency_key_rotates_once(
     assert "Idempotency-Key" in reused.json()["message"]
     other = issuer.admin.post(f"{TOKENS}/rotate", headers={"Idempotency-Key": "k-2"})
     assert other.json()["generation"] == 3
-    rotations = [
-        e for e in issuer.admin.get("/v1/admin/audit").json()["entries"] if e["action"] == "rotate"
-    ]
+    rotations = [e for e in issuer.admin.get("/v1/admin/audit").json()["entries"] if e["action"] == "rotate"]
     assert len(rotations) == 2
 
 
@@ -202,9 +214,10 @@ def test_openapi_health_and_metrics(
     issuer = issuer_factory(sqlite_url, kafka_settings)
     assert issuer.anonymous.get("/health/live").status_code == 200
     ready = issuer.anonymous.get("/health/ready")
-    assert ready.status_code == 200 and ready.json()["relay"] == "running"
+    assert ready.status_code == 200
+    assert ready.json()["relay"] == "running"
     paths = issuer.anonymous.get("/openapi.json").json()["paths"]
-    assert f"/v1/environments/{{environment_id}}/streaming-tokens/rotate" in paths
+    assert "/v1/environments/{environment_id}/streaming-tokens/rotate" in paths
     assert issuer.admin.post("/v1/environments", json=ENV).status_code == 201
     issuer.admin.post(f"{TOKENS}/rotate")
     read_topic(kafka_settings, expected=2, settle=0)
