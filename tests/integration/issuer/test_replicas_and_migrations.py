@@ -1,0 +1,88 @@
+"""Several issuer replicas share one PostgreSQL database; migrations keep data; an empty topic is refilled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import sqlalchemy as sa
+
+from services.issuer.adapters import migrate
+from services.issuer.adapters.db import make_engine
+from shared.events import decode_event
+from shared.kafka import KafkaSettings
+from tests.integration.issuer.conftest import RunningIssuer, read_topic
+
+ENV = {"org": "acme", "project": "telemetry"}
+
+
+def test_two_replicas_publish_each_environment_in_order(
+    postgres_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    first = issuer_factory(postgres_url, kafka_settings)
+    second = issuer_factory(postgres_url, kafka_settings)
+    names = ["a", "b", "c"]
+    for name in names:
+        assert first.admin.post("/v1/environments", json={**ENV, "name": name}).status_code == 201
+    headers = [dict(first.admin.headers), dict(second.admin.headers)]
+    urls = [first.url, second.url]
+
+    def rotate(i: int) -> int:
+        replica = i % 2
+        name = names[i % len(names)]
+        with httpx.Client(base_url=urls[replica], headers=headers[replica], timeout=60) as client:
+            response = client.post(f"/v1/environments/acme-telemetry-{name}/streaming-tokens/rotate")
+        return response.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(rotate, range(30))) == {200}
+
+    records = read_topic(kafka_settings, expected=3 + 30)
+    by_env: dict[str, list[int]] = {}
+    for record in records:
+        event = decode_event(record.value)
+        assert event is not None
+        by_env.setdefault(record.key, []).append(event.generation)
+    assert by_env == {f"acme-telemetry-{n}": list(range(1, 12)) for n in names}
+
+
+def test_migrations_are_idempotent_and_keep_data(
+    database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    assert issuer.admin.post("/v1/environments", json={**ENV, "name": "prod"}).status_code == 201
+    engine = make_engine(database_url)
+    try:
+        assert migrate.current_revision(engine) == "0001"
+        migrate.upgrade(engine)  # what a restart or a second replica does
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM environment")).scalar_one() == 1
+            assert connection.execute(sa.text("SELECT count(*) FROM streaming_token")).scalar_one() == 2
+    finally:
+        engine.dispose()
+    restarted = issuer_factory(database_url, kafka_settings, start_relay=False)
+    assert restarted.admin.get("/v1/environments/acme-telemetry-prod/streaming-tokens").status_code == 200
+
+
+def test_an_issuer_starting_on_an_empty_topic_republishes_everything(
+    sqlite_url: str,
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[[str], str],
+    issuer_factory: Callable[..., RunningIssuer],
+) -> None:
+    issuer = issuer_factory(sqlite_url, kafka_settings)
+    for name in ("prod", "dev"):
+        assert issuer.admin.post("/v1/environments", json={**ENV, "name": name}).status_code == 201
+    issuer.admin.post("/v1/environments/acme-telemetry-prod/streaming-tokens/rotate")
+    issuer.admin.delete("/v1/environments/acme-telemetry-dev")
+    assert len(read_topic(kafka_settings, expected=4, settle=0)) == 4
+    issuer.app.state.relay.stop()  # the old instance is gone (SQLite: one relay per database file)
+
+    fresh = kafka_settings.model_copy(update={"topic": topic_factory("fresh")})
+    issuer_factory(sqlite_url, fresh)  # a restart against a broker that lost the topic
+    records = read_topic(fresh, expected=2)
+    assert {r.key: (decode_event(r.value).generation if r.value else None) for r in records} == {
+        "acme-telemetry-prod": 2,
+        "acme-telemetry-dev": None,  # deleted: a tombstone
+    }
