@@ -7,6 +7,7 @@ import itertools
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -169,7 +170,7 @@ def test_every_command_sequence_keeps_the_invariants(sequence: list[Command]) ->
 
 
 def test_the_domain_imports_only_the_standard_library_and_shared() -> None:
-    tree = ast.parse(open(domain.__file__, encoding="utf-8").read())
+    tree = ast.parse(Path(domain.__file__).read_text(encoding="utf-8"))
     modules = {
         (node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
     } | {
