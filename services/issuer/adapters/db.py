@@ -127,6 +127,7 @@ class SqlTx:
     def __init__(self, session: Session, postgres: bool) -> None:
         self.session = session
         self._postgres = postgres
+        self._ciphertexts: dict[str, str] = {}  # of the rows loaded in this transaction
 
     # -- environments ------------------------------------------------------------------------------------
 
@@ -144,6 +145,7 @@ class SqlTx:
         ).all()
         found: dict[str, list[TokenRecord]] = {}
         for row in rows:
+            self._ciphertexts[row.token_id] = row.ciphertext
             found.setdefault(row.environment_id, []).append(
                 TokenRecord(
                     token_id=row.token_id,
@@ -259,8 +261,12 @@ class SqlTx:
         )
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
-        rows = self.session.exec(select(TokenRow).where(col(TokenRow.token_id).in_(token_ids))).all()
-        return {r.token_id: r.ciphertext for r in rows}
+        found = {t: self._ciphertexts[t] for t in token_ids if t in self._ciphertexts}
+        missing = [t for t in token_ids if t not in found]
+        if missing:
+            rows = self.session.exec(select(TokenRow).where(col(TokenRow.token_id).in_(missing))).all()
+            found.update({r.token_id: r.ciphertext for r in rows})
+        return found
 
     # -- outbox, audit, idempotency ----------------------------------------------------------------------
 
@@ -310,7 +316,7 @@ class SqlOutboxClaim:
         if self._session is not None:
             self._session.execute(statement)
         else:
-            with self._store.engine.begin() as connection:
+            with self._store.serialised(), self._store.engine.begin() as connection:
                 connection.execute(statement)
 
 
@@ -320,12 +326,23 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.postgres = is_postgres(engine)
+        # SQLite allows one writer per file. Queue this process's transactions on a lock rather than on
+        # SQLite's busy handler, which sleeps in growing steps and makes long latency tails under load.
         self._claim_lock = threading.Lock()
+        self._sqlite_lock: threading.RLock | None = None if self.postgres else threading.RLock()
+
+    @contextmanager
+    def serialised(self) -> Iterator[None]:
+        if self._sqlite_lock is None:
+            yield
+            return
+        with self._sqlite_lock:
+            yield
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            with self.serialised(), Session(self.engine, expire_on_commit=False) as session, session.begin():
                 yield SqlTx(session, self.postgres)
         except sa.exc.IntegrityError as exc:
             raise StoreConflict(f"a concurrent change collided: {type(exc.orig).__name__}") from None
@@ -334,7 +351,7 @@ class SqlStore:
         query = select(AuditRow).order_by(col(AuditRow.id).desc()).limit(limit)
         if environment_id is not None:
             query = query.where(AuditRow.environment_id == environment_id)
-        with Session(self.engine) as session:
+        with self.serialised(), Session(self.engine) as session:
             rows = session.exec(query).all()
         return [
             AuditEntry(
@@ -351,7 +368,7 @@ class SqlStore:
     # -- outbox ------------------------------------------------------------------------------------------
 
     def pending_count(self) -> int:
-        with self.engine.connect() as connection:
+        with self.serialised(), self.engine.connect() as connection:
             query = (
                 sa.select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.published_at).is_(None))
             )
@@ -385,7 +402,7 @@ class SqlStore:
                 yield SqlOutboxClaim(self, messages, session)
             return
         with self._claim_lock:
-            with Session(self.engine) as session, session.begin():
+            with self.serialised(), Session(self.engine) as session, session.begin():
                 messages = self._pending(session, None, limit)
             yield SqlOutboxClaim(self, messages, None)
 
