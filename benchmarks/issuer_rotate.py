@@ -6,7 +6,8 @@ embedded broker; this process drives it with httpx clients. Two loads per databa
 - ``sequential``: one client, one rotation at a time (latency of a single admin);
 - ``concurrent``: N clients rotating N environments in a loop (throughput under load).
 
-Usage: ``.venv/bin/python benchmarks/issuer_rotate.py [--seconds 8] [--clients 8] [--databases sqlite,postgres]``
+Usage: ``.venv/bin/python benchmarks/issuer_rotate.py [--seconds 8] [--clients 8]
+[--databases sqlite,postgres]``
 Runs for about 4 x --seconds plus start-up (< 1 min by default).
 """
 
@@ -133,7 +134,8 @@ def run_load(url: str, pat: str, environments: list[str], clients: int, seconds:
 
 def report(database: str, load: str, latencies: list[float], seconds: float) -> None:
     print(
-        f"  {database:<9} {load:<11} rotations={len(latencies):>6}  throughput={len(latencies) / seconds:8.1f}/s  "
+        f"  {database:<9} {load:<11} rotations={len(latencies):>6}  "
+        f"throughput={len(latencies) / seconds:8.1f}/s  "
         f"p50={statistics.median(latencies) * 1000:7.2f} ms  p99={percentile(latencies, 99) * 1000:7.2f} ms  "
         f"max={max(latencies) * 1000:7.2f} ms"
     )
