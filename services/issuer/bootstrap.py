@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -57,12 +58,23 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         backoff_max_s=settings.relay_backoff_max_s,
         poll_interval_s=settings.relay_poll_interval_s,
         observer=overrides.get("relay_observer"),
+        housekeeping=lambda: housekeeping(),
     )
     deps = handlers.Deps(store=store, cipher=cipher, wakeup=relay, metrics=metrics)
     if "clock" in overrides:
         deps.clock = overrides["clock"]
     if "token_factory" in overrides:
         deps.token_factory = overrides["token_factory"]
+
+    def housekeeping() -> None:
+        now = deps.clock()
+        outbox, keys = store.purge(
+            now - timedelta(hours=settings.outbox_retention_hours),
+            now - timedelta(hours=settings.idempotency_ttl_hours),
+        )
+        if outbox or keys:
+            log.info("housekeeping_purged", outbox_rows=outbox, idempotency_keys=keys)
+
     if settings.republish_on_start:
         relay._republish = lambda: handlers.republish_all(deps, actor="system:relay")
     start_relay = bool(overrides.get("start_relay", settings.relay_enabled))

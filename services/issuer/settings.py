@@ -61,6 +61,16 @@ class IssuerSettings(BaseSettings):
         description="STREAMTOKEN_ISSUER_REPUBLISH_ON_START: republish every environment when the topic "
         "is empty at start (e.g. after a broker lost its data)",
     )
+    outbox_retention_hours: float = Field(
+        168,
+        ge=0,
+        description="STREAMTOKEN_ISSUER_OUTBOX_RETENTION_HOURS: how long published outbox rows are kept",
+    )
+    idempotency_ttl_hours: float = Field(
+        24,
+        gt=0,
+        description="STREAMTOKEN_ISSUER_IDEMPOTENCY_TTL_HOURS: how long an Idempotency-Key replays a result",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 

@@ -423,5 +423,18 @@ class SqlStore:
             for r in rows
         ]
 
+    def purge(self, published_before: datetime, idempotency_before: datetime) -> tuple[int, int]:
+        """Forget outbox rows published and idempotency keys used before the given times."""
+        with self.serialised(), self.engine.begin() as connection:
+            outbox = connection.execute(
+                sa.delete(OutboxRow).where(
+                    col(OutboxRow.published_at).is_not(None), col(OutboxRow.published_at) < published_before
+                )
+            ).rowcount
+            keys = connection.execute(
+                sa.delete(IdempotencyRow).where(col(IdempotencyRow.created_at) < idempotency_before)
+            ).rowcount
+        return int(outbox or 0), int(keys or 0)
+
     def dispose(self) -> None:
         self.engine.dispose()

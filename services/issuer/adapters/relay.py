@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -66,6 +67,8 @@ class OutboxRelay:
         backoff_max_s: float = 5.0,
         poll_interval_s: float = 1.0,
         observer: PublishObserver | None = None,
+        housekeeping: Callable[[], object] | None = None,
+        housekeeping_interval_s: float = 3600.0,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -76,6 +79,9 @@ class OutboxRelay:
         self._backoff_max_s = backoff_max_s
         self._poll_interval_s = poll_interval_s
         self.observer = observer
+        self._housekeeping = housekeeping
+        self._housekeeping_interval_s = housekeeping_interval_s
+        self._next_housekeeping = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,7 +142,17 @@ class OutboxRelay:
                 log.info("outbox_relay_recovered", after_attempts=self.failures)
             self.failures = 0
             self.last_error = None
+            self._housekeep()
             self._wake.wait(self._poll_interval_s)
+
+    def _housekeep(self) -> None:
+        if self._housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + self._housekeeping_interval_s
+        try:
+            self._housekeeping()
+        except Exception as exc:  # housekeeping must never stop publishing
+            log.warning("outbox_housekeeping_failed", error=type(exc).__name__)
 
     # -- one pass ----------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -86,3 +87,24 @@ def test_an_issuer_starting_on_an_empty_topic_republishes_everything(
         "acme-telemetry-prod": 2,
         "acme-telemetry-dev": None,  # deleted: a tombstone
     }
+
+
+def test_housekeeping_forgets_published_rows_and_old_idempotency_keys(
+    sqlite_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    issuer = issuer_factory(sqlite_url, kafka_settings)
+    assert issuer.admin.post("/v1/environments", json={**ENV, "name": "prod"}).status_code == 201
+    rotate = "/v1/environments/acme-telemetry-prod/streaming-tokens/rotate"
+    first = issuer.admin.post(rotate, headers={"Idempotency-Key": "k"}).json()
+    read_topic(kafka_settings, expected=2, settle=0)
+    store = issuer.app.state.deps.store
+    deadline = time.monotonic() + 10
+    while store.pending_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert store.purge(later, later) == (2, 1)
+    assert store.purge(later, later) == (0, 0)
+    again = issuer.admin.post(rotate, headers={"Idempotency-Key": "k"}).json()
+    assert again["generation"] == first["generation"] + 1  # the key expired: a new rotation
