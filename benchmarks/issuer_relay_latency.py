@@ -93,8 +93,9 @@ def measure(database_url: str, kafka: KafkaSettings, rotations: int, pause_s: fl
             view = handlers.rotate_tokens(deps, env.id, actor="bench")
             committed = wakeup.committed_at
             assert committed is not None
+            generation = view.generation
             with done:
-                if not done.wait_for(lambda g=view.generation: g in acked, timeout=30):
+                if not done.wait_for(lambda: generation in acked, timeout=30):  # noqa: B023
                     raise RuntimeError(f"generation {view.generation} was not acknowledged in 30 s")
                 latencies.append(max(acked[view.generation].timestamp() - committed, 0.0))
             time.sleep(pause_s)

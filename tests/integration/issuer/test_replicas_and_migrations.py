@@ -83,7 +83,8 @@ def test_an_issuer_starting_on_an_empty_topic_republishes_everything(
     fresh = kafka_settings.model_copy(update={"topic": topic_factory("fresh")})
     issuer_factory(sqlite_url, fresh)  # a restart against a broker that lost the topic
     records = read_topic(fresh, expected=2)
-    assert {r.key: (decode_event(r.value).generation if r.value else None) for r in records} == {
+    events = {r.key: decode_event(r.value) for r in records}
+    assert {key: (event.generation if event else None) for key, event in events.items()} == {
         "acme-telemetry-prod": 2,
         "acme-telemetry-dev": None,  # deleted: a tombstone
     }
