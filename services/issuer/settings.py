@@ -59,7 +59,7 @@ class IssuerSettings(BaseSettings):
     republish_on_start: bool = Field(
         True,
         description="STREAMTOKEN_ISSUER_REPUBLISH_ON_START: republish every environment when the topic "
-        "is empty at start (e.g. after a broker lost its data)",
+        "is missing or empty at start or after Kafka was unreachable (a broker that lost its data)",
     )
     outbox_retention_hours: float = Field(
         168,
