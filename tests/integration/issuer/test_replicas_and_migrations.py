@@ -109,3 +109,24 @@ def test_housekeeping_forgets_published_rows_and_old_idempotency_keys(
     assert store.purge(later, later) == (0, 0)
     again = issuer.admin.post(rotate, headers={"Idempotency-Key": "k"}).json()
     assert again["generation"] == first["generation"] + 1  # the key expired: a new rotation
+
+
+def test_topic_emptiness_is_read_by_a_consumer(kafka_settings: KafkaSettings) -> None:
+    from services.issuer.adapters.kafka import KafkaTopicAdmin, QuixPublisher
+    from services.issuer.ports import OutboxMessage
+
+    admin = KafkaTopicAdmin(kafka_settings)
+    assert admin.ensure_topic() is True
+    assert admin.ensure_topic() is False
+    assert admin.is_empty() is True
+    publisher = QuixPublisher(kafka_settings, delivery_timeout_s=5)
+    try:
+        from datetime import UTC, datetime
+
+        (delivery,) = publisher.publish(
+            [OutboxMessage(1, "acme-telemetry-prod", 1, b"{}", datetime.now(UTC))]
+        )
+        assert delivery.error is None
+    finally:
+        publisher.close()
+    assert admin.is_empty() is False
