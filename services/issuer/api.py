@@ -60,6 +60,7 @@ class TokenPublic(BaseModel):
 class GraceTokenPublic(BaseModel):
     token_id: str
     fingerprint: str
+    created_at: datetime
     valid_until: datetime | None
 
 

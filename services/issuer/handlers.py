@@ -116,6 +116,7 @@ class TokenView:
                 {
                     "token_id": t.token_id,
                     "fingerprint": t.fingerprint,
+                    "created_at": t.created_at.isoformat(),
                     "valid_until": t.valid_until.isoformat() if t.valid_until else None,
                 }
                 for t in self.grace_tokens
@@ -137,11 +138,11 @@ class TokenView:
             token_2=token(data["token_2"]),
             grace_tokens=tuple(
                 TokenRecord(
-                    g["token_id"],
-                    1,
-                    g["fingerprint"],
-                    datetime.fromisoformat(g["valid_until"]),
-                    datetime.fromisoformat(g["valid_until"]),
+                    token_id=g["token_id"],
+                    slot=1,
+                    fingerprint=g["fingerprint"],
+                    created_at=datetime.fromisoformat(g["created_at"]),
+                    valid_until=datetime.fromisoformat(g["valid_until"]),
                 )
                 for g in data.get("grace_tokens", [])
             ),

@@ -93,3 +93,10 @@ def test_delete_publishes_a_tombstone_and_republish_covers_everything(deps: hand
     again = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
     assert again.generation == 2
     assert [e.action for e in handlers.audit_log(deps, prod.id, 10)] == ["create", "delete", "create"]
+
+
+def test_idempotent_replay_of_a_rotation_with_grace_is_identical(deps: handlers.Deps) -> None:
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    first = handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60, idempotency_key="g")
+    assert len(first.grace_tokens) == 1
+    assert handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60, idempotency_key="g") == first
