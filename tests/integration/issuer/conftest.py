@@ -27,10 +27,13 @@ def make_settings(database_url: str, kafka: KafkaSettings, data_dir: Path, **ext
         database_url=database_url,
         kafka=kafka,
         runtime=RuntimeSettings(env="test", data_dir=data_dir, log_level="DEBUG"),
-        relay_delivery_timeout_s=2.0,
-        relay_backoff_max_s=0.5,
-        relay_poll_interval_s=0.5,
-        **extra,
+        **{
+            # generous: a loaded CI machine must not turn a slow acknowledgement into a retry (a duplicate)
+            "relay_delivery_timeout_s": 10.0,
+            "relay_backoff_max_s": 0.5,
+            "relay_poll_interval_s": 0.5,
+            **extra,
+        },
     )
 
 

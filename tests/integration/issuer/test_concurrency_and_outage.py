@@ -54,9 +54,13 @@ def test_twenty_concurrent_rotations_are_serialised(
                 sa.text("SELECT slot FROM streaming_token WHERE environment_id = :e AND state <> 'ended'"),
                 {"e": ENV_ID},
             ).all()
+            outbox = connection.execute(
+                sa.text("SELECT generation FROM outbox WHERE environment_id = :e ORDER BY id"), {"e": ENV_ID}
+            ).all()
     finally:
         engine.dispose()
     assert sorted(row[0] for row in valid) == [1, 2]  # exactly two valid tokens at the end
+    assert [row[0] for row in outbox] == list(range(1, ROTATIONS + 2))  # one event per change, in order
     final = issuer.admin.get(TOKENS).json()
     assert final["generation"] == ROTATIONS + 1
     assert final["token_2"] == by_generation[ROTATIONS + 1]["token_2"]
@@ -88,7 +92,7 @@ def test_broker_outage_loses_no_rotation(
 ) -> None:
     broker = embedded_broker_factory()
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic=topic_name, topic_partitions=3)
-    issuer = issuer_factory(sqlite_url, kafka)
+    issuer = issuer_factory(sqlite_url, kafka, settings={"relay_delivery_timeout_s": 2.0})
     names = [f"env{i}" for i in range(5)]
     for name in names:
         assert issuer.admin.post("/v1/environments", json={**ENV, "name": name}).status_code == 201
