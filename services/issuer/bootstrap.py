@@ -59,6 +59,9 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         poll_interval_s=settings.relay_poll_interval_s,
         observer=overrides.get("relay_observer"),
         housekeeping=lambda: housekeeping(),
+        republish=(lambda: handlers.republish_all(deps, actor="system:relay"))
+        if settings.republish_on_start
+        else None,
     )
     deps = handlers.Deps(store=store, cipher=cipher, wakeup=relay, metrics=metrics)
     if "clock" in overrides:
@@ -75,8 +78,6 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         if outbox or keys:
             log.info("housekeeping_purged", outbox_rows=outbox, idempotency_keys=keys)
 
-    if settings.republish_on_start:
-        relay._republish = lambda: handlers.republish_all(deps, actor="system:relay")
     start_relay = bool(overrides.get("start_relay", settings.relay_enabled))
     state = {"migrated": False}
 
