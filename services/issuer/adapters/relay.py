@@ -128,6 +128,7 @@ class OutboxRelay:
                 self._metrics.publish_failures.inc()
                 self._publisher.reset()
                 self._topic_checked = self._topic_admin is None
+                self._update_depth()
                 delay = backoff_delay(self.failures, self._backoff_max_s)
                 log.warning(
                     "outbox_relay_retry",
@@ -185,8 +186,14 @@ class OutboxRelay:
                 raise PublishFailed(
                     f"{len(messages) - len(ok)} of {len(messages)} records not acknowledged: {failed.error}"
                 )
-        self._metrics.outbox_depth.set(self._store.pending_count())
+        self._update_depth()
         return total
+
+    def _update_depth(self) -> None:
+        try:
+            self._metrics.outbox_depth.set(self._store.pending_count())
+        except Exception as exc:  # the database may be what is failing
+            log.debug("outbox_depth_unavailable", error=type(exc).__name__)
 
     def _record(
         self, messages: Sequence[OutboxMessage], deliveries: Sequence[Delivery], ok: list[int]

@@ -108,6 +108,9 @@ def test_broker_outage_loses_no_rotation(
     while relay.failures == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert relay.failures > 0
+    while "streamtoken_issuer_outbox_depth 50.0" not in issuer.anonymous.get("/metrics").text:
+        assert time.monotonic() < deadline, "the outbox depth metric never showed the 50 pending rotations"
+        time.sleep(0.2)
     assert issuer.admin.get("/health/ready").json()["kafka"].startswith("retrying")
 
     monkeypatch.setattr(shared.broker, "port_is_free", _port_is_free_like_the_broker)
