@@ -197,7 +197,7 @@ def _view(deps: Deps, tx: StoreTx, env: Environment, issued: dict[str, str] | No
         generation=env.generation,
         token_1=reveal(env.token_1),
         token_2=reveal(env.token_2),
-        grace_tokens=env.grace_tokens,
+        grace_tokens=tuple(t for t in env.grace_tokens if t in env.valid_at(deps.clock())),
         rotation_id=env.last_change.rotation_id,
     )
 

@@ -100,3 +100,13 @@ def test_idempotent_replay_of_a_rotation_with_grace_is_identical(deps: handlers.
     first = handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60, idempotency_key="g")
     assert len(first.grace_tokens) == 1
     assert handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60, idempotency_key="g") == first
+
+
+def test_an_expired_grace_token_is_no_longer_shown(deps: handlers.Deps) -> None:
+    from datetime import timedelta
+
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60)
+    assert len(handlers.reveal_tokens(deps, env.id, actor="a").grace_tokens) == 1
+    deps.clock = lambda: NOW + timedelta(seconds=61)
+    assert handlers.reveal_tokens(deps, env.id, actor="a").grace_tokens == ()
