@@ -229,7 +229,14 @@ def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: 
         raise Invalid(str(exc)) from None
     try:
         with deps.store.transaction() as tx:
-            if tx.environment(env_id, for_update=True) is not None:
+            existing = tx.environment(env_id, for_update=True)
+            if existing is not None:
+                if (existing.org, existing.project, existing.name) != (org, project, name):
+                    raise Conflict(
+                        f"environment id {env_id!r} is already used by org {existing.org!r}, project "
+                        f"{existing.project!r}, environment {existing.name!r}; ids are "
+                        "'{org}-{project}-{environment}', so choose other names"
+                    )
                 raise Conflict(f"environment {env_id!r} already exists")
             previous = tx.deleted_generation(env_id) or 0
             transition = domain.create_environment(

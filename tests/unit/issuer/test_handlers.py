@@ -110,3 +110,9 @@ def test_an_expired_grace_token_is_no_longer_shown(deps: handlers.Deps) -> None:
     assert len(handlers.reveal_tokens(deps, env.id, actor="a").grace_tokens) == 1
     deps.clock = lambda: NOW + timedelta(seconds=61)
     assert handlers.reveal_tokens(deps, env.id, actor="a").grace_tokens == ()
+
+
+def test_an_id_clash_between_different_names_is_explained(deps: handlers.Deps) -> None:
+    handlers.create_environment(deps, "acme-eu", "telemetry", "prod", actor="a")
+    with pytest.raises(handlers.Conflict, match="already used by org 'acme-eu'"):
+        handlers.create_environment(deps, "acme", "eu-telemetry", "prod", actor="a")
