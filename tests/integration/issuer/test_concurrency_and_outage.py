@@ -85,14 +85,14 @@ def _port_is_free_like_the_broker(host: str, port: int) -> bool:
 
 def test_broker_outage_loses_no_rotation(
     monkeypatch: pytest.MonkeyPatch,
-    sqlite_url: str,
+    database_url: str,
     topic_name: str,
     embedded_broker_factory: Callable[..., EmbeddedBroker],
     issuer_factory: Callable[..., RunningIssuer],
 ) -> None:
     broker = embedded_broker_factory()
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic=topic_name, topic_partitions=3)
-    issuer = issuer_factory(sqlite_url, kafka, settings={"relay_delivery_timeout_s": 2.0})
+    issuer = issuer_factory(database_url, kafka, settings={"relay_delivery_timeout_s": 2.0})
     names = [f"env{i}" for i in range(5)]
     for name in names:
         assert issuer.admin.post("/v1/environments", json={**ENV, "name": name}).status_code == 201
