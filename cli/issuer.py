@@ -1,9 +1,286 @@
-"""`streamtoken` commands of the issuer (filled in by its issue)."""
+"""`streamtoken` commands of the issuer: run it, mint PATs, manage environments and their tokens.
+
+Management commands talk to the issuer over HTTP (``--issuer-url``, ``--pat``) and print one clear line
+on errors; ``admin pat`` mints locally with the issuer's JWT secret (same settings as the issuer).
+"""
 
 from __future__ import annotations
 
+import json
+import uuid
+from typing import Any, NoReturn
+
 import typer
+
+DEFAULT_ISSUER_URL = "http://127.0.0.1:8001"
+
+admin_app = typer.Typer(help="Administration: mint personal access tokens, republish the token state.")
+env_app = typer.Typer(help="Environments: create, list, show, delete.")
+tokens_app = typer.Typer(help="Streaming tokens of an environment: show, rotate, revoke.")
+
+IssuerUrl = typer.Option(
+    DEFAULT_ISSUER_URL, "--issuer-url", envvar="STREAMTOKEN_ISSUER_URL", help="issuer base URL"
+)
+Pat = typer.Option(None, "--pat", envvar="STREAMTOKEN_PAT", help="personal access token (Bearer)")
+JsonOut = typer.Option(False, "--json", help="print the JSON answer as is")
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command("issuer")(serve)
+    app.add_typer(admin_app, name="admin")
+    app.add_typer(env_app, name="env")
+    app.add_typer(tokens_app, name="tokens")
+
+
+def serve(
+    host: str | None = typer.Option(None, help="address to listen on (STREAMTOKEN_ISSUER_HOST)"),
+    port: int | None = typer.Option(None, help="port (STREAMTOKEN_ISSUER_PORT, default 8001)"),
+) -> None:
+    """Run the issuer in the foreground with settings from the environment."""
+    from services.issuer.__main__ import main
+
+    raise typer.Exit(main(host, port))
+
+
+# -- HTTP helpers -----------------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _request(
+    method: str, issuer_url: str, path: str, pat: str | None, *, json_body: Any = None, headers: Any = None
+) -> Any:
+    import httpx
+
+    if not pat:
+        _fail("no personal access token: pass --pat or set STREAMTOKEN_PAT (mint one: streamtoken admin pat)")
+    try:
+        response = httpx.request(
+            method,
+            issuer_url.rstrip("/") + path,
+            json=json_body,
+            headers={"Authorization": f"Bearer {pat}", **(headers or {})},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the issuer at {issuer_url}: {type(exc).__name__}; is it running?")
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = body.get("message") or body.get("error") or response.text
+        except ValueError:
+            message = response.text[:200] or response.reason_phrase
+        hint = {401: " (check --pat)", 403: " (an admin PAT is needed)"}.get(response.status_code, "")
+        _fail(f"{response.status_code}: {message}{hint}")
+    if response.status_code == 204 or not response.content:
+        return None
+    return response.json()
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _print_tokens(data: dict[str, Any], reveal: bool) -> None:
+    typer.echo(f"environment  {data['environment_id']}  (generation {data['generation']})")
+    for label, key in (("Token 1 (current)", "token_1"), ("Token 2 (next)   ", "token_2")):
+        token = data[key]
+        value = token["token"] if reveal else f"{token['token'][:8]}… (use --reveal to print)"
+        typer.echo(f"{label}  {token['token_id']}  {value}")
+    for grace in data.get("grace_tokens", []):
+        typer.echo(f"in grace until {grace['valid_until']}  {grace['token_id']}")
+
+
+# -- admin ------------------------------------------------------------------------------------------------
+
+
+@admin_app.command("pat")
+def admin_pat(
+    subject: str = typer.Option(..., "--subject", help="who the token is for (e.g. alice, ci-bot)"),
+    role: str = typer.Option("member", "--role", help="admin | member"),
+    ttl_days: int | None = typer.Option(
+        None, "--ttl-days", help="lifetime (default STREAMTOKEN_ISSUER_PAT_TTL_DAYS)"
+    ),
+) -> None:
+    """Mint a personal access token with the issuer's JWT secret (from the same settings as the issuer)."""
+    from datetime import timedelta
+
+    from services.issuer.auth import Role, mint_pat
+    from services.issuer.secrets import SecretConfigError, resolve_jwt_secret
+    from services.issuer.settings import IssuerSettings
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        _fail(f"--role must be 'admin' or 'member', not {role!r}")
+    if not subject.strip():
+        _fail("--subject must not be empty")
+    settings = IssuerSettings()
+    try:
+        secret = resolve_jwt_secret(settings.jwt_secret, settings.runtime)
+    except SecretConfigError as exc:
+        _fail(str(exc))
+    days = ttl_days if ttl_days is not None else settings.pat_ttl_days
+    if days < 1:
+        _fail("--ttl-days must be at least 1")
+    typer.echo(mint_pat(secret, subject.strip(), chosen, timedelta(days=days)))
+
+
+@admin_app.command("republish")
+def admin_republish(issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
+    """Publish the current state of every environment to Kafka again (e.g. after a broker lost its data)."""
+    result = _request("POST", issuer_url, "/v1/admin/republish", pat)
+    typer.echo(
+        f"queued {result['environments']} environments and {result['tombstones']} tombstones for publishing"
+    )
+
+
+@admin_app.command("audit")
+def admin_audit(
+    environment: str | None = typer.Option(None, "--environment", help="only this environment id"),
+    limit: int = typer.Option(50, help="newest entries to show"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Show the audit log, newest first."""
+    query = f"?limit={limit}" + (f"&environment_id={environment}" if environment else "")
+    data = _request("GET", issuer_url, f"/v1/admin/audit{query}", pat)
+    if as_json:
+        _print_json(data)
+        return
+    for entry in data["entries"]:
+        typer.echo(
+            f"{entry['at']}  {entry['actor']:<20} {entry['action']:<9} {entry['environment_id'] or '-'}"
+        )
+
+
+# -- environments -----------------------------------------------------------------------------------------
+
+
+@env_app.command("create")
+def env_create(
+    org: str = typer.Option(..., help="organisation slug"),
+    project: str = typer.Option(..., help="project slug"),
+    name: str = typer.Option(..., help="environment slug (e.g. prod)"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Create an environment with its Token 1 and Token 2 (admin)."""
+    data = _request(
+        "POST", issuer_url, "/v1/environments", pat, json_body={"org": org, "project": project, "name": name}
+    )
+    if as_json:
+        _print_json(data)
+    else:
+        typer.echo(
+            f"created {data['id']} (generation {data['generation']}); "
+            f"show its tokens: streamtoken tokens show {data['id']}"
+        )
+
+
+@env_app.command("list")
+def env_list(issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool = JsonOut) -> None:
+    """List environments."""
+    data = _request("GET", issuer_url, "/v1/environments", pat)
+    if as_json:
+        _print_json(data)
+        return
+    if not data["environments"]:
+        typer.echo("no environments yet; create one: streamtoken env create --org O --project P --name N")
+    for env in data["environments"]:
+        typer.echo(f"{env['id']:<40} generation {env['generation']:<5} updated {env['updated_at']}")
+
+
+@env_app.command("show")
+def env_show(environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
+    """Show one environment (token ids, not tokens)."""
+    _print_json(_request("GET", issuer_url, f"/v1/environments/{environment_id}", pat))
+
+
+@env_app.command("delete")
+def env_delete(
+    environment_id: str,
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+) -> None:
+    """Delete an environment: both tokens stop working (admin)."""
+    if not yes and not typer.confirm(f"Delete {environment_id}? Both its tokens stop working."):
+        raise typer.Exit(1)
+    _request("DELETE", issuer_url, f"/v1/environments/{environment_id}", pat)
+    typer.echo(f"deleted {environment_id}")
+
+
+# -- tokens -----------------------------------------------------------------------------------------------
+
+
+@tokens_app.command("show")
+def tokens_show(
+    environment_id: str,
+    reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Show Token 1 and Token 2 of an environment (every display is audit-logged)."""
+    data = _request("GET", issuer_url, f"/v1/environments/{environment_id}/streaming-tokens", pat)
+    if as_json:
+        _print_json(data)
+    else:
+        _print_tokens(data, reveal)
+
+
+@tokens_app.command("rotate")
+def tokens_rotate(
+    environment_id: str,
+    grace_period_seconds: int = typer.Option(
+        0, "--grace-period-seconds", help="keep the old Token 1 valid this long"
+    ),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="default: a fresh random key"),
+    reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Rotate: Token 1 is deactivated, Token 2 becomes Token 1, a new Token 2 is issued (admin)."""
+    data = _request(
+        "POST",
+        issuer_url,
+        f"/v1/environments/{environment_id}/streaming-tokens/rotate",
+        pat,
+        json_body={"grace_period_seconds": grace_period_seconds},
+        headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+    )
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo("rotated:")
+    _print_tokens(data, reveal)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    environment_id: str,
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+    reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Emergency: replace both tokens at once; every client using either stops working (admin)."""
+    if not yes and not typer.confirm(
+        f"Revoke both tokens of {environment_id}? Every client using them stops."
+    ):
+        raise typer.Exit(1)
+    data = _request("POST", issuer_url, f"/v1/environments/{environment_id}/streaming-tokens/revoke", pat)
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo("revoked; new tokens:")
+    _print_tokens(data, reveal)

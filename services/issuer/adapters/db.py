@@ -1,0 +1,440 @@
+"""The issuer's store: SQLModel tables on SQLite or PostgreSQL, one transaction per command.
+
+Writers of one environment are serialised: on PostgreSQL by ``SELECT ... FOR UPDATE`` on the environment
+row, on SQLite by ``BEGIN IMMEDIATE`` (one writer at a time for the whole file). Tokens are stored as
+fingerprint and Fernet ciphertext only. The outbox table holds every event until Kafka acknowledged it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from services.issuer.domain import Environment, TokenRecord, Transition
+from services.issuer.ports import AuditEntry, IdempotentResult, OutboxMessage, StoreConflict
+from shared.events import Change
+
+TOKEN_CURRENT = "current"
+TOKEN_GRACE = "grace"
+TOKEN_ENDED = "ended"
+
+_TZ = sa.DateTime(timezone=True)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class EnvironmentRow(SQLModel, table=True):
+    __tablename__ = "environment"
+
+    id: str = Field(primary_key=True, max_length=98)
+    org: str = Field(max_length=32)
+    project: str = Field(max_length=32)
+    name: str = Field(max_length=32)
+    generation: int
+    last_change: str  # JSON of shared.events.Change, for republishing the current state
+    created_at: datetime = Field(sa_type=_TZ)
+    updated_at: datetime = Field(sa_type=_TZ)
+    deleted_at: datetime | None = Field(default=None, sa_type=_TZ)
+
+
+class TokenRow(SQLModel, table=True):
+    __tablename__ = "streaming_token"
+
+    token_id: str = Field(primary_key=True, max_length=64)
+    environment_id: str = Field(foreign_key="environment.id", index=True, max_length=98)
+    slot: int
+    fingerprint: str = Field(unique=True, max_length=64)
+    ciphertext: str
+    state: str = Field(max_length=16)  # current | grace | ended
+    created_at: datetime = Field(sa_type=_TZ)
+    valid_until: datetime | None = Field(default=None, sa_type=_TZ)
+    ended_at: datetime | None = Field(default=None, sa_type=_TZ)
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    environment_id: str = Field(max_length=98, index=True)
+    generation: int
+    payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    created_at: datetime = Field(sa_type=_TZ)
+    published_at: datetime | None = Field(default=None, sa_type=_TZ)
+
+
+class AuditRow(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=_TZ, index=True)
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=32)
+    environment_id: str | None = Field(default=None, max_length=98, index=True)
+    token_ids: str = "[]"
+    detail: str = "{}"
+
+
+class IdempotencyRow(SQLModel, table=True):
+    __tablename__ = "idempotency_key"
+
+    environment_id: str = Field(primary_key=True, max_length=98)
+    key: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)
+    response_ciphertext: str  # the response holds tokens, so it is encrypted like them
+    created_at: datetime = Field(sa_type=_TZ)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _: Any) -> None:
+            dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(connection: sa.Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_timeout=30)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+class SqlTx:
+    """:class:`services.issuer.ports.StoreTx` on one SQLAlchemy session."""
+
+    def __init__(self, session: Session, postgres: bool) -> None:
+        self.session = session
+        self._postgres = postgres
+        self._ciphertexts: dict[str, str] = {}  # of the rows loaded in this transaction
+
+    # -- environments ------------------------------------------------------------------------------------
+
+    def _row(self, env_id: str, for_update: bool) -> EnvironmentRow | None:
+        query = select(EnvironmentRow).where(EnvironmentRow.id == env_id)
+        if for_update and self._postgres:
+            query = query.with_for_update()
+        return self.session.exec(query).first()
+
+    def _tokens(self, env_ids: Sequence[str]) -> dict[str, list[TokenRecord]]:
+        rows = self.session.exec(
+            select(TokenRow)
+            .where(col(TokenRow.environment_id).in_(env_ids), col(TokenRow.state) != TOKEN_ENDED)
+            .order_by(col(TokenRow.slot), col(TokenRow.created_at))
+        ).all()
+        found: dict[str, list[TokenRecord]] = {}
+        for row in rows:
+            self._ciphertexts[row.token_id] = row.ciphertext
+            found.setdefault(row.environment_id, []).append(
+                TokenRecord(
+                    token_id=row.token_id,
+                    slot=1 if row.slot == 1 else 2,
+                    fingerprint=row.fingerprint,
+                    created_at=_utc(row.created_at),
+                    valid_until=_utc(row.valid_until) if row.valid_until else None,
+                )
+            )
+        return found
+
+    @staticmethod
+    def _to_domain(row: EnvironmentRow, tokens: list[TokenRecord]) -> Environment:
+        return Environment(
+            id=row.id,
+            org=row.org,
+            project=row.project,
+            name=row.name,
+            generation=row.generation,
+            tokens=tuple(sorted(tokens, key=lambda t: (t.valid_until is not None, t.slot))),
+            last_change=Change.model_validate_json(row.last_change),
+        )
+
+    def environment(self, env_id: str, *, for_update: bool = False) -> Environment | None:
+        row = self._row(env_id, for_update)
+        if row is None or row.deleted_at is not None:
+            return None
+        return self._to_domain(row, self._tokens([env_id]).get(env_id, []))
+
+    def deleted_generation(self, env_id: str) -> int | None:
+        row = self._row(env_id, for_update=True)
+        return row.generation if row is not None and row.deleted_at is not None else None
+
+    def environments(self, *, for_update: bool = False) -> list[Environment]:
+        query = (
+            select(EnvironmentRow).where(col(EnvironmentRow.deleted_at).is_(None)).order_by(EnvironmentRow.id)
+        )
+        if for_update and self._postgres:
+            query = query.with_for_update()
+        rows = self.session.exec(query).all()
+        tokens = self._tokens([r.id for r in rows]) if rows else {}
+        return [self._to_domain(r, tokens.get(r.id, [])) for r in rows]
+
+    def deleted_environment_ids(self) -> list[str]:
+        query = select(EnvironmentRow.id).where(col(EnvironmentRow.deleted_at).is_not(None))
+        return list(self.session.exec(query).all())
+
+    def save(self, transition: Transition, ciphertexts: dict[str, str]) -> None:
+        after = transition.after
+        now = after.last_change.at
+        row = self.session.get(EnvironmentRow, after.id)
+        if row is None:
+            row = EnvironmentRow(
+                id=after.id,
+                org=after.org,
+                project=after.project,
+                name=after.name,
+                generation=after.generation,
+                last_change=after.last_change.model_dump_json(),
+                created_at=now,
+                updated_at=now,
+            )
+        else:
+            row.generation = after.generation
+            row.last_change = after.last_change.model_dump_json()
+            row.updated_at = now
+            row.deleted_at = None
+            if transition.before is None:  # re-created after a delete
+                row.org, row.project, row.name, row.created_at = after.org, after.project, after.name, now
+        self.session.add(row)
+        if transition.ended:
+            self.session.execute(
+                sa.update(TokenRow)
+                .where(col(TokenRow.token_id).in_(transition.ended))
+                .values(state=TOKEN_ENDED, ended_at=now)
+            )
+        issued = {t.record.token_id for t in transition.issued}
+        for token in after.tokens:
+            if token.token_id in issued:
+                self.session.add(
+                    TokenRow(
+                        token_id=token.token_id,
+                        environment_id=after.id,
+                        slot=token.slot,
+                        fingerprint=token.fingerprint,
+                        ciphertext=ciphertexts[token.token_id],
+                        state=TOKEN_CURRENT,
+                        created_at=token.created_at,
+                    )
+                )
+            else:
+                self.session.execute(
+                    sa.update(TokenRow)
+                    .where(col(TokenRow.token_id) == token.token_id)
+                    .values(
+                        slot=token.slot,
+                        state=TOKEN_CURRENT if token.is_current else TOKEN_GRACE,
+                        valid_until=token.valid_until,
+                    )
+                )
+        self.session.flush()
+
+    def mark_deleted(self, env: Environment, at: datetime) -> None:
+        self.session.execute(
+            sa.update(EnvironmentRow)
+            .where(col(EnvironmentRow.id) == env.id)
+            .values(deleted_at=at, updated_at=at, generation=env.generation)
+        )
+        self.session.execute(
+            sa.update(TokenRow)
+            .where(col(TokenRow.environment_id) == env.id, col(TokenRow.state) != TOKEN_ENDED)
+            .values(state=TOKEN_ENDED, ended_at=at)
+        )
+
+    def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
+        found = {t: self._ciphertexts[t] for t in token_ids if t in self._ciphertexts}
+        missing = [t for t in token_ids if t not in found]
+        if missing:
+            rows = self.session.exec(select(TokenRow).where(col(TokenRow.token_id).in_(missing))).all()
+            found.update({r.token_id: r.ciphertext for r in rows})
+        return found
+
+    # -- outbox, audit, idempotency ----------------------------------------------------------------------
+
+    def add_outbox(self, environment_id: str, generation: int, payload: bytes | None, at: datetime) -> None:
+        self.session.add(
+            OutboxRow(environment_id=environment_id, generation=generation, payload=payload, created_at=at)
+        )
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        self.session.add(
+            AuditRow(
+                at=entry.at,
+                actor=entry.actor,
+                action=entry.action,
+                environment_id=entry.environment_id,
+                token_ids=json.dumps(list(entry.token_ids)),
+                detail=json.dumps(entry.detail, sort_keys=True),
+            )
+        )
+
+    def idempotent_result(self, env_id: str, key: str) -> IdempotentResult | None:
+        row = self.session.get(IdempotencyRow, (env_id, key))
+        return IdempotentResult(row.request_hash, row.response_ciphertext) if row else None
+
+    def save_idempotent_result(self, env_id: str, key: str, result: IdempotentResult, at: datetime) -> None:
+        self.session.add(
+            IdempotencyRow(
+                environment_id=env_id,
+                key=key,
+                request_hash=result.request_hash,
+                response_ciphertext=result.response_ciphertext,
+                created_at=at,
+            )
+        )
+
+
+class SqlOutboxClaim:
+    def __init__(self, store: SqlStore, messages: list[OutboxMessage], session: Session | None) -> None:
+        self.messages = messages
+        self._store = store
+        self._session = session
+
+    def mark_published(self, ids: Sequence[int], at: datetime) -> None:
+        if not ids:
+            return
+        statement = sa.update(OutboxRow).where(col(OutboxRow.id).in_(ids)).values(published_at=at)
+        if self._session is not None:
+            self._session.execute(statement)
+        else:
+            with self._store.serialised(), self._store.engine.begin() as connection:
+                connection.execute(statement)
+
+
+class SqlStore:
+    """The issuer's database: :class:`~services.issuer.ports.IssuerStore` and ``OutboxStore``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.postgres = is_postgres(engine)
+        # SQLite allows one writer per file. Queue this process's transactions on a lock rather than on
+        # SQLite's busy handler, which sleeps in growing steps and makes long latency tails under load.
+        self._claim_lock = threading.Lock()
+        self._sqlite_lock: threading.RLock | None = None if self.postgres else threading.RLock()
+
+    @contextmanager
+    def serialised(self) -> Iterator[None]:
+        if self._sqlite_lock is None:
+            yield
+            return
+        with self._sqlite_lock:
+            yield
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTx]:
+        try:
+            with self.serialised(), Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield SqlTx(session, self.postgres)
+        except sa.exc.IntegrityError as exc:
+            raise StoreConflict(f"a concurrent change collided: {type(exc.orig).__name__}") from None
+
+    def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]:
+        query = select(AuditRow).order_by(col(AuditRow.id).desc()).limit(limit)
+        if environment_id is not None:
+            query = query.where(AuditRow.environment_id == environment_id)
+        with self.serialised(), Session(self.engine) as session:
+            rows = session.exec(query).all()
+        return [
+            AuditEntry(
+                at=_utc(r.at),
+                actor=r.actor,
+                action=r.action,
+                environment_id=r.environment_id,
+                token_ids=tuple(json.loads(r.token_ids)),
+                detail=json.loads(r.detail),
+            )
+            for r in rows
+        ]
+
+    # -- outbox ------------------------------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        with self.serialised(), self.engine.connect() as connection:
+            query = (
+                sa.select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.published_at).is_(None))
+            )
+            return int(connection.execute(query).scalar_one())
+
+    @contextmanager
+    def claim(self, limit: int) -> Iterator[SqlOutboxClaim]:
+        """Unpublished outbox rows, oldest first, that this replica alone may publish now.
+
+        PostgreSQL: the oldest pending row of each environment is locked ``FOR UPDATE SKIP LOCKED`` for the
+        whole claim, so another replica skips that environment and the environment's rows go out in order,
+        by one replica at a time. SQLite: one relay per database file (the process lock), and no
+        transaction stays open while Kafka is being waited for.
+        """
+        if self.postgres:
+            with Session(self.engine) as session, session.begin():
+                heads = (
+                    sa.select(sa.func.min(OutboxRow.id))
+                    .where(col(OutboxRow.published_at).is_(None))
+                    .group_by(col(OutboxRow.environment_id))
+                )
+                locked = session.execute(
+                    sa.select(col(OutboxRow.environment_id))
+                    .where(col(OutboxRow.id).in_(heads), col(OutboxRow.published_at).is_(None))
+                    .order_by(col(OutboxRow.id))
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                env_ids = [r[0] for r in locked]
+                messages = self._pending(session, env_ids, limit) if env_ids else []
+                yield SqlOutboxClaim(self, messages, session)
+            return
+        with self._claim_lock:
+            with self.serialised(), Session(self.engine) as session, session.begin():
+                messages = self._pending(session, None, limit)
+            yield SqlOutboxClaim(self, messages, None)
+
+    @staticmethod
+    def _pending(session: Session, env_ids: list[str] | None, limit: int) -> list[OutboxMessage]:
+        query = select(OutboxRow).where(col(OutboxRow.published_at).is_(None))
+        if env_ids is not None:
+            query = query.where(col(OutboxRow.environment_id).in_(env_ids))
+        rows = session.exec(query.order_by(col(OutboxRow.id)).limit(limit)).all()
+        return [
+            OutboxMessage(
+                id=r.id or 0,
+                environment_id=r.environment_id,
+                generation=r.generation,
+                payload=r.payload,
+                created_at=_utc(r.created_at),
+            )
+            for r in rows
+        ]
+
+    def purge(self, published_before: datetime, idempotency_before: datetime) -> tuple[int, int]:
+        """Forget outbox rows published and idempotency keys used before the given times."""
+        with self.serialised(), self.engine.begin() as connection:
+            outbox = connection.execute(
+                sa.delete(OutboxRow).where(
+                    col(OutboxRow.published_at).is_not(None), col(OutboxRow.published_at) < published_before
+                )
+            ).rowcount
+            keys = connection.execute(
+                sa.delete(IdempotencyRow).where(col(IdempotencyRow.created_at) < idempotency_before)
+            ).rowcount
+        return int(outbox or 0), int(keys or 0)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

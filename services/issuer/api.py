@@ -1,0 +1,253 @@
+"""The issuer's HTTP API: it authenticates, validates and translates; the handlers decide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.issuer import handlers
+from services.issuer.auth import AuthError, Principal, verify_pat
+from services.issuer.domain import MAX_GRACE, Environment
+from services.issuer.handlers import Deps, IssuerError
+from shared.web import ApiError
+
+_bearer = HTTPBearer(auto_error=False)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken-issuer"'}
+_INVALID_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken-issuer", error="invalid_token"'}
+
+
+class EnvironmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    org: str = Field(min_length=1, max_length=32, examples=["acme"])
+    project: str = Field(min_length=1, max_length=32, examples=["telemetry"])
+    name: str = Field(min_length=1, max_length=32, examples=["prod"])
+
+
+class EnvironmentPublic(BaseModel):
+    id: str
+    org: str
+    project: str
+    name: str
+    generation: int
+    token_1_id: str
+    token_2_id: str
+    updated_at: datetime
+
+
+class EnvironmentList(BaseModel):
+    environments: list[EnvironmentPublic]
+
+
+class RotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_period_seconds: int = Field(0, ge=0, le=int(MAX_GRACE.total_seconds()))
+
+
+class TokenPublic(BaseModel):
+    token_id: str
+    token: str
+    fingerprint: str
+    created_at: datetime
+
+
+class GraceTokenPublic(BaseModel):
+    token_id: str
+    fingerprint: str
+    created_at: datetime
+    valid_until: datetime | None
+
+
+class StreamingTokens(BaseModel):
+    environment_id: str
+    generation: int
+    token_1: TokenPublic
+    token_2: TokenPublic
+    grace_tokens: list[GraceTokenPublic]
+    rotation_id: str | None
+
+
+class AuditEntryPublic(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    environment_id: str | None
+    token_ids: list[str]
+    detail: dict[str, Any]
+
+
+class AuditLog(BaseModel):
+    entries: list[AuditEntryPublic]
+
+
+class RepublishResult(BaseModel):
+    environments: int
+    tombstones: int
+
+
+def _public(env: Environment) -> EnvironmentPublic:
+    return EnvironmentPublic(
+        id=env.id,
+        org=env.org,
+        project=env.project,
+        name=env.name,
+        generation=env.generation,
+        token_1_id=env.token_1.token_id,
+        token_2_id=env.token_2.token_id,
+        updated_at=env.last_change.at,
+    )
+
+
+_STATUS = {"not_found": 404, "conflict": 409, "invalid_request": 422}
+
+
+def _translate(exc: IssuerError) -> ApiError:
+    return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
+
+
+def _principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a personal access token is required: send 'Authorization: Bearer <PAT>'",
+            headers=_CHALLENGE,
+        )
+    try:
+        return verify_pat(request.app.state.jwt_secret, credentials.credentials)
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", str(exc), headers=_INVALID_CHALLENGE) from None
+
+
+def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not who.is_admin:
+        raise ApiError(403, "forbidden", f"this action needs the admin role; {who.subject!r} is a member")
+    return who
+
+
+Member = Annotated[Principal, Depends(_principal)]
+Admin = Annotated[Principal, Depends(_admin)]
+
+
+def build_router(deps: Deps) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(deps, *args, **kwargs)
+        except IssuerError as exc:
+            raise _translate(exc) from None
+
+    @router.post("/environments", status_code=201, response_model=EnvironmentPublic, tags=["environments"])
+    def create_environment(body: EnvironmentCreate, who: Admin) -> EnvironmentPublic:
+        """Create an environment with its Token 1 and Token 2 (admin)."""
+        env = call(handlers.create_environment, body.org, body.project, body.name, actor=who.actor)
+        return _public(env)
+
+    @router.get("/environments", response_model=EnvironmentList, tags=["environments"])
+    def list_environments(_: Member) -> EnvironmentList:
+        return EnvironmentList(environments=[_public(e) for e in call(handlers.list_environments)])
+
+    @router.get("/environments/{environment_id}", response_model=EnvironmentPublic, tags=["environments"])
+    def get_environment(environment_id: str, _: Member) -> EnvironmentPublic:
+        return _public(call(handlers.get_environment, environment_id))
+
+    @router.delete("/environments/{environment_id}", status_code=204, tags=["environments"])
+    def delete_environment(environment_id: str, who: Admin) -> Response:
+        """Delete an environment: both tokens end and a tombstone goes to the topic (admin)."""
+        call(handlers.delete_environment, environment_id, actor=who.actor)
+        return Response(status_code=204)
+
+    @router.get(
+        "/environments/{environment_id}/streaming-tokens", response_model=StreamingTokens, tags=["tokens"]
+    )
+    def show_tokens(environment_id: str, who: Member) -> dict[str, Any]:
+        """Display Token 1 and Token 2 (every display is audit-logged)."""
+        view = call(handlers.reveal_tokens, environment_id, actor=who.actor)
+        return dict(view.to_json())
+
+    @router.post(
+        "/environments/{environment_id}/streaming-tokens/rotate",
+        response_model=StreamingTokens,
+        tags=["tokens"],
+    )
+    def rotate_tokens(
+        environment_id: str,
+        who: Admin,
+        body: RotateRequest | None = None,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> dict[str, Any]:
+        """Rotate: Token 1 is deactivated (or kept for the grace period), Token 2 becomes Token 1, a new
+        Token 2 is issued (admin). The same ``Idempotency-Key`` returns the same result and rotates once."""
+        grace = (body or RotateRequest()).grace_period_seconds
+        view = call(
+            handlers.rotate_tokens,
+            environment_id,
+            actor=who.actor,
+            grace_seconds=grace,
+            idempotency_key=_key(idempotency_key),
+        )
+        return dict(view.to_json())
+
+    @router.post(
+        "/environments/{environment_id}/streaming-tokens/revoke",
+        response_model=StreamingTokens,
+        tags=["tokens"],
+    )
+    def revoke_tokens(
+        environment_id: str,
+        who: Admin,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> dict[str, Any]:
+        """Emergency revocation: both tokens (and any in grace) end now, two new ones are issued (admin)."""
+        view = call(
+            handlers.revoke_tokens, environment_id, actor=who.actor, idempotency_key=_key(idempotency_key)
+        )
+        return dict(view.to_json())
+
+    @router.get("/admin/audit", response_model=AuditLog, tags=["admin"])
+    def audit(
+        _: Admin,
+        environment_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AuditLog:
+        """The audit log, newest first: who created, displayed, rotated, revoked or deleted what (admin)."""
+        entries = call(handlers.audit_log, environment_id, limit)
+        return AuditLog(
+            entries=[
+                AuditEntryPublic(
+                    at=e.at,
+                    actor=e.actor,
+                    action=e.action,
+                    environment_id=e.environment_id,
+                    token_ids=list(e.token_ids),
+                    detail=e.detail,
+                )
+                for e in entries
+            ]
+        )
+
+    @router.post("/admin/republish", status_code=202, response_model=RepublishResult, tags=["admin"])
+    def republish(who: Admin) -> RepublishResult:
+        """Publish the current state of every environment again (after a broker lost its data) (admin)."""
+        return RepublishResult(**call(handlers.republish_all, actor=who.actor))
+
+    return router
+
+
+def _key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or not value.isprintable():
+        raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 printable characters")
+    return value

@@ -1,0 +1,407 @@
+"""The issuer's use cases as plain functions: load, apply a domain rule, store the change and its event.
+
+Each command writes the new state, its outbox event and its audit entry in one transaction, then wakes the
+relay. Plaintext tokens leave these functions only in the :class:`TokenView` returned to the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.issuer import domain
+from services.issuer.crypto import TokenCipher
+from services.issuer.domain import Environment, TokenRecord, Transition
+from services.issuer.metrics import IssuerMetrics
+from services.issuer.ports import (
+    AuditEntry,
+    IdempotentResult,
+    IssuerStore,
+    StoreConflict,
+    StoreTx,
+    Wakeup,
+)
+from shared.events import encode_event
+from shared.ids import environment_id, validate_environment_id
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class IssuerError(Exception):
+    """A command cannot be done; ``code`` names why and the message says it in a sentence."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(IssuerError):
+    code = "not_found"
+
+
+class Conflict(IssuerError):
+    code = "conflict"
+
+
+class Invalid(IssuerError):
+    code = "invalid_request"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _NoWakeup:
+    def wake(self) -> None:
+        return None
+
+
+@dataclass
+class Deps:
+    """What the handlers use; :func:`services.issuer.bootstrap.build_app` wires the real ones."""
+
+    store: IssuerStore
+    cipher: TokenCipher
+    wakeup: Wakeup = field(default_factory=_NoWakeup)
+    clock: Callable[[], datetime] = _utcnow
+    token_factory: domain.TokenFactory = domain.default_token_factory
+    metrics: IssuerMetrics = field(default_factory=IssuerMetrics)
+
+
+@dataclass(frozen=True)
+class RevealedToken:
+    token_id: str
+    token: str
+    fingerprint: str
+    created_at: datetime
+
+    def __repr__(self) -> str:
+        return f"RevealedToken(token_id={self.token_id!r}, fingerprint={self.fingerprint[:12]!r})"
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """What ``GET .../streaming-tokens`` shows: both current tokens in plaintext, grace tokens by id only."""
+
+    environment_id: str
+    generation: int
+    token_1: RevealedToken
+    token_2: RevealedToken
+    grace_tokens: tuple[TokenRecord, ...] = ()
+    rotation_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def token(t: RevealedToken) -> dict[str, Any]:
+            return {
+                "token_id": t.token_id,
+                "token": t.token,
+                "fingerprint": t.fingerprint,
+                "created_at": t.created_at.isoformat(),
+            }
+
+        return {
+            "environment_id": self.environment_id,
+            "generation": self.generation,
+            "token_1": token(self.token_1),
+            "token_2": token(self.token_2),
+            "grace_tokens": [
+                {
+                    "token_id": t.token_id,
+                    "fingerprint": t.fingerprint,
+                    "created_at": t.created_at.isoformat(),
+                    "valid_until": t.valid_until.isoformat() if t.valid_until else None,
+                }
+                for t in self.grace_tokens
+            ],
+            "rotation_id": self.rotation_id,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> TokenView:
+        def token(d: dict[str, Any]) -> RevealedToken:
+            return RevealedToken(
+                d["token_id"], d["token"], d["fingerprint"], datetime.fromisoformat(d["created_at"])
+            )
+
+        return TokenView(
+            environment_id=data["environment_id"],
+            generation=data["generation"],
+            token_1=token(data["token_1"]),
+            token_2=token(data["token_2"]),
+            grace_tokens=tuple(
+                TokenRecord(
+                    token_id=g["token_id"],
+                    slot=1,
+                    fingerprint=g["fingerprint"],
+                    created_at=datetime.fromisoformat(g["created_at"]),
+                    valid_until=datetime.fromisoformat(g["valid_until"]),
+                )
+                for g in data.get("grace_tokens", [])
+            ),
+            rotation_id=data.get("rotation_id"),
+        )
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _require(tx: StoreTx, env_id: str, *, for_update: bool = False) -> Environment:
+    try:
+        validate_environment_id(env_id)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    env = tx.environment(env_id, for_update=for_update)
+    if env is None:
+        raise NotFound(f"environment {env_id!r} does not exist")
+    return env
+
+
+def _store_transition(deps: Deps, tx: StoreTx, transition: Transition, action: str, actor: str) -> None:
+    after = transition.after
+    now = after.last_change.at
+    ciphertexts = {t.record.token_id: deps.cipher.encrypt(t.value) for t in transition.issued}
+    tx.save(transition, ciphertexts)
+    tx.add_outbox(after.id, after.generation, encode_event(domain.to_event(after)), now)
+    tx.add_audit(
+        AuditEntry(
+            at=now,
+            actor=actor,
+            action=action,
+            environment_id=after.id,
+            token_ids=tuple(t.record.token_id for t in transition.issued) + transition.ended,
+            detail={"generation": after.generation, "rotation_id": after.last_change.rotation_id},
+        )
+    )
+
+
+def _view(deps: Deps, tx: StoreTx, env: Environment, issued: dict[str, str] | None = None) -> TokenView:
+    known = dict(issued or {})
+    missing = [t.token_id for t in (env.token_1, env.token_2) if t.token_id not in known]
+    if missing:
+        for token_id, ciphertext in tx.ciphertexts(missing).items():
+            known[token_id] = deps.cipher.decrypt(ciphertext)
+
+    def reveal(t: TokenRecord) -> RevealedToken:
+        return RevealedToken(t.token_id, known[t.token_id], t.fingerprint, t.created_at)
+
+    return TokenView(
+        environment_id=env.id,
+        generation=env.generation,
+        token_1=reveal(env.token_1),
+        token_2=reveal(env.token_2),
+        grace_tokens=tuple(t for t in env.grace_tokens if t in env.valid_at(deps.clock())),
+        rotation_id=env.last_change.rotation_id,
+    )
+
+
+def _log_change(event: str, transition: Transition) -> None:
+    after = transition.after
+    log.info(
+        event,
+        environment_id=after.id,
+        generation=after.generation,
+        rotation_id=after.last_change.rotation_id,
+        actor=after.last_change.actor,
+        token_1=after.token_1.token_id,
+        token_1_fingerprint=after.token_1.fingerprint,
+        token_2=after.token_2.token_id,
+        token_2_fingerprint=after.token_2.fingerprint,
+        ended=list(transition.ended),
+    )
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+
+
+def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: str) -> Environment:
+    now = deps.clock()
+    try:
+        env_id = environment_id(org, project, name)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    try:
+        with deps.store.transaction() as tx:
+            existing = tx.environment(env_id, for_update=True)
+            if existing is not None:
+                if (existing.org, existing.project, existing.name) != (org, project, name):
+                    raise Conflict(
+                        f"environment id {env_id!r} is already used by org {existing.org!r}, project "
+                        f"{existing.project!r}, environment {existing.name!r}; ids are "
+                        "'{org}-{project}-{environment}', so choose other names"
+                    )
+                raise Conflict(f"environment {env_id!r} already exists")
+            previous = tx.deleted_generation(env_id) or 0
+            transition = domain.create_environment(
+                org,
+                project,
+                name,
+                actor=actor,
+                now=now,
+                factory=deps.token_factory,
+                previous_generation=previous,
+            )
+            _store_transition(deps, tx, transition, "create", actor)
+    except StoreConflict:
+        raise Conflict(f"environment {env_id!r} already exists") from None
+    deps.wakeup.wake()
+    deps.metrics.changes.labels("created").inc()
+    _log_change("environment_created", transition)
+    return transition.after
+
+
+def list_environments(deps: Deps) -> list[Environment]:
+    with deps.store.transaction() as tx:
+        return tx.environments()
+
+
+def get_environment(deps: Deps, env_id: str) -> Environment:
+    with deps.store.transaction() as tx:
+        return _require(tx, env_id)
+
+
+def reveal_tokens(deps: Deps, env_id: str, *, actor: str) -> TokenView:
+    with deps.store.transaction() as tx:
+        env = _require(tx, env_id)
+        view = _view(deps, tx, env)
+        tx.add_audit(
+            AuditEntry(
+                at=deps.clock(),
+                actor=actor,
+                action="reveal",
+                environment_id=env.id,
+                token_ids=(env.token_1.token_id, env.token_2.token_id),
+                detail={"generation": env.generation},
+            )
+        )
+    log.info("tokens_revealed", environment_id=env.id, actor=actor, generation=env.generation)
+    return view
+
+
+def _request_hash(operation: str, **fields: Any) -> str:
+    body = json.dumps({"operation": operation, **fields}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _change_tokens(
+    deps: Deps,
+    env_id: str,
+    operation: str,
+    *,
+    actor: str,
+    idempotency_key: str | None,
+    grace_seconds: int = 0,
+) -> TokenView:
+    request_hash = _request_hash(operation, grace_period_seconds=grace_seconds)
+    now = deps.clock()
+    with deps.store.transaction() as tx:
+        env = _require(tx, env_id, for_update=True)
+        if idempotency_key is not None:
+            prior = tx.idempotent_result(env_id, idempotency_key)
+            if prior is not None:
+                if prior.request_hash != request_hash:
+                    raise Conflict(
+                        "this Idempotency-Key was already used with a different request on this environment; "
+                        "send a new key for a new request"
+                    )
+                log.info("idempotent_replay", environment_id=env_id, operation=operation)
+                return TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
+        rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
+        try:
+            if operation == "rotate":
+                transition = domain.rotate(
+                    env,
+                    actor=actor,
+                    now=now,
+                    rotation_id=rotation_id,
+                    grace=timedelta(seconds=grace_seconds),
+                    factory=deps.token_factory,
+                )
+            else:
+                transition = domain.revoke(
+                    env, actor=actor, now=now, rotation_id=rotation_id, factory=deps.token_factory
+                )
+        except domain.DomainError as exc:
+            raise Invalid(str(exc)) from None
+        _store_transition(deps, tx, transition, operation, actor)
+        view = _view(deps, tx, transition.after, {t.record.token_id: t.value for t in transition.issued})
+        if idempotency_key is not None:
+            ciphertext = deps.cipher.encrypt(json.dumps(view.to_json()))
+            tx.save_idempotent_result(
+                env_id, idempotency_key, IdempotentResult(request_hash, ciphertext), now
+            )
+    deps.wakeup.wake()
+    deps.metrics.changes.labels("rotated" if operation == "rotate" else "revoked").inc()
+    if operation == "rotate":
+        deps.metrics.rotations.inc()
+    _log_change("tokens_rotated" if operation == "rotate" else "tokens_revoked", transition)
+    return view
+
+
+def rotate_tokens(
+    deps: Deps, env_id: str, *, actor: str, grace_seconds: int = 0, idempotency_key: str | None = None
+) -> TokenView:
+    return _change_tokens(
+        deps, env_id, "rotate", actor=actor, idempotency_key=idempotency_key, grace_seconds=grace_seconds
+    )
+
+
+def revoke_tokens(deps: Deps, env_id: str, *, actor: str, idempotency_key: str | None = None) -> TokenView:
+    return _change_tokens(deps, env_id, "revoke", actor=actor, idempotency_key=idempotency_key)
+
+
+def delete_environment(deps: Deps, env_id: str, *, actor: str) -> None:
+    now = deps.clock()
+    with deps.store.transaction() as tx:
+        env = _require(tx, env_id, for_update=True)
+        ended = domain.delete(env)
+        tx.mark_deleted(env, now)
+        tx.add_outbox(env.id, env.generation, None, now)
+        tx.add_audit(
+            AuditEntry(
+                at=now,
+                actor=actor,
+                action="delete",
+                environment_id=env.id,
+                token_ids=ended,
+                detail={"generation": env.generation},
+            )
+        )
+    deps.wakeup.wake()
+    deps.metrics.changes.labels("deleted").inc()
+    log.info("environment_deleted", environment_id=env_id, actor=actor, ended=list(ended))
+
+
+def republish_all(deps: Deps, *, actor: str) -> dict[str, int]:
+    """Queue the current state of every environment (and a tombstone for every deleted one) again."""
+    now = deps.clock()
+    with deps.store.transaction() as tx:
+        envs = tx.environments(for_update=True)
+        deleted = tx.deleted_environment_ids()
+        for env in envs:
+            tx.add_outbox(env.id, env.generation, encode_event(domain.to_event(env, now=now)), now)
+        for env_id in deleted:
+            tx.add_outbox(env_id, 0, None, now)
+        tx.add_audit(
+            AuditEntry(
+                at=now,
+                actor=actor,
+                action="republish",
+                environment_id=None,
+                detail={"environments": len(envs), "tombstones": len(deleted)},
+            )
+        )
+    deps.wakeup.wake()
+    log.info("republish_queued", actor=actor, environments=len(envs), tombstones=len(deleted))
+    return {"environments": len(envs), "tombstones": len(deleted)}
+
+
+def audit_log(deps: Deps, environment_id: str | None, limit: int) -> list[AuditEntry]:
+    return deps.store.audit_entries(environment_id, limit)

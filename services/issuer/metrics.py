@@ -1,0 +1,40 @@
+"""Prometheus metrics of one issuer instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class IssuerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.changes = Counter(
+            "streamtoken_issuer_changes",
+            "Environment changes committed, by type (created, rotated, revoked, deleted)",
+            ["type"],
+            registry=self.registry,
+        )
+        self.rotations = Counter(
+            "streamtoken_issuer_rotations", "Token rotations committed", registry=self.registry
+        )
+        self.outbox_depth = Gauge(
+            "streamtoken_issuer_outbox_depth",
+            "Outbox rows not yet acknowledged by Kafka",
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "streamtoken_issuer_outbox_published", "Outbox rows acknowledged by Kafka", registry=self.registry
+        )
+        self.publish_failures = Counter(
+            "streamtoken_issuer_outbox_publish_failures",
+            "Publish attempts that Kafka did not acknowledge",
+            registry=self.registry,
+        )
+        self.publish_latency = Histogram(
+            "streamtoken_issuer_publish_latency_seconds",
+            "Time from an outbox row's commit to Kafka's acknowledgement",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )

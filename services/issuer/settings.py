@@ -1,0 +1,78 @@
+"""The issuer's configuration: ``STREAMTOKEN_ISSUER_*`` variables, plus Kafka and runtime settings."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.kafka import KafkaSettings
+from shared.settings import RuntimeSettings
+
+
+class IssuerSettings(BaseSettings):
+    """Each field is the variable ``STREAMTOKEN_ISSUER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMTOKEN_ISSUER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="STREAMTOKEN_ISSUER_HOST: address to listen on")
+    port: int = Field(8001, ge=1, le=65535, description="STREAMTOKEN_ISSUER_PORT")
+    database_url: str | None = Field(
+        None,
+        description="STREAMTOKEN_ISSUER_DATABASE_URL: SQLAlchemy URL (sqlite:///... or "
+        "postgresql+psycopg://...); default: issuer.db in STREAMTOKEN_DATA_DIR",
+    )
+    encryption_key: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_ISSUER_ENCRYPTION_KEY: Fernet key (urlsafe base64 of 32 bytes) encrypting "
+        "tokens at rest; required outside dev (in dev a key is generated in the data dir)",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_ISSUER_JWT_SECRET: HMAC secret of personal access tokens, at least 32 "
+        "characters; required outside dev (in dev a secret is generated in the data dir)",
+    )
+    pat_ttl_days: int = Field(
+        30, ge=1, le=3650, description="STREAMTOKEN_ISSUER_PAT_TTL_DAYS: default lifetime of a minted PAT"
+    )
+    relay_enabled: bool = Field(
+        True, description="STREAMTOKEN_ISSUER_RELAY_ENABLED: run the outbox relay in this process"
+    )
+    relay_batch_size: int = Field(
+        500, ge=1, le=10000, description="STREAMTOKEN_ISSUER_RELAY_BATCH_SIZE: outbox rows per publish"
+    )
+    relay_delivery_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="STREAMTOKEN_ISSUER_RELAY_DELIVERY_TIMEOUT_S: how long one publish waits for Kafka",
+    )
+    relay_backoff_max_s: float = Field(
+        5.0, gt=0, le=300, description="STREAMTOKEN_ISSUER_RELAY_BACKOFF_MAX_S: cap of the retry back-off"
+    )
+    relay_poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="STREAMTOKEN_ISSUER_RELAY_POLL_INTERVAL_S: safety-net scan for rows committed by "
+        "other replicas (commits in this process wake the relay at once)",
+    )
+    republish_on_start: bool = Field(
+        True,
+        description="STREAMTOKEN_ISSUER_REPUBLISH_ON_START: republish every environment when the topic "
+        "is missing or empty at start or after Kafka was unreachable (a broker that lost its data)",
+    )
+    outbox_retention_hours: float = Field(
+        168,
+        ge=0,
+        description="STREAMTOKEN_ISSUER_OUTBOX_RETENTION_HOURS: how long published outbox rows are kept",
+    )
+    idempotency_ttl_hours: float = Field(
+        24,
+        gt=0,
+        description="STREAMTOKEN_ISSUER_IDEMPOTENCY_TTL_HOURS: how long an Idempotency-Key replays a result",
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or self.runtime.sqlite_url("issuer")

@@ -1,0 +1,153 @@
+"""Fixtures of the issuer's integration tests: settings on the real broker and database, PATs, the topic."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.issuer.auth import Role, mint_pat
+from services.issuer.bootstrap import build_app
+from services.issuer.settings import IssuerSettings
+from shared.kafka import KafkaSettings
+from shared.logs import configure_logging
+from shared.settings import RuntimeSettings
+
+
+def make_settings(database_url: str, kafka: KafkaSettings, data_dir: Path, **extra: Any) -> IssuerSettings:
+    return IssuerSettings(
+        database_url=database_url,
+        kafka=kafka,
+        runtime=RuntimeSettings(env="test", data_dir=data_dir, log_level="DEBUG"),
+        **{
+            # generous: a loaded CI machine must not turn a slow acknowledgement into a retry (a duplicate)
+            "relay_delivery_timeout_s": 10.0,
+            "relay_backoff_max_s": 0.5,
+            "relay_poll_interval_s": 0.5,
+            **extra,
+        },
+    )
+
+
+@dataclass
+class RunningIssuer:
+    url: str
+    app: Any
+    admin: httpx.Client
+    member: httpx.Client
+    anonymous: httpx.Client
+
+    def pat(self, role: Role, subject: str = "someone", ttl: timedelta = timedelta(hours=1)) -> str:
+        return mint_pat(self.app.state.jwt_secret, subject, role, ttl)
+
+
+@pytest.fixture
+def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Callable[..., RunningIssuer]]:
+    clients: list[httpx.Client] = []
+
+    def start(database_url: str, kafka: KafkaSettings, **overrides: Any) -> RunningIssuer:
+        settings_extra = overrides.pop("settings", {})
+        app = build_app(make_settings(database_url, kafka, tmp_path / "data", **settings_extra), **overrides)
+        url = serve_app(app)
+        secret = app.state.jwt_secret
+
+        def client(token: str | None) -> httpx.Client:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            c = httpx.Client(base_url=url, headers=headers, timeout=30.0)
+            clients.append(c)
+            return c
+
+        return RunningIssuer(
+            url=url,
+            app=app,
+            admin=client(mint_pat(secret, "alice", Role.ADMIN, timedelta(hours=1))),
+            member=client(mint_pat(secret, "bob", Role.MEMBER, timedelta(hours=1))),
+            anonymous=client(None),
+        )
+
+    yield start
+    for c in clients:
+        c.close()
+
+
+class LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.msg!s} {record.getMessage()}")
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[LogCapture]:
+    """Every log record of the test, after the service's own logging setup (JSON, scrubbing)."""
+    configure_logging("issuer", "DEBUG", json=True)
+    capture = LogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    yield capture
+    root.removeHandler(capture)
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+def read_topic(
+    kafka: KafkaSettings, expected: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[Record]:
+    """Read the topic from the beginning until ``expected`` records arrived (then ``settle`` s more)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            **kafka.librdkafka(),
+            "group.id": f"issuer-test-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    records: list[Record] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            metadata = consumer.list_topics(kafka.topic, timeout=10)
+            topic = metadata.topics.get(kafka.topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {kafka.topic} never appeared")
+            time.sleep(0.1)
+        consumer.assign([TopicPartition(kafka.topic, p, OFFSET_BEGINNING) for p in topic.partitions])
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            if len(records) >= expected and settle_until is None:
+                settle_until = time.monotonic() + settle
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+            message = consumer.poll(0.1)
+            if message is None or message.error():
+                continue
+            records.append(
+                Record(message.key().decode(), message.value(), message.partition(), message.offset())
+            )
+    finally:
+        consumer.close()
+    return sorted(records, key=lambda r: (r.partition, r.offset))

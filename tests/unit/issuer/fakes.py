@@ -1,0 +1,90 @@
+"""Hand-written in-memory fakes of the issuer's ports (no database, no Kafka)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from services.issuer.domain import Environment, Transition
+from services.issuer.ports import AuditEntry, IdempotentResult
+
+
+@dataclass
+class State:
+    environments: dict[str, Environment] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+    ciphertexts: dict[str, str] = field(default_factory=dict)
+    outbox: list[tuple[str, int, bytes | None]] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    keys: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
+
+
+class FakeTx:
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def environment(self, env_id: str, *, for_update: bool = False) -> Environment | None:
+        return self.state.environments.get(env_id)
+
+    def deleted_generation(self, env_id: str) -> int | None:
+        return self.state.deleted.get(env_id)
+
+    def environments(self, *, for_update: bool = False) -> list[Environment]:
+        return [self.state.environments[k] for k in sorted(self.state.environments)]
+
+    def deleted_environment_ids(self) -> list[str]:
+        return sorted(self.state.deleted)
+
+    def save(self, transition: Transition, ciphertexts: dict[str, str]) -> None:
+        self.state.environments[transition.after.id] = transition.after
+        self.state.deleted.pop(transition.after.id, None)
+        self.state.ciphertexts.update(ciphertexts)
+
+    def mark_deleted(self, env: Environment, at: datetime) -> None:
+        del self.state.environments[env.id]
+        self.state.deleted[env.id] = env.generation
+
+    def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
+        return {t: self.state.ciphertexts[t] for t in token_ids}
+
+    def add_outbox(self, environment_id: str, generation: int, payload: bytes | None, at: datetime) -> None:
+        self.state.outbox.append((environment_id, generation, payload))
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        self.state.audit.append(entry)
+
+    def idempotent_result(self, env_id: str, key: str) -> IdempotentResult | None:
+        return self.state.keys.get((env_id, key))
+
+    def save_idempotent_result(self, env_id: str, key: str, result: IdempotentResult, at: datetime) -> None:
+        self.state.keys[(env_id, key)] = result
+
+
+class FakeStore:
+    """Transactions work on a copy that replaces the state only when the block ends without an error."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self.commits = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[FakeTx]:
+        working = copy.deepcopy(self.state)
+        yield FakeTx(working)
+        self.state = working
+        self.commits += 1
+
+    def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]:
+        entries = [e for e in reversed(self.state.audit) if environment_id in (None, e.environment_id)]
+        return entries[:limit]
+
+
+class CountingWakeup:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wake(self) -> None:
+        self.count += 1

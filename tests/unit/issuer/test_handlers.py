@@ -1,0 +1,118 @@
+"""The use cases on in-memory fakes: one transaction per command, its event and audit entry, no leaks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.fernet import Fernet
+
+from services.issuer import handlers
+from services.issuer.crypto import TokenCipher
+from shared.events import ChangeType, decode_event
+from tests.unit.issuer.fakes import CountingWakeup, FakeStore
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def deps() -> handlers.Deps:
+    return handlers.Deps(
+        store=FakeStore(),
+        cipher=TokenCipher(Fernet.generate_key().decode()),
+        wakeup=CountingWakeup(),
+        clock=lambda: NOW,
+    )
+
+
+def store_of(deps: handlers.Deps) -> FakeStore:
+    assert isinstance(deps.store, FakeStore)
+    return deps.store
+
+
+def test_create_writes_state_event_and_audit_in_one_commit(deps: handlers.Deps) -> None:
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="pat:alice")
+    state = store_of(deps).state
+    assert store_of(deps).commits == 1
+    assert isinstance(deps.wakeup, CountingWakeup)
+    assert deps.wakeup.count == 1
+    (key, generation, payload) = state.outbox[0]
+    event = decode_event(payload)
+    assert (key, generation) == (env.id, 1)
+    assert event is not None
+    assert event.change.type is ChangeType.CREATED
+    assert [e.action for e in state.audit] == ["create"]
+    assert all("stk_" not in c for c in state.ciphertexts.values())  # encrypted at rest
+
+
+def test_duplicate_and_invalid_environments(deps: handlers.Deps) -> None:
+    handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    with pytest.raises(handlers.Conflict, match="already exists"):
+        handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    with pytest.raises(handlers.Invalid):
+        handlers.create_environment(deps, "ACME", "telemetry", "prod", actor="a")
+    with pytest.raises(handlers.NotFound):
+        handlers.rotate_tokens(deps, "acme-telemetry-none", actor="a")
+    with pytest.raises(handlers.Invalid):
+        handlers.reveal_tokens(deps, "Not An Id", actor="a")
+    assert len(store_of(deps).state.outbox) == 1  # failed commands wrote nothing
+
+
+def test_rotate_reveals_the_promoted_and_the_new_token(deps: handlers.Deps) -> None:
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    before = handlers.reveal_tokens(deps, env.id, actor="pat:bob")
+    after = handlers.rotate_tokens(deps, env.id, actor="pat:alice")
+    assert after.generation == 2
+    assert after.token_1 == before.token_2
+    assert after.token_2.token not in {before.token_1.token, before.token_2.token}
+    assert "stk_" not in repr(after)
+    actions = [(e.action, e.actor) for e in store_of(deps).state.audit]
+    assert actions == [("create", "a"), ("reveal", "pat:bob"), ("rotate", "pat:alice")]
+
+
+def test_idempotency_key_replays_and_refuses_a_different_body(deps: handlers.Deps) -> None:
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    first = handlers.rotate_tokens(deps, env.id, actor="a", idempotency_key="k")
+    assert handlers.rotate_tokens(deps, env.id, actor="a", idempotency_key="k") == first
+    assert handlers.get_environment(deps, env.id).generation == 2
+    with pytest.raises(handlers.Conflict, match="Idempotency-Key"):
+        handlers.rotate_tokens(deps, env.id, actor="a", idempotency_key="k", grace_seconds=5)
+    with pytest.raises(handlers.Conflict):
+        handlers.revoke_tokens(deps, env.id, actor="a", idempotency_key="k")
+    stored = next(iter(store_of(deps).state.keys.values()))
+    assert "stk_" not in stored.response_ciphertext  # the stored response is encrypted too
+
+
+def test_delete_publishes_a_tombstone_and_republish_covers_everything(deps: handlers.Deps) -> None:
+    prod = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    handlers.create_environment(deps, "acme", "telemetry", "dev", actor="a")
+    handlers.delete_environment(deps, prod.id, actor="a")
+    assert store_of(deps).state.outbox[-1] == (prod.id, 1, None)
+    assert [e.id for e in handlers.list_environments(deps)] == ["acme-telemetry-dev"]
+    assert handlers.republish_all(deps, actor="a") == {"environments": 1, "tombstones": 1}
+    again = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    assert again.generation == 2
+    assert [e.action for e in handlers.audit_log(deps, prod.id, 10)] == ["create", "delete", "create"]
+
+
+def test_idempotent_replay_of_a_rotation_with_grace_is_identical(deps: handlers.Deps) -> None:
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    first = handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60, idempotency_key="g")
+    assert len(first.grace_tokens) == 1
+    assert handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60, idempotency_key="g") == first
+
+
+def test_an_expired_grace_token_is_no_longer_shown(deps: handlers.Deps) -> None:
+    from datetime import timedelta
+
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    handlers.rotate_tokens(deps, env.id, actor="a", grace_seconds=60)
+    assert len(handlers.reveal_tokens(deps, env.id, actor="a").grace_tokens) == 1
+    deps.clock = lambda: NOW + timedelta(seconds=61)
+    assert handlers.reveal_tokens(deps, env.id, actor="a").grace_tokens == ()
+
+
+def test_an_id_clash_between_different_names_is_explained(deps: handlers.Deps) -> None:
+    handlers.create_environment(deps, "acme-eu", "telemetry", "prod", actor="a")
+    with pytest.raises(handlers.Conflict, match="already used by org 'acme-eu'"):
+        handlers.create_environment(deps, "acme", "eu-telemetry", "prod", actor="a")
