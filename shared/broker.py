@@ -60,7 +60,13 @@ def find_binary() -> Path:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """True unless something listens on ``host:port``.
+
+    SO_REUSEADDR as the broker itself binds: connections of a stopped broker left in TIME_WAIT do not keep
+    a new one from starting on the same port.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

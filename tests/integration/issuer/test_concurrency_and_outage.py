@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
-import shared.broker
 from shared.broker import EmbeddedBroker
 from shared.events import TokenStateChanged, decode_event
 from shared.kafka import KafkaSettings
@@ -71,20 +68,7 @@ def test_twenty_concurrent_rotations_are_serialised(
     assert len({r.partition for r in records}) == 1
 
 
-def _port_is_free_like_the_broker(host: str, port: int) -> bool:
-    # The broker binds with SO_REUSEADDR, so its own TIME_WAIT connections do not keep it from restarting on
-    # the same port; shared.broker.port_is_free binds without it and would refuse for a minute.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def test_broker_outage_loses_no_rotation(
-    monkeypatch: pytest.MonkeyPatch,
     database_url: str,
     topic_name: str,
     embedded_broker_factory: Callable[..., EmbeddedBroker],
@@ -113,7 +97,6 @@ def test_broker_outage_loses_no_rotation(
         time.sleep(0.2)
     assert issuer.admin.get("/health/ready").json()["kafka"].startswith("retrying")
 
-    monkeypatch.setattr(shared.broker, "port_is_free", _port_is_free_like_the_broker)
     embedded_broker_factory(port=broker.port)  # a fresh broker: empty, the topic is gone
     latest = {
         f"acme-telemetry-{name}": issuer.admin.get(
