@@ -51,8 +51,26 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _env_path(environment_id: str, suffix: str = "") -> str:
+    """``/v1/environments/{id}{suffix}`` for a valid id; anything else fails before a request is made."""
+    from shared.ids import InvalidIdentifier, validate_environment_id
+
+    try:
+        validate_environment_id(environment_id)
+    except InvalidIdentifier as exc:
+        _fail(str(exc))
+    return f"/v1/environments/{environment_id}{suffix}"
+
+
 def _request(
-    method: str, issuer_url: str, path: str, pat: str | None, *, json_body: Any = None, headers: Any = None
+    method: str,
+    issuer_url: str,
+    path: str,
+    pat: str | None,
+    *,
+    json_body: Any = None,
+    headers: Any = None,
+    params: dict[str, Any] | None = None,
 ) -> Any:
     import httpx
 
@@ -63,6 +81,7 @@ def _request(
             method,
             issuer_url.rstrip("/") + path,
             json=json_body,
+            params=params,
             headers={"Authorization": f"Bearer {pat}", **(headers or {})},
             timeout=30.0,
         )
@@ -127,7 +146,10 @@ def admin_pat(
     days = ttl_days if ttl_days is not None else settings.pat_ttl_days
     if days < 1:
         _fail("--ttl-days must be at least 1")
-    typer.echo(mint_pat(secret, subject.strip(), chosen, timedelta(days=days)))
+    try:
+        typer.echo(mint_pat(secret, subject.strip(), chosen, timedelta(days=days)))
+    except (ValueError, OverflowError) as exc:
+        _fail(str(exc))
 
 
 @admin_app.command("republish")
@@ -148,8 +170,10 @@ def admin_audit(
     as_json: bool = JsonOut,
 ) -> None:
     """Show the audit log, newest first."""
-    query = f"?limit={limit}" + (f"&environment_id={environment}" if environment else "")
-    data = _request("GET", issuer_url, f"/v1/admin/audit{query}", pat)
+    params: dict[str, Any] = {"limit": limit}
+    if environment:
+        params["environment_id"] = environment
+    data = _request("GET", issuer_url, "/v1/admin/audit", pat, params=params)
     if as_json:
         _print_json(data)
         return
@@ -200,7 +224,7 @@ def env_list(issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool =
 @env_app.command("show")
 def env_show(environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
     """Show one environment (token ids, not tokens)."""
-    _print_json(_request("GET", issuer_url, f"/v1/environments/{environment_id}", pat))
+    _print_json(_request("GET", issuer_url, _env_path(environment_id), pat))
 
 
 @env_app.command("delete")
@@ -213,7 +237,7 @@ def env_delete(
     """Delete an environment: both tokens stop working (admin)."""
     if not yes and not typer.confirm(f"Delete {environment_id}? Both its tokens stop working."):
         raise typer.Exit(1)
-    _request("DELETE", issuer_url, f"/v1/environments/{environment_id}", pat)
+    _request("DELETE", issuer_url, _env_path(environment_id), pat)
     typer.echo(f"deleted {environment_id}")
 
 
@@ -229,7 +253,7 @@ def tokens_show(
     as_json: bool = JsonOut,
 ) -> None:
     """Show Token 1 and Token 2 of an environment (every display is audit-logged)."""
-    data = _request("GET", issuer_url, f"/v1/environments/{environment_id}/streaming-tokens", pat)
+    data = _request("GET", issuer_url, _env_path(environment_id, "/streaming-tokens"), pat)
     if as_json:
         _print_json(data)
     else:
@@ -252,7 +276,7 @@ def tokens_rotate(
     data = _request(
         "POST",
         issuer_url,
-        f"/v1/environments/{environment_id}/streaming-tokens/rotate",
+        _env_path(environment_id, "/streaming-tokens/rotate"),
         pat,
         json_body={"grace_period_seconds": grace_period_seconds},
         headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
@@ -278,7 +302,7 @@ def tokens_revoke(
         f"Revoke both tokens of {environment_id}? Every client using them stops."
     ):
         raise typer.Exit(1)
-    data = _request("POST", issuer_url, f"/v1/environments/{environment_id}/streaming-tokens/revoke", pat)
+    data = _request("POST", issuer_url, _env_path(environment_id, "/streaming-tokens/revoke"), pat)
     if as_json:
         _print_json(data)
         return

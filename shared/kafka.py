@@ -21,10 +21,14 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS: host:port[,host:port]"
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="STREAMTOKEN_KAFKA_SECURITY_PROTOCOL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="STREAMTOKEN_KAFKA_SASL_MECHANISM"
+    )
+    sasl_username: str | None = Field(None, description="STREAMTOKEN_KAFKA_SASL_USERNAME")
+    sasl_password: SecretStr | None = Field(None, description="STREAMTOKEN_KAFKA_SASL_PASSWORD")
     ssl_ca_location: str | None = Field(None, description="STREAMTOKEN_KAFKA_SSL_CA_LOCATION: CA bundle path")
     topic: str = Field(STREAMING_TOKENS, description="STREAMTOKEN_KAFKA_TOPIC: the compacted token topic")
     topic_partitions: int = Field(3, ge=1, le=1000, description="STREAMTOKEN_KAFKA_TOPIC_PARTITIONS")

@@ -21,18 +21,19 @@ def scrub(text: str) -> str:
     return TOKEN_PATTERN.sub(REDACTED, text)
 
 
-def _scrub_value(value: Any) -> Any:
+def scrub_value(value: Any) -> Any:
+    """``scrub`` applied to every string inside a value (dicts, lists and tuples too)."""
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
-        return {k: _scrub_value(v) for k, v in value.items()}
+        return {k: scrub_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_scrub_value(v) for v in value)
+        return type(value)(scrub_value(v) for v in value)
     return value
 
 
 def redact_tokens(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: _scrub_value(v) for k, v in event_dict.items()}
+    return {k: scrub_value(v) for k, v in event_dict.items()}
 
 
 class _ScrubFilter(logging.Filter):

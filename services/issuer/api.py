@@ -14,7 +14,8 @@ from services.issuer import handlers
 from services.issuer.auth import AuthError, Principal, verify_pat
 from services.issuer.domain import MAX_GRACE, Environment
 from services.issuer.handlers import Deps, IssuerError
-from shared.web import ApiError
+from shared.errors import ApiError
+from shared.ids import InvalidIdentifier, validate_environment_id
 
 _bearer = HTTPBearer(auto_error=False)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken-issuer"'}
@@ -130,7 +131,11 @@ def _principal(
 
 def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
     if not who.is_admin:
-        raise ApiError(403, "forbidden", f"this action needs the admin role; {who.subject!r} is a member")
+        raise ApiError(
+            403,
+            "forbidden",
+            "this action needs the admin role; your personal access token has the member role",
+        )
     return who
 
 
@@ -221,6 +226,11 @@ def build_router(deps: Deps) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> AuditLog:
         """The audit log, newest first: who created, displayed, rotated, revoked or deleted what (admin)."""
+        if environment_id is not None:
+            try:
+                validate_environment_id(environment_id)
+            except InvalidIdentifier as exc:
+                raise ApiError(422, "invalid_environment_id", str(exc)) from None
         entries = call(handlers.audit_log, environment_id, limit)
         return AuditLog(
             entries=[

@@ -43,7 +43,15 @@ class Principal:
         return self.role is Role.ADMIN
 
 
+MAX_SUBJECT = 120
+MAX_TTL = timedelta(days=3650)
+
+
 def mint_pat(secret: str, subject: str, role: Role, ttl: timedelta, now: datetime | None = None) -> str:
+    if not subject or len(subject) > MAX_SUBJECT:
+        raise ValueError(f"a PAT subject is 1 to {MAX_SUBJECT} characters")
+    if not timedelta(0) < ttl <= MAX_TTL:
+        raise ValueError(f"a PAT lives between a second and {MAX_TTL.days} days")
     moment = now or datetime.now(UTC)
     claims = {
         "iss": ISSUER,
@@ -83,4 +91,6 @@ def verify_pat(secret: str, token: str) -> Principal:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise AuthError("the personal access token carries no subject")
+    if len(subject) > MAX_SUBJECT:
+        raise AuthError(f"the personal access token's subject is longer than {MAX_SUBJECT} characters")
     return Principal(subject=subject, role=role, pat_id=str(claims.get("jti", "")))

@@ -67,7 +67,9 @@ class StoreTx(Protocol):
 
     def save(self, transition: Transition, ciphertexts: dict[str, str]) -> None: ...
 
-    def mark_deleted(self, env: Environment, at: datetime) -> None: ...
+    def mark_deleted(self, env: Environment, at: datetime) -> None:
+        """End the environment and its tokens, and forget its idempotency keys: a key reused after the id
+        is created again must rotate the new environment, not replay the deleted one's tokens."""
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]: ...
 

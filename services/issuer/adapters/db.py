@@ -259,6 +259,7 @@ class SqlTx:
             .where(col(TokenRow.environment_id) == env.id, col(TokenRow.state) != TOKEN_ENDED)
             .values(state=TOKEN_ENDED, ended_at=at)
         )
+        self.session.execute(sa.delete(IdempotencyRow).where(col(IdempotencyRow.environment_id) == env.id))
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
         found = {t: self._ciphertexts[t] for t in token_ids if t in self._ciphertexts}

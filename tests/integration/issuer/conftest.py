@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,20 @@ class RunningIssuer:
     admin: httpx.Client
     member: httpx.Client
     anonymous: httpx.Client
+    _extra_clients: list[httpx.Client]
 
     def pat(self, role: Role, subject: str = "someone", ttl: timedelta = timedelta(hours=1)) -> str:
+        if ttl <= timedelta(0):  # an already expired PAT: minted in the past
+            return mint_pat(self.app.state.jwt_secret, subject, role, -ttl, now=datetime.now(UTC) + 2 * ttl)
         return mint_pat(self.app.state.jwt_secret, subject, role, ttl)
+
+    def pat_for(self, role: str, subject: str = "someone") -> str:
+        return self.pat(Role(role), subject)
+
+    def client_for(self, token: str) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+        self._extra_clients.append(client)
+        return client
 
 
 @pytest.fixture
@@ -71,6 +82,7 @@ def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Ca
             admin=client(mint_pat(secret, "alice", Role.ADMIN, timedelta(hours=1))),
             member=client(mint_pat(secret, "bob", Role.MEMBER, timedelta(hours=1))),
             anonymous=client(None),
+            _extra_clients=clients,
         )
 
     yield start

@@ -46,6 +46,7 @@ class FakeTx:
     def mark_deleted(self, env: Environment, at: datetime) -> None:
         del self.state.environments[env.id]
         self.state.deleted[env.id] = env.generation
+        self.state.keys = {k: v for k, v in self.state.keys.items() if k[0] != env.id}
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
         return {t: self.state.ciphertexts[t] for t in token_ids}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
@@ -30,7 +30,12 @@ def test_pat_round_trip_and_roles() -> None:
 @pytest.mark.parametrize(
     ("token", "message"),
     [
-        (mint_pat(SECRET, "a", Role.ADMIN, timedelta(seconds=-5)), "expired"),
+        (
+            mint_pat(
+                SECRET, "a", Role.ADMIN, timedelta(seconds=5), now=datetime.now(UTC) - timedelta(seconds=10)
+            ),
+            "expired",
+        ),
         (mint_pat("y" * 40, "a", Role.ADMIN, timedelta(minutes=5)), "invalid"),
         ("not-a-jwt", "invalid"),
         (jwt.encode({"sub": "a", "role": "admin"}, SECRET, algorithm="HS256"), "invalid"),

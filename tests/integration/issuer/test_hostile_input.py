@@ -1,0 +1,70 @@
+"""Hostile input gets a 4xx JSON answer that never echoes a token, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import jwt
+
+from services.issuer.auth import ALGORITHM, AUDIENCE, ISSUER
+from shared.kafka import KafkaSettings
+from shared.tokens import generate_token
+from tests.integration.issuer.conftest import RunningIssuer
+
+ENV = {"org": "acme", "project": "telemetry", "name": "prod"}
+ENV_ID = "acme-telemetry-prod"
+TOKENS = f"/v1/environments/{ENV_ID}/streaming-tokens"
+
+
+def _assert_clean_4xx(response: httpx.Response, secret: str) -> None:
+    assert 400 <= response.status_code < 500, response.text
+    assert set(response.json()) >= {"error", "message"}
+    assert secret not in response.text
+    assert secret[8:40] not in response.text
+
+
+def test_tokens_in_keys_paths_and_subjects_are_never_echoed(
+    database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    token = generate_token()
+    _assert_clean_4xx(issuer.admin.post("/v1/environments", json={token: 1, **ENV}), token)
+    _assert_clean_4xx(issuer.admin.post("/v1/environments", json={**ENV, "org": token}), token)
+    _assert_clean_4xx(issuer.admin.get(f"/v1/environments/{token}"), token)
+    _assert_clean_4xx(issuer.admin.get("/v1/admin/audit", params={"environment_id": token}), token)
+    member_named_like_a_token = issuer.client_for(issuer.pat_for("member", subject=token))
+    _assert_clean_4xx(member_named_like_a_token.post("/v1/environments", json=ENV), token)
+
+
+def test_a_forged_long_subject_or_a_nul_byte_is_a_4xx_not_a_500(
+    database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x" * 500, "role": "admin", "iat": now, "exp": now + 60}
+    long_subject = jwt.encode(claims, issuer.app.state.jwt_secret, algorithm=ALGORITHM)
+    response = issuer.client_for(long_subject).post("/v1/environments", json=ENV)
+    assert response.status_code == 401
+    assert "subject" in response.json()["message"]
+    nul = issuer.admin.get("/v1/admin/audit", params={"environment_id": "a\x00b"})
+    assert nul.status_code == 422
+    huge = issuer.admin.post("/v1/environments", content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert huge.status_code == 413
+    assert huge.json()["error"] == "payload_too_large"
+
+
+def test_an_idempotency_key_does_not_outlive_its_environment(
+    database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    assert issuer.admin.post("/v1/environments", json=ENV).status_code == 201
+    before = issuer.admin.post(f"{TOKENS}/rotate", headers={"Idempotency-Key": "k"}).json()
+    assert issuer.admin.delete(f"/v1/environments/{ENV_ID}").status_code in (200, 204)
+    assert issuer.admin.post("/v1/environments", json=ENV).status_code == 201
+    after = issuer.admin.post(f"{TOKENS}/rotate", headers={"Idempotency-Key": "k"})
+    assert after.status_code == 200
+    assert after.json()["generation"] > before["generation"]
+    assert after.json()["token_1"]["token"] != before["token_1"]["token"]
+    assert after.json()["token_2"]["token"] != before["token_2"]["token"]
