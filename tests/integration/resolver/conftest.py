@@ -55,7 +55,13 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "co
 
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:
-    wait_until(lambda: httpx.get(f"{url}/health/ready").status_code == 200, timeout, "resolver ready")
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, timeout, "resolver ready")
 
 
 def resolver_settings(kafka: KafkaSettings, **extra: Any) -> ResolverSettings:
