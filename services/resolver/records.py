@@ -7,24 +7,21 @@ so the verdict (and the error message) on odd records is the shared model's.
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
 
-from services.resolver.table import TokenRef, tokens_of
+from services.resolver.table import TokenTuple, tokens_of
 from shared.events import TokenStateChanged, decode_event
 
 _EVENT_FIELDS = frozenset(TokenStateChanged.model_fields)
-_TOKEN_FIELDS = frozenset({"slot", "token_id", "fingerprint", "valid_until"})
-_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_loads = orjson.loads
 
 
 class DecodedRecord(NamedTuple):
     environment_id: str
     generation: int | None  # None: tombstone
-    tokens: tuple[TokenRef, ...]
+    tokens: tuple[TokenTuple, ...]
 
 
 class RecordError(ValueError):
@@ -57,44 +54,48 @@ def decode_record(key: bytes | None, value: bytes | None) -> DecodedRecord:
     return DecodedRecord(environment_id, generation, tokens)
 
 
-def _fast(value: bytes) -> tuple[str, int, tuple[TokenRef, ...]] | None:
-    """The fields the table needs when the record is plainly valid; ``None`` means: ask the shared model."""
+def _fast(value: bytes) -> tuple[str, int, tuple[TokenTuple, ...]] | None:
+    """The fields the table needs when the record is plainly valid; ``None`` means: ask the shared model.
+
+    Written for speed (a million records at start): one orjson parse, then only cheap checks of the
+    record's shape and of the fields the table uses. Each fingerprint is decoded by the table as 32 bytes
+    of hex, which refuses the record otherwise. Grace periods and anything odd take the model's path.
+    """
     try:
-        data: Any = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if type(data) is not dict or data.keys() != _EVENT_FIELDS or data["schema_version"] != 1:
-        return None
-    environment_id, generation, raw_tokens = data["environment_id"], data["generation"], data["tokens"]
-    if type(environment_id) is not str or not 0 < len(environment_id) <= 200:
-        return None
-    if type(generation) is not int or generation < 1 or type(raw_tokens) is not list:
-        return None
-    if type(data["change"]) is not dict:
-        return None
-    tokens: list[TokenRef] = []
-    current: list[int] = []
-    for raw in raw_tokens:
-        if type(raw) is not dict or not raw.keys() <= _TOKEN_FIELDS or len(raw) < 3:
+        data: Any = _loads(value)
+        if data.keys() != _EVENT_FIELDS or data["schema_version"] != 1:
             return None
-        slot, token_id, fp, until = raw["slot"], raw["token_id"], raw["fingerprint"], raw.get("valid_until")
-        if slot not in (1, 2) or type(slot) is not int or type(token_id) is not str or type(fp) is not str:
+        environment_id = data["environment_id"]
+        generation = data["generation"]
+        raw_tokens = data["tokens"]
+        first, second = raw_tokens
+        if first["valid_until"] is not None or second["valid_until"] is not None:
             return None
-        if not 0 < len(token_id) <= 64 or not _FINGERPRINT.fullmatch(fp):
-            return None
-        if until is None:
-            current.append(slot)
-            tokens.append(TokenRef(slot, token_id, fp, None))
-            continue
-        if type(until) is not str or slot != 1:
-            return None
-        try:
-            moment = datetime.fromisoformat(until)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            return None
-        tokens.append(TokenRef(slot, token_id, fp, moment.timestamp()))
-    if sorted(current) != [1, 2] or len({t.fingerprint for t in tokens}) != len(tokens):
+        slot_1, slot_2 = first["slot"], second["slot"]
+        id_1, id_2 = first["token_id"], second["token_id"]
+        fp_1, fp_2 = first["fingerprint"], second["fingerprint"]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    return environment_id, generation, tuple(tokens)
+    if (
+        type(environment_id) is not str
+        or not 0 < len(environment_id) <= 200
+        or type(generation) is not int
+        or generation < 1
+        or type(data["change"]) is not dict
+        or len(first) != 4
+        or len(second) != 4
+        or type(slot_1) is not int
+        or type(slot_2) is not int
+        or slot_1 + slot_2 != 3
+        or slot_1 * slot_2 != 2
+        or type(id_1) is not str
+        or type(id_2) is not str
+        or not 0 < len(id_1) <= 64
+        or not 0 < len(id_2) <= 64
+        or type(fp_1) is not str
+        or type(fp_2) is not str
+        or len(fp_1) != 64
+        or fp_1 == fp_2
+    ):
+        return None
+    return environment_id, generation, ((slot_1, id_1, fp_1, None), (slot_2, id_2, fp_2, None))

@@ -1,27 +1,32 @@
 """The table replica: a faust (mode) service replaying the whole ``streaming-tokens`` topic into the table.
 
 Like a Kafka Streams GlobalKTable: every replica reads every partition from the beginning, with no consumer
-group and nothing committed. The faust service gives the lifecycle (start/stop, supervised background
-tasks); the bulk replay uses a raw aiokafka consumer because faust's agent/stream machinery was the measured
-bottleneck for the one-million-environment cold start (docs/benchmarks-resolver.md).
+group join and nothing committed. faust gives the service lifecycle (start/stop, supervised background
+tasks); the records are read with a confluent-kafka (librdkafka) consumer, because faust's agent/stream
+machinery and aiokafka were the measured bottleneck for the one-million-environment cold start
+(docs/benchmarks-resolver.md). The consumer is used from one dedicated thread; records are applied on the
+event loop, so a lookup never sees an environment half-replaced.
 
 Readiness: the replica is ready once, for every partition, its position has reached the end offset taken
-at start. ``end_offsets()`` (ListOffsets "latest") is only a lower bound on the embedded broker (BROKER.md),
-so the target per partition is the larger of it and the high watermark carried by the first fetch
-response for that partition, which is right on both brokers. An empty partition answers a high watermark
-of its start offset, so an empty topic is ready after the first fetch.
+at start. ListOffsets "latest" (``get_watermark_offsets()``) is only a lower bound on the embedded broker
+(BROKER.md), so the target per partition is the larger of it and the high watermark carried by the first
+fetch response for that partition (``get_watermark_offsets(cached=True)``), which is right on both
+brokers. An empty partition reports a high watermark equal to its low watermark, so an empty topic is
+ready after the first fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import time
-from collections.abc import Callable
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.resolver.metrics import ResolverMetrics
 from services.resolver.records import RecordError, decode_record
@@ -31,30 +36,15 @@ from shared.logs import get_logger
 
 log = get_logger(__name__)
 
+OFFSET_BEGINNING = -2
+BULK_BATCH = 20_000
+TAIL_BATCH = 2_000
+
 
 class Status(StrEnum):
     LOADING = "loading"
     READY = "ready"
     DEGRADED = "degraded"
-
-
-def aiokafka_connection(kafka: KafkaSettings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the connection part of ``KafkaSettings``."""
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers.split(","),
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism:
-        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
-    if kafka.sasl_username is not None:
-        kwargs["sasl_plain_username"] = kafka.sasl_username
-    if kafka.sasl_password is not None:
-        kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
-    if kafka.ssl_ca_location or kafka.security_protocol in {"SSL", "SASL_SSL"}:
-        from aiokafka.helpers import create_ssl_context
-
-        kwargs["ssl_context"] = create_ssl_context(cafile=kafka.ssl_ca_location)
-    return kwargs
 
 
 class TableReplica(faust.Service):  # type: ignore[misc]
@@ -70,7 +60,6 @@ class TableReplica(faust.Service):  # type: ignore[misc]
         degraded_after_seconds: float = 15.0,
         probe_interval_seconds: float = 2.0,
         create_topic: bool = True,
-        on_applied: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         self.table = table
@@ -80,15 +69,17 @@ class TableReplica(faust.Service):  # type: ignore[misc]
         self.degraded_after_seconds = degraded_after_seconds
         self.probe_interval_seconds = probe_interval_seconds
         self.create_topic = create_topic
-        self.on_applied = on_applied
         self.status = Status.LOADING
         self.records_read = 0
         self.started_at = time.monotonic()
         self.ready_after: float | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._partitions: list[TopicPartition] = []
-        self._targets: dict[TopicPartition, int] = {}
-        self._start_ends: dict[TopicPartition, int] = {}
+        self._consumer: Any = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="resolver-consumer")
+        self._partitions: list[Any] = []
+        self._start_ends: dict[int, int] = {}
+        self._targets: dict[int, int] = {}
+        self._lag: int | None = None
+        self._broker_seen_at = time.monotonic()
         self._failure: str | None = None
         self.metrics.set_status(self.status)
         super().__init__(**kwargs)
@@ -100,7 +91,7 @@ class TableReplica(faust.Service):  # type: ignore[misc]
             "status": str(self.status),
             "environments": len(self.table),
             "records": self.records_read,
-            "lag": self._lag(),
+            "lag": self._lag,
             "load_seconds": self.ready_after,
             **({"problem": self._failure} if self._failure else {}),
         }
@@ -108,109 +99,167 @@ class TableReplica(faust.Service):  # type: ignore[misc]
     # --- lifecycle -----------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        from confluent_kafka import Consumer
+
         self.started_at = time.monotonic()
-        if self.create_topic:
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(None, ensure_streaming_tokens_topic, self.kafka)
-            except Exception as exc:  # the issuer creates it too; keep going and wait for it
-                log.warning("streaming_tokens_topic_not_ensured", topic=self.kafka.topic, error=str(exc))
-        self._consumer = AIOKafkaConsumer(
-            **aiokafka_connection(self.kafka),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            client_id="streamtoken-resolver",
+        self._consumer = Consumer(
+            {
+                **self.kafka.librdkafka(),
+                # Required by librdkafka; never joined (partitions are assigned) and never committed.
+                "group.id": f"streamtoken-resolver-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": self.fetch_max_wait_ms,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "statistics.interval.ms": max(int(self.probe_interval_seconds * 1000), 100),
+                "stats_cb": self._on_stats,
+                "client.id": "streamtoken-resolver",
+            }
         )
-        await self._consumer.start()
         log.info("replica_starting", topic=self.kafka.topic)
 
     async def on_stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await self._in_thread(consumer.close)
+        self._thread.shutdown(wait=False)
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     # --- the replay ----------------------------------------------------------------------------------
 
     @faust.Service.task  # type: ignore[untyped-decorator]
     async def _replay(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while not self.should_stop:
+        while not self.should_stop and not self._partitions:
             try:
-                if not self._partitions:
-                    await self._assign(consumer)
-                    continue
-                batches = await consumer.getmany(timeout_ms=200)
-                for records in batches.values():
-                    self._apply(records)
-                if self.status is Status.LOADING:
-                    await self._check_caught_up(consumer)
-            except asyncio.CancelledError:
-                raise
+                await self._assign()
             except Exception as exc:
                 self._failure = f"{type(exc).__name__}: {exc}"
-                log.error("replica_error", error=type(exc).__name__, detail=str(exc))
+                log.warning("replica_assign_failed", error=type(exc).__name__, detail=str(exc))
                 await self.sleep(1.0)
+        gc_threshold = gc.get_threshold()
+        gc.set_threshold(100_000, 50, 100)  # the table holds no GC-tracked objects; batches are short-lived
+        try:
+            while not self.should_stop:
+                try:
+                    bulk = self.status is Status.LOADING
+                    messages = await self._in_thread(self._fetch, BULK_BATCH if bulk else TAIL_BATCH)
+                    if messages:
+                        self._apply(messages)
+                    if self.status is Status.LOADING:
+                        await self._check_caught_up()
+                        if self.status is not Status.LOADING:
+                            gc.set_threshold(*gc_threshold)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._failure = f"{type(exc).__name__}: {exc}"
+                    log.error("replica_error", error=type(exc).__name__, detail=str(exc))
+                    await self.sleep(1.0)
+        finally:
+            gc.set_threshold(*gc_threshold)
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        await consumer.topics()  # refreshes metadata
-        numbers = consumer.partitions_for_topic(self.kafka.topic)
-        if not numbers:
-            log.info("replica_waiting_for_topic", topic=self.kafka.topic)
+    def _fetch(self, limit: int) -> list[Any]:
+        """In the consumer thread: wait briefly for one record, then take whatever else is buffered."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        first = consumer.poll(0.1)
+        if first is None:
+            return []
+        return [first, *consumer.consume(limit - 1, 0)]
+
+    async def _assign(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        if self.create_topic:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, ensure_streaming_tokens_topic, self.kafka
+                )
+            except Exception as exc:  # the issuer creates it too; keep going and wait for it
+                log.warning("streaming_tokens_topic_not_ensured", topic=self.kafka.topic, error=str(exc))
+        consumer, topic = self._consumer, self.kafka.topic
+        metadata = await self._in_thread(lambda: consumer.list_topics(topic, timeout=10))
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None or not described.partitions:
+            log.info("replica_waiting_for_topic", topic=topic)
             await self.sleep(1.0)
             return
-        partitions = [TopicPartition(self.kafka.topic, p) for p in sorted(numbers)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        self._start_ends = dict(await consumer.end_offsets(partitions))
-        self._partitions = partitions
-        log.info("replica_assigned", topic=self.kafka.topic, partitions=len(partitions))
+        numbers = sorted(described.partitions)
+        for number in numbers:
+            _, high = await self._in_thread(
+                lambda n=number: consumer.get_watermark_offsets(TopicPartition(topic, n), timeout=10)
+            )
+            self._start_ends[number] = high
+        partitions = [TopicPartition(topic, n, OFFSET_BEGINNING) for n in numbers]
+        await self._in_thread(consumer.assign, partitions)
+        self._partitions = [TopicPartition(topic, n) for n in numbers]
+        self._failure = None
+        log.info("replica_assigned", topic=topic, partitions=len(numbers))
 
-    def _apply(self, records: list[Any]) -> None:
-        table, counts = self.table, {"applied": 0, "stale": 0, "deleted": 0, "invalid": 0}
-        for record in records:
+    def _apply(self, messages: list[Any]) -> None:
+        table, loading = self.table, self.status is Status.LOADING
+        applied = stale = deleted = invalid = 0
+        for message in messages:
+            if message.error() is not None:
+                invalid += 1
+                log.warning("consumer_error", error=str(message.error()))
+                continue
             try:
-                decoded = decode_record(record.key, record.value)
-            except RecordError as exc:
-                counts["invalid"] += 1
+                environment_id, generation, tokens = decode_record(message.key(), message.value())
+                result = table.apply(environment_id, generation, tokens)
+            except (RecordError, ValueError) as exc:
+                invalid += 1
                 log.warning(
-                    "record_skipped", partition=record.partition, offset=record.offset, reason=str(exc)
+                    "record_skipped", partition=message.partition(), offset=message.offset(), reason=str(exc)
                 )
                 continue
-            result = table.apply(decoded.environment_id, decoded.generation, decoded.tokens)
+            if not result.applied:
+                stale += 1
+                continue
             if result.reason == "deleted":
-                counts["deleted"] += 1
-            elif result.applied:
-                counts["applied"] += 1
+                deleted += 1
             else:
-                counts["stale"] += 1
-            if result.applied and self.status is not Status.LOADING:
+                applied += 1
+            if not loading:
                 log.info(
                     "environment_updated",
-                    environment_id=decoded.environment_id,
-                    generation=decoded.generation,
+                    environment_id=environment_id,
+                    generation=generation,
                     change=result.reason,
                 )
-                if self.on_applied is not None:
-                    self.on_applied(decoded.environment_id)
-        self.records_read += len(records)
-        for outcome, n in counts.items():
+        self.records_read += len(messages)
+        records = self.metrics.records
+        for outcome, n in (
+            ("applied", applied),
+            ("stale", stale),
+            ("deleted", deleted),
+            ("invalid", invalid),
+        ):
             if n:
-                self.metrics.records.labels(outcome).inc(n)
+                records.labels(outcome).inc(n)
 
-    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+    async def _check_caught_up(self) -> None:
+        consumer = self._consumer
         for tp in self._partitions:
-            if tp not in self._targets:
-                highwater = consumer.highwater(tp)
-                if highwater is None:
+            if tp.partition not in self._targets:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    return  # no fetch response for this partition yet
+                self._targets[tp.partition] = max(high, self._start_ends.get(tp.partition, 0))
+        positions = await self._in_thread(consumer.position, self._partitions)
+        for tp in positions:
+            target = self._targets[tp.partition]
+            if tp.offset >= 0:
+                if tp.offset < target:
                     return
-                self._targets[tp] = max(highwater, self._start_ends.get(tp) or 0)
-        for tp in self._partitions:
-            if await consumer.position(tp) < self._targets[tp]:
+                continue
+            low, _ = consumer.get_watermark_offsets(tp, cached=True)
+            if not 0 <= target <= low:  # nothing consumed: caught up only if nothing is there
                 return
         self.ready_after = time.monotonic() - self.started_at
         self.metrics.load_seconds.set(self.ready_after)
@@ -224,54 +273,39 @@ class TableReplica(faust.Service):  # type: ignore[misc]
 
     # --- health --------------------------------------------------------------------------------------
 
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka statistics (in the consumer thread): broker reachability and lag."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        brokers = stats.get("brokers", {}).values()
+        if any(b.get("nodeid", -1) >= 0 and b.get("state") == "UP" for b in brokers):
+            self._broker_seen_at = time.monotonic()
+        lag = 0
+        for partition in stats.get("topics", {}).get(self.kafka.topic, {}).get("partitions", {}).values():
+            if partition.get("partition", -1) >= 0:
+                lag += max(int(partition.get("consumer_lag", 0)), 0)
+        self._lag = lag
+
     @faust.Service.task  # type: ignore[untyped-decorator]
     async def _probe(self) -> None:
         while not self.should_stop:
             await self.sleep(self.probe_interval_seconds)
-            self.metrics.lag.set(self._lag() or 0)
+            if self._lag is not None:
+                self.metrics.lag.set(self._lag)
             if self.status is Status.LOADING:
                 continue
-            stale = self._seconds_since_fetch()
-            if stale is not None and stale > self.degraded_after_seconds:
+            silent = time.monotonic() - self._broker_seen_at
+            if silent > self.degraded_after_seconds:
                 if self.status is not Status.DEGRADED:
-                    self._failure = f"no answer from Kafka for {stale:.0f} s"
+                    self._failure = f"no connection to Kafka for {silent:.0f} s"
                     self._set_status(Status.DEGRADED)
-                    log.warning("replica_degraded", seconds_without_fetch=round(stale, 1))
+                    log.warning("replica_degraded", seconds_without_broker=round(silent, 1))
             elif self.status is Status.DEGRADED:
                 self._failure = None
                 self._set_status(Status.READY)
                 log.info("replica_recovered")
-
-    def _seconds_since_fetch(self) -> float | None:
-        consumer = self._consumer
-        if consumer is None or not self._partitions:
-            return None
-        stamps = []
-        for tp in self._partitions:
-            try:
-                stamp = consumer.last_poll_timestamp(tp)
-            except Exception:
-                return None
-            if stamp is None:
-                return None
-            stamps.append(stamp)
-        return float(time.time() - min(stamps) / 1000.0)
-
-    def _lag(self) -> int | None:
-        consumer = self._consumer
-        if consumer is None or not self._partitions:
-            return None
-        lag = 0
-        for tp in self._partitions:
-            try:
-                highwater = consumer.highwater(tp)
-                position = consumer._subscription.subscription.assignment.state_value(tp).position
-            except Exception:
-                return None
-            if highwater is None or position is None:
-                return None
-            lag += max(highwater - position, 0)
-        return lag
 
     def _set_status(self, status: Status) -> None:
         self.status = status

@@ -31,7 +31,7 @@ _TOKEN = struct.Struct("<B32sB")  # slot (| _EXPIRES), digest, token-id length
 _UNTIL = struct.Struct("<d")  # valid_until, present only when the slot byte carries _EXPIRES
 _EXPIRES = 0x80
 _NO_EXPIRY = math.nan
-_PREFIX_BITS = 60  # ints below 2**60 are the smaller int objects
+_PREFIX_SHIFT = 4  # keep 60 bits: ints below 2**60 are the smaller int objects
 
 
 class TokenRef(NamedTuple):
@@ -41,6 +41,10 @@ class TokenRef(NamedTuple):
     token_id: str
     fingerprint: str  # sha256 hex
     valid_until: float | None = None
+
+
+TokenTuple = tuple[int, str, str, float | None]
+"""A token as plain data: (slot, token_id, sha256 hex fingerprint, valid_until epoch seconds or None)."""
 
 
 class Match(NamedTuple):
@@ -67,29 +71,28 @@ class EnvironmentState:
 
 
 def _prefix(digest: bytes) -> int:
-    return int.from_bytes(digest[:8], "big") >> (64 - _PREFIX_BITS)
+    return int.from_bytes(digest[:8], "big") >> _PREFIX_SHIFT
 
 
-def _pack(generation: int, tokens: Iterable[TokenRef]) -> bytes:
-    parts: list[bytes] = []
-    count = 0
-    for token in tokens:
-        token_id = token.token_id.encode("utf-8")
-        if not 0 < len(token_id) < 256:
-            raise ValueError("token_id must be 1-255 bytes")
-        digest = bytes.fromhex(token.fingerprint)
-        if len(digest) != 32:
-            raise ValueError("fingerprint must be 64 hex characters")
-        if token.slot not in (1, 2):
-            raise ValueError("slot must be 1 or 2")
-        if token.valid_until is None:
-            parts.append(_TOKEN.pack(token.slot, digest, len(token_id)))
+def _pack(generation: int, tokens: Iterable[TokenTuple]) -> tuple[bytes, list[bytes]]:
+    """The packed state and the tokens' digests; raises ``ValueError`` for a malformed token."""
+    parts = [b""]
+    digests: list[bytes] = []
+    pack_token, pack_until = _TOKEN.pack, _UNTIL.pack
+    for slot, token_id, fingerprint, valid_until in tokens:
+        raw_id = token_id.encode("utf-8")
+        digest = bytes.fromhex(fingerprint)
+        if len(digest) != 32 or not 0 < len(raw_id) < 256 or (slot != 1 and slot != 2):
+            raise ValueError("malformed token: slot 1|2, 64 hex characters, a 1-255 byte token id")
+        if valid_until is None:
+            parts.append(pack_token(slot, digest, len(raw_id)))
         else:
-            parts.append(_TOKEN.pack(token.slot | _EXPIRES, digest, len(token_id)))
-            parts.append(_UNTIL.pack(float(token.valid_until)))
-        parts.append(token_id)
-        count += 1
-    return _HEADER.pack(generation, count) + b"".join(parts)
+            parts.append(pack_token(slot | _EXPIRES, digest, len(raw_id)))
+            parts.append(pack_until(float(valid_until)))
+        parts.append(raw_id)
+        digests.append(digest)
+    parts[0] = _HEADER.pack(generation, len(digests))
+    return b"".join(parts), digests
 
 
 def _unpack(packed: bytes) -> Iterator[tuple[int, bytes, float, str]]:
@@ -178,7 +181,7 @@ class TokenTable:
     # --- writing -------------------------------------------------------------------------------------
 
     def apply(
-        self, environment_id: str, generation: int | None, tokens: Iterable[TokenRef] = ()
+        self, environment_id: str, generation: int | None, tokens: Iterable[TokenTuple] = ()
     ) -> ApplyResult:
         """Apply one record: ``generation=None`` is a tombstone (the environment was deleted)."""
         current = self._environments.get(environment_id)
@@ -190,14 +193,20 @@ class TokenTable:
             return ApplyResult(True, "deleted")
         if current is not None and generation <= _generation(current):
             return ApplyResult(False, "stale")
-        packed = _pack(generation, tokens)
+        packed, digests = _pack(generation, tokens)
         if current is not None:
             # Every fingerprint is re-added below, so the new key object replaces the old one everywhere.
             self._drop(environment_id, current)
             del self._environments[environment_id]
         self._environments[environment_id] = packed
-        for _, digest, _, _ in _unpack(packed):
-            self._add(_prefix(digest), environment_id)
+        by_prefix = self._by_prefix
+        for digest in digests:
+            prefix = int.from_bytes(digest[:8], "big") >> _PREFIX_SHIFT
+            if prefix in by_prefix:
+                self._add(prefix, environment_id)
+            else:
+                by_prefix[prefix] = environment_id
+                self._fingerprints += 1
         return ApplyResult(True, "new" if current is None else "replaced")
 
     def apply_event(self, environment_id: str, event: TokenStateChanged | None) -> ApplyResult:
@@ -215,7 +224,7 @@ class TokenTable:
             if len(keep) == len(tokens):
                 continue
             self._drop(environment_id, packed)
-            new = _pack(
+            new, _ = _pack(
                 _generation(packed),
                 (TokenRef(s, tid, d.hex(), None if math.isnan(u) else u) for s, d, u, tid in keep),
             )
