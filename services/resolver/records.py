@@ -40,6 +40,8 @@ def decode_record(key: bytes | None, value: bytes | None) -> DecodedRecord:
         return DecodedRecord(environment_id, None, ())
     fast = _fast(value)
     if fast is not None:
+        if fast[0] == environment_id:
+            return fast  # type: ignore[return-value]  # same shape; skips building a NamedTuple
         event_env, generation, tokens = fast
     else:
         try:

@@ -202,7 +202,7 @@ class TableReplica(faust.Service):  # type: ignore[misc]
         log.info("replica_assigned", topic=topic, partitions=len(numbers))
 
     def _apply(self, messages: list[Any]) -> None:
-        table, loading = self.table, self.status is Status.LOADING
+        apply, decode, loading = self.table.apply, decode_record, self.status is Status.LOADING
         applied = stale = deleted = invalid = 0
         for message in messages:
             if message.error() is not None:
@@ -210,8 +210,8 @@ class TableReplica(faust.Service):  # type: ignore[misc]
                 log.warning("consumer_error", error=str(message.error()))
                 continue
             try:
-                environment_id, generation, tokens = decode_record(message.key(), message.value())
-                result = table.apply(environment_id, generation, tokens)
+                environment_id, generation, tokens = decode(message.key(), message.value())
+                result = apply(environment_id, generation, tokens)
             except (RecordError, ValueError) as exc:
                 invalid += 1
                 log.warning(

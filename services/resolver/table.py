@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -28,6 +28,7 @@ from shared.events import TokenStateChanged
 
 _HEADER = struct.Struct("<QB")  # generation, token count
 _TOKEN = struct.Struct("<B32sB")  # slot (| _EXPIRES), digest, token-id length
+_HEADER_TOKEN = struct.Struct("<QBB32sB")  # _HEADER then the first _TOKEN, in one call
 _UNTIL = struct.Struct("<d")  # valid_until, present only when the slot byte carries _EXPIRES
 _EXPIRES = 0x80
 _NO_EXPIRY = math.nan
@@ -61,6 +62,13 @@ class ApplyResult(NamedTuple):
     reason: str  # "new", "replaced", "stale", "deleted", "unknown_deleted"
 
 
+NEW = ApplyResult(True, "new")
+REPLACED = ApplyResult(True, "replaced")
+STALE = ApplyResult(False, "stale")
+DELETED = ApplyResult(True, "deleted")
+UNKNOWN_DELETED = ApplyResult(False, "unknown_deleted")
+
+
 @dataclass(frozen=True)
 class EnvironmentState:
     """The decoded state of one environment as the table holds it (what ``environment`` returns)."""
@@ -74,8 +82,24 @@ def _prefix(digest: bytes) -> int:
     return int.from_bytes(digest[:8], "big") >> _PREFIX_SHIFT
 
 
-def _pack(generation: int, tokens: Iterable[TokenTuple]) -> tuple[bytes, list[bytes]]:
+def _pack(generation: int, tokens: Iterable[TokenTuple]) -> tuple[bytes, Sequence[bytes]]:
     """The packed state and the tokens' digests; raises ``ValueError`` for a malformed token."""
+    if type(tokens) is tuple and len(tokens) == 2:
+        # The common case, kept short for the cold start: two current tokens in slots 1 and 2.
+        (slot_1, id_1, fp_1, until_1), (slot_2, id_2, fp_2, until_2) = tokens
+        if until_1 is None and until_2 is None and slot_1 + slot_2 == 3 and slot_1 * slot_2 == 2:
+            raw_1, raw_2 = id_1.encode("utf-8"), id_2.encode("utf-8")
+            digest_1, digest_2 = bytes.fromhex(fp_1), bytes.fromhex(fp_2)
+            if len(digest_1) == 32 == len(digest_2) and 0 < len(raw_1) < 256 and 0 < len(raw_2) < 256:
+                packed = b"".join(
+                    (
+                        _HEADER_TOKEN.pack(generation, 2, slot_1, digest_1, len(raw_1)),
+                        raw_1,
+                        _TOKEN.pack(slot_2, digest_2, len(raw_2)),
+                        raw_2,
+                    )
+                )
+                return packed, (digest_1, digest_2)
     parts = [b""]
     digests: list[bytes] = []
     pack_token, pack_until = _TOKEN.pack, _UNTIL.pack
@@ -187,12 +211,12 @@ class TokenTable:
         current = self._environments.get(environment_id)
         if generation is None:
             if current is None:
-                return ApplyResult(False, "unknown_deleted")
+                return UNKNOWN_DELETED
             self._drop(environment_id, current)
             del self._environments[environment_id]
-            return ApplyResult(True, "deleted")
+            return DELETED
         if current is not None and generation <= _generation(current):
-            return ApplyResult(False, "stale")
+            return STALE
         packed, digests = _pack(generation, tokens)
         if current is not None:
             # Every fingerprint is re-added below, so the new key object replaces the old one everywhere.
@@ -207,7 +231,7 @@ class TokenTable:
             else:
                 by_prefix[prefix] = environment_id
                 self._fingerprints += 1
-        return ApplyResult(True, "new" if current is None else "replaced")
+        return NEW if current is None else REPLACED
 
     def apply_event(self, environment_id: str, event: TokenStateChanged | None) -> ApplyResult:
         """Apply a decoded ``shared.events`` record (``None`` = tombstone) under its Kafka key."""
