@@ -24,7 +24,7 @@ from shared.ids import InvalidIdentifier, short_name, topic_id
 from shared.logs import get_logger
 from shared.tokens import is_well_formed
 from shared.topics import kafka_topic_config
-from shared.web import ApiError
+from shared.web import ApiError, error_body
 
 log = get_logger(__name__)
 
@@ -310,9 +310,53 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
     return _json(created, status=201)
 
 
+class FastTopicLookups:
+    """Pure-ASGI fast path for the hot ``GET /v1/topics/{name}``: the same answers as the FastAPI route
+    (which stays for OpenAPI and as the reference), without the framework's per-request machinery.
+    Measured in docs/benchmarks-resolver.md; anything else passes through untouched."""
+
+    PREFIX = "/v1/topics/"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(self.PREFIX):
+            await self.app(scope, receive, send)
+            return
+        name = scope["path"][len(self.PREFIX) :]
+        if not name or "/" in name:
+            await self.app(scope, receive, send)
+            return
+        authorization = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        resolver: Resolver = scope["app"].state.resolver
+        headers = [(b"content-type", b"application/json")]
+        try:
+            match = resolver.authenticate(authorization)
+            environment_id = match.environment_id
+            body = orjson.dumps(
+                {"topic_id": _topic_id(environment_id, name), "environment_id": environment_id}
+            )
+            status = 200
+        except ApiError as exc:
+            body = orjson.dumps(error_body(exc.code, exc.message))
+            status = exc.status
+            headers.extend(
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()
+            )
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def install_routes(app: FastAPI) -> None:
     app.include_router(native)
     app.include_router(portal)
+    app.add_middleware(FastTopicLookups)
 
 
 def ready_detail(resolver_status: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bool, dict[str, Any]]]:

@@ -70,6 +70,8 @@ def build_app(
         summary="Streaming token → environment lookups and the Quix Portal API subset",
         version="0.1.0",
         lifespan=lifespan,
+        # We export Prometheus metrics ourselves; FastAPI's OpenTelemetry hooks cost time on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.state.resolver = Resolver(

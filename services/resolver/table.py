@@ -188,9 +188,16 @@ class TokenTable:
 
     def lookup_digest(self, digest: bytes, now: float) -> Match | None:
         """The match for a raw 32-byte SHA-256 digest at ``now`` (epoch seconds), or ``None``."""
-        owner = self._by_prefix.get(_prefix(digest))
+        owner = self._by_prefix.get(int.from_bytes(digest[:8], "big") >> _PREFIX_SHIFT)
         if owner is None:
             return None
+        if type(owner) is str:
+            # The common case, kept short for the hot path: Token 1 is first and current.
+            state = self._environments[owner]
+            generation, _, slot, first, length = _HEADER_TOKEN.unpack_from(state, 0)
+            if first == digest and not slot & _EXPIRES:
+                start = _HEADER_TOKEN.size
+                return Match(owner, slot, state[start : start + length].decode("utf-8"), generation)
         for environment_id in (owner,) if isinstance(owner, str) else owner:
             packed = self._environments.get(environment_id)
             if packed is None:

@@ -233,3 +233,16 @@ async def test_unknown_route_is_json_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/nope")
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("application/json")
+
+
+async def test_openapi_documents_native_and_portal_routes(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/topics/{name}", "/v1/whoami", "/workspaces", "/{workspace}/topics"} <= set(paths)
+
+
+async def test_fast_path_leaves_other_shapes_to_the_router(client: httpx.AsyncClient, dev: Env) -> None:
+    r = await client.get("/v1/topics/a/b", headers=bearer(dev.token_1))
+    assert r.status_code == 404
+    assert r.json()["error"] == "not_found"
+    r = await client.post("/v1/topics/f1-data", headers=bearer(dev.token_1))
+    assert r.status_code == 405
