@@ -58,6 +58,7 @@ class Resolver:
         self.admin = admin
         self.settings = settings
         self.metrics = metrics
+        self.counts = metrics.lookup_counts
         self.clock = clock
 
     def authenticate(self, authorization: str | None) -> Match:
@@ -71,17 +72,17 @@ class Resolver:
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthorized", "use 'Authorization: Bearer <streaming token>'", _MISSING)
         if not is_well_formed(token):
-            self.metrics.malformed.inc()
+            self.counts["malformed"] += 1
             raise ApiError(401, "invalid_token", "this is not a well-formed streaming token", _CHALLENGE)
         if self.status() is Status.LOADING:
             raise ApiError(503, "not_ready", "the resolver is still loading its table; retry shortly")
         digest = hashlib.sha256(token.encode("ascii")).digest()
         match = self.table.lookup_digest(digest, self.clock())
         if match is None:
-            self.metrics.misses.inc()
+            self.counts["miss"] += 1
             log.info("token_refused", fingerprint=digest.hex())
             raise ApiError(401, "invalid_token", "unknown or deactivated streaming token", _CHALLENGE)
-        self.metrics.hits.inc()
+        self.counts["hit"] += 1
         return match
 
 
@@ -317,8 +318,9 @@ class FastTopicLookups:
 
     PREFIX = "/v1/topics/"
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, resolver: Resolver) -> None:
         self.app = app
+        self.resolver = resolver
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(self.PREFIX):
@@ -333,7 +335,7 @@ class FastTopicLookups:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        resolver: Resolver = scope["app"].state.resolver
+        resolver = self.resolver
         headers = [(b"content-type", b"application/json")]
         try:
             match = resolver.authenticate(authorization)
@@ -353,10 +355,10 @@ class FastTopicLookups:
         await send({"type": "http.response.body", "body": body})
 
 
-def install_routes(app: FastAPI) -> None:
+def install_routes(app: FastAPI, resolver: Resolver) -> None:
     app.include_router(native)
     app.include_router(portal)
-    app.add_middleware(FastTopicLookups)
+    app.add_middleware(FastTopicLookups, resolver=resolver)
 
 
 def ready_detail(resolver_status: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bool, dict[str, Any]]]:

@@ -85,5 +85,5 @@ def build_app(
     )
     app.state.replica = replica
     app.include_router(health_router(ready_detail(snapshot), metrics.registry))
-    install_routes(app)
+    install_routes(app, app.state.resolver)
     return app

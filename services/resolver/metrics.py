@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 STATUSES = ("loading", "ready", "degraded")
 
@@ -15,15 +17,10 @@ class ResolverMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.lookups = Counter(
-            "streamtoken_resolver_lookups",
-            "Token lookups by result: hit, miss (unknown or deactivated), malformed (refused without lookup)",
-            ["result"],
-            registry=r,
-        )
-        self.hits = self.lookups.labels("hit")
-        self.misses = self.lookups.labels("miss")
-        self.malformed = self.lookups.labels("malformed")
+        # Lookups are counted with plain ints (the hot path runs on the event loop thread only) and
+        # exported at scrape time: a prometheus_client Counter takes a lock on every increment.
+        self.lookup_counts = {"hit": 0, "miss": 0, "malformed": 0}
+        r.register(_LookupCollector(self.lookup_counts))
         self.records = Counter(
             "streamtoken_resolver_records",
             "Records read from the streaming-tokens topic by outcome",
@@ -63,3 +60,18 @@ class ResolverMetrics:
         for name in STATUSES:
             self.status.labels(name).set(1 if name == status else 0)
         self.ready.set(1 if status == "ready" else 0)
+
+
+class _LookupCollector(Collector):
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "streamtoken_resolver_lookups",
+            "Token lookups by result: hit, miss (unknown or deactivated), malformed (refused without lookup)",
+            labels=["result"],
+        )
+        for result, count in self._counts.items():
+            family.add_metric([result], count)
+        yield family
