@@ -311,54 +311,62 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
     return _json(created, status=201)
 
 
-class FastTopicLookups:
-    """Pure-ASGI fast path for the hot ``GET /v1/topics/{name}``: the same answers as the FastAPI route
-    (which stays for OpenAPI and as the reference), without the framework's per-request machinery.
-    Measured in docs/benchmarks-resolver.md; anything else passes through untouched."""
+_TOPICS_PREFIX = "/v1/topics/"
 
-    PREFIX = "/v1/topics/"
 
-    def __init__(self, app: Any, resolver: Resolver) -> None:
-        self.app = app
-        self.resolver = resolver
+def answer_topic_lookup(resolver: Resolver, scope: dict[str, Any]) -> tuple[int, list[Any], bytes] | None:
+    """The hot ``GET /v1/topics/{name}`` without the framework's per-request machinery: the same answer
+    as the FastAPI route (which stays for OpenAPI and as the reference), or ``None`` for any other
+    request. Measured in docs/benchmarks-resolver.md."""
+    if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(_TOPICS_PREFIX):
+        return None
+    name = scope["path"][len(_TOPICS_PREFIX) :]
+    if not name or "/" in name:
+        return None
+    authorization = None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    headers = [(b"content-type", b"application/json")]
+    try:
+        match = resolver.authenticate(authorization)
+        environment_id = match.environment_id
+        body = orjson.dumps({"topic_id": _topic_id(environment_id, name), "environment_id": environment_id})
+        status = 200
+    except ApiError as exc:
+        body = orjson.dumps(error_body(exc.code, exc.message))
+        status = exc.status
+        headers.extend(
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()
+        )
+    headers.append((b"content-length", str(len(body)).encode()))
+    return status, headers, body
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(self.PREFIX):
-            await self.app(scope, receive, send)
-            return
-        name = scope["path"][len(self.PREFIX) :]
-        if not name or "/" in name:
-            await self.app(scope, receive, send)
-            return
-        authorization = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value.decode("latin-1")
-                break
+
+class ResolverAPI(FastAPI):
+    """FastAPI, with the topic lookup answered before the middleware stack when it can be."""
+
+    resolver: Resolver | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         resolver = self.resolver
-        headers = [(b"content-type", b"application/json")]
-        try:
-            match = resolver.authenticate(authorization)
-            environment_id = match.environment_id
-            body = orjson.dumps(
-                {"topic_id": _topic_id(environment_id, name), "environment_id": environment_id}
-            )
-            status = 200
-        except ApiError as exc:
-            body = orjson.dumps(error_body(exc.code, exc.message))
-            status = exc.status
-            headers.extend(
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()
-            )
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if resolver is not None:
+            try:
+                answer = answer_topic_lookup(resolver, scope)
+            except Exception:
+                answer = None  # let the framework answer (and log) whatever went wrong
+            if answer is not None:
+                status, headers, body = answer
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await super().__call__(scope, receive, send)
 
 
-def install_routes(app: FastAPI, resolver: Resolver) -> None:
+def install_routes(app: FastAPI) -> None:
     app.include_router(native)
     app.include_router(portal)
-    app.add_middleware(FastTopicLookups, resolver=resolver)
 
 
 def ready_detail(resolver_status: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bool, dict[str, Any]]]:

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.resolver.admin import KafkaTopicAdmin, TopicAdmin
-from services.resolver.api import Resolver, install_routes, ready_detail
+from services.resolver.api import Resolver, ResolverAPI, install_routes, ready_detail
 from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import Status, TableReplica
 from services.resolver.settings import ResolverSettings
@@ -65,7 +65,7 @@ def build_app(
             if replica is not None:
                 await replica.stop()
 
-    app = FastAPI(
+    app = ResolverAPI(
         title="streamtoken resolver",
         summary="Streaming token → environment lookups and the Quix Portal API subset",
         version="0.1.0",
@@ -74,7 +74,7 @@ def build_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    app.state.resolver = Resolver(
+    app.state.resolver = app.resolver = Resolver(
         table,
         current_status,
         admin
@@ -85,5 +85,5 @@ def build_app(
     )
     app.state.replica = replica
     app.include_router(health_router(ready_detail(snapshot), metrics.registry))
-    install_routes(app, app.state.resolver)
+    install_routes(app)
     return app
