@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -157,6 +158,8 @@ def main() -> None:
     from shared.tokens import generate_token
 
     token = generate_token()
+    ratios: list[float] = []
+    totals = {"hello": 0.0, "resolver": 0.0}
     for round_ in range(1, args.rounds + 1):
         hello = run("hello", token, args.duration, args.connections)
         resolver = run("resolver", token, args.duration, args.connections)
@@ -164,8 +167,16 @@ def main() -> None:
             f"round {round_}: bare ASGI {hello['rps']:,.0f} req/s (p50 {hello['p50']:.2f} ms,"
             f" p99 {hello['p99']:.2f} ms)"
             f" | resolver GET /v1/topics/{{name}} {resolver['rps']:,.0f} req/s (p50 {resolver['p50']:.2f} ms,"
-            f" p99 {resolver['p99']:.2f} ms) | ratio {resolver['rps'] / hello['rps']:.2f}x"
+            f" p99 {resolver['p99']:.2f} ms) | ratio {resolver['rps'] / hello['rps']:.2f}x",
+            flush=True,
         )
+        ratios.append(resolver["rps"] / hello["rps"])
+        totals["hello"] += hello["rps"]
+        totals["resolver"] += resolver["rps"]
+    print(
+        f"median ratio {statistics.median(ratios):.2f}x over {len(ratios)} rounds; ratio of the mean rates "
+        f"{totals['resolver'] / totals['hello']:.2f}x (target >= 0.5x)"
+    )
 
 
 if __name__ == "__main__":
