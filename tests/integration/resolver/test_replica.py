@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -140,3 +141,23 @@ def test_health_ready_is_503_while_a_large_topic_loads(
     assert ready["environments"] == 200
     generation = httpx.get(f"{url}/v1/whoami", headers=bearer(envs[0].token_1)).json()["generation"]
     assert generation == 500
+
+
+def test_broker_loss_is_degraded_and_lookups_keep_working(
+    embedded_broker_factory: Callable[..., Any], serve_app: Callable[..., str], topic_name: str
+) -> None:
+    from services.resolver.bootstrap import build_app
+    from tests.integration.resolver.conftest import resolver_settings
+
+    broker = embedded_broker_factory()
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic=topic_name, topic_partitions=1)
+    env = Env("acme-telemetry-dev")
+    produce(kafka, [(env.environment_id, env.event())])
+    url = serve_app(build_app(resolver_settings(kafka, degraded_after_seconds=1.0)))
+    wait_ready(url)
+    broker.stop()
+    wait_until(lambda: httpx.get(f"{url}/health/ready").json()["status"] == "degraded", 30, "degraded status")
+    assert httpx.get(f"{url}/health/ready").status_code == 503
+    who = httpx.get(f"{url}/v1/whoami", headers=bearer(env.token_1))
+    assert who.status_code == 200
+    assert 'streamtoken_resolver_status{status="degraded"} 1.0' in httpx.get(f"{url}/metrics").text
