@@ -1,0 +1,73 @@
+"""Cold start: seconds until /health/ready is 200 and peak RSS, with N environments in the topic.
+
+    .venv/bin/python benchmarks/resolver_cold_start.py [--environments 1000000]
+
+Starts a dedicated embedded broker, produces N environments (one record each, in the issuer's format),
+then starts `python -m services.resolver` as a process and times it to ready; checks a sample of real
+tokens resolves. Targets: <= 10 s and <= 500 MB peak RSS for 1,000,000 environments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from resolver_common import (
+    environment_id,
+    peak_rss_mb,
+    produce_environments,
+    start_resolver_process,
+    wait_ready,
+)
+
+from shared.broker import EmbeddedBroker, free_port
+from shared.kafka import KafkaSettings
+from shared.tokens import generate_token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--environments", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args()
+    n = args.environments
+    sample = sorted({0, n // 3, n // 2, n - 1})
+    real = {(i, slot): generate_token() for i in sample for slot in (1, 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = EmbeddedBroker(port=free_port(), log_path=Path(tmp) / "broker.log")
+        with broker:
+            kafka = KafkaSettings(
+                bootstrap_servers=broker.bootstrap_servers,
+                topic="streaming-tokens",
+                topic_partitions=args.partitions,
+            )
+            seconds = produce_environments(kafka, n, real)
+            print(f"produced {n:,} environments in {seconds:.1f} s ({args.partitions} partitions)")
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            started = time.monotonic()
+            process = start_resolver_process(kafka, port, Path(tmp) / "resolver.log")
+            try:
+                body = wait_ready(url, args.timeout)
+                to_ready = time.monotonic() - started
+                rss = peak_rss_mb(process.pid)
+                for (i, slot), token in real.items():
+                    who = httpx.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}).json()
+                    assert who["environment_id"] == environment_id(i), who
+                    assert who["slot"] == slot, who
+                assert body["environments"] == n, body
+                print(f"environments in table: {body['environments']:,} (records read {body['records']:,})")
+                print(f"seconds to ready (process start -> /health/ready 200): {to_ready:.2f} s")
+                print(f"replica load time (service start -> caught up): {body['load_seconds']:.2f} s")
+                print(f"peak RSS (VmHWM) at ready: {rss:.0f} MB")
+            finally:
+                process.terminate()
+                process.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""HTTP: the native lookup API and the Quix Portal API subset (PORTAL_API.md). Routes only translate.
+
+Every answer is JSON, errors included. A token is checked for its shape and checksum before any lookup,
+and only its fingerprint is ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from services.resolver.admin import TopicAdmin, TopicAdminError, TopicExists, TopicInfo
+from services.resolver.metrics import ResolverMetrics
+from services.resolver.replica import Status
+from services.resolver.settings import ResolverSettings
+from services.resolver.table import Match, TokenTable
+from shared.ids import InvalidIdentifier, short_name, topic_id
+from shared.logs import get_logger
+from shared.tokens import is_well_formed
+from shared.topics import kafka_topic_config
+from shared.web import ApiError, error_body
+
+log = get_logger(__name__)
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken", error="invalid_token"'}
+_MISSING = {"WWW-Authenticate": 'Bearer realm="streamtoken"'}
+_TO_QUIX_POLICY = {"delete": "Delete", "compact": "Compact", "compact,delete": "DeleteAndCompact"}
+_FROM_CLIENT_POLICY = {
+    "delete": "delete",
+    "compact": "compact",
+    "delete,compact": "compact,delete",
+    "compact,delete": "compact,delete",
+    "deleteandcompact": "compact,delete",
+}
+KAFKA_DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+class Resolver:
+    """What the routes need: the table, its status, the topic admin, settings, metrics and a clock."""
+
+    def __init__(
+        self,
+        table: TokenTable,
+        status: Callable[[], Status],
+        admin: TopicAdmin,
+        settings: ResolverSettings,
+        metrics: ResolverMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.status = status
+        self.admin = admin
+        self.settings = settings
+        self.metrics = metrics
+        self.counts = metrics.lookup_counts
+        self.clock = clock
+
+    def authenticate(self, authorization: str | None) -> Match:
+        """The table's match for ``Authorization: Bearer <token>``, or an :class:`ApiError` (401/503)."""
+        if not authorization:
+            raise ApiError(
+                401, "unauthorized", "a streaming token is required (Authorization: Bearer)", _MISSING
+            )
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthorized", "use 'Authorization: Bearer <streaming token>'", _MISSING)
+        if not is_well_formed(token):
+            self.counts["malformed"] += 1
+            raise ApiError(401, "invalid_token", "this is not a well-formed streaming token", _CHALLENGE)
+        if self.status() is Status.LOADING:
+            raise ApiError(503, "not_ready", "the resolver is still loading its table; retry shortly")
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        match = self.table.lookup_digest(digest, self.clock())
+        if match is None:
+            self.counts["miss"] += 1
+            log.info("token_refused", fingerprint=digest.hex())
+            raise ApiError(401, "invalid_token", "unknown or deactivated streaming token", _CHALLENGE)
+        self.counts["hit"] += 1
+        return match
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _resolver(request: Request) -> Resolver:
+    resolver: Resolver = request.app.state.resolver
+    return resolver
+
+
+def _caller(request: Request) -> Match:
+    return _resolver(request).authenticate(request.headers.get("authorization"))
+
+
+Caller = Annotated[Match, Depends(_caller)]
+ResolverDep = Annotated[Resolver, Depends(_resolver)]
+
+
+def _topic_id(environment_id: str, name: str) -> str:
+    try:
+        return topic_id(environment_id, name)
+    except InvalidIdentifier as exc:
+        raise ApiError(400, "invalid_topic_name", str(exc)) from None
+
+
+# --- native API ----------------------------------------------------------------------------------------
+
+native = APIRouter(tags=["lookup"])
+
+
+@native.get("/v1/topics/{name}", summary="Resolve a short topic name to the environment's topic id")
+async def resolve_topic(name: str, request: Request) -> Response:
+    match = _caller(request)
+    return _json({"topic_id": _topic_id(match.environment_id, name), "environment_id": match.environment_id})
+
+
+@native.get("/v1/whoami", summary="The environment, slot and token id of the caller's streaming token")
+async def whoami(caller: Caller) -> Response:
+    return _json(
+        {
+            "environment_id": caller.environment_id,
+            "slot": caller.slot,
+            "token_id": caller.token_id,
+            "generation": caller.generation,
+        }
+    )
+
+
+# --- Quix Portal API subset ------------------------------------------------------------------------------
+
+portal = APIRouter(tags=["portal"])
+
+
+def _own_workspace(caller: Match, workspace: str) -> str:
+    if workspace != caller.environment_id:
+        raise ApiError(403, "forbidden", "this streaming token does not belong to that workspace")
+    return workspace
+
+
+def _workspace_body(environment_id: str) -> dict[str, Any]:
+    return {
+        "workspaceId": environment_id,
+        "name": environment_id,
+        "status": "Ready",
+        "brokerType": "SharedKafka",
+        "brokerSettings": {"brokerType": "SharedKafka", "syncTopics": False},
+    }
+
+
+@portal.get("/workspaces", summary="The caller's environment, as a one-element workspace list")
+async def workspaces(caller: Caller) -> Response:
+    return _json([_workspace_body(caller.environment_id)])
+
+
+@portal.get("/workspaces/{workspace}", summary="The caller's environment as a workspace")
+async def workspace(workspace: str, caller: Caller) -> Response:
+    return _json(_workspace_body(_own_workspace(caller, workspace)))
+
+
+@portal.get("/workspaces/{workspace}/broker/librdkafka", summary="librdkafka connection settings")
+async def librdkafka(workspace: str, caller: Caller, resolver: ResolverDep) -> Response:
+    _own_workspace(caller, workspace)
+    return _json(resolver.settings.public_librdkafka())
+
+
+def _minutes(retention_ms: str | None) -> int:
+    if retention_ms is None:
+        return KAFKA_DEFAULT_RETENTION_MS // 60000
+    try:
+        value = int(retention_ms)
+    except ValueError:
+        return KAFKA_DEFAULT_RETENTION_MS // 60000
+    return value // 60000 if value >= 0 else -1
+
+
+def _bytes(retention_bytes: str | None) -> int:
+    try:
+        return int(retention_bytes) if retention_bytes is not None else -1
+    except ValueError:
+        return -1
+
+
+def topic_body(workspace: str, info: TopicInfo) -> dict[str, Any]:
+    """The Portal API topic object, describing the topic as the broker has it."""
+    policy = info.config.get("cleanup.policy", "delete").replace(" ", "").lower()
+    policy = ",".join(sorted(policy.split(",")))
+    return {
+        "id": info.name,
+        "name": short_name(workspace, info.name),
+        "workspaceId": workspace,
+        "status": "Ready" if info.ready else "Creating",
+        "configuration": {
+            "partitions": info.partitions,
+            "replicationFactor": info.replication_factor,
+            "retentionInMinutes": _minutes(info.config.get("retention.ms")),
+            "retentionInBytes": _bytes(info.config.get("retention.bytes")),
+            "cleanupPolicy": _TO_QUIX_POLICY.get(policy, "Delete"),
+        },
+    }
+
+
+async def _describe(resolver: Resolver, workspace: str, name: str) -> dict[str, Any] | None:
+    try:
+        info = await resolver.admin.topic(name)
+    except TopicAdminError as exc:
+        raise ApiError(503, "kafka_unavailable", str(exc)) from None
+    return None if info is None else topic_body(workspace, info)
+
+
+@portal.get("/{workspace}/topics/{name}", summary="A topic of the workspace (404 if it does not exist)")
+async def get_topic(workspace: str, name: str, caller: Caller, resolver: ResolverDep) -> Response:
+    _own_workspace(caller, workspace)
+    body = await _describe(resolver, workspace, _topic_id(workspace, name))
+    if body is None:
+        raise ApiError(404, "not_found", f"topic {name[:80]!r} does not exist in this workspace")
+    return _json(body)
+
+
+@portal.get("/{workspace}/topics", summary="Every topic of the workspace")
+async def list_topics(workspace: str, caller: Caller, resolver: ResolverDep) -> Response:
+    _own_workspace(caller, workspace)
+    try:
+        topics = await resolver.admin.topics(f"{workspace}-")
+    except TopicAdminError as exc:
+        raise ApiError(503, "kafka_unavailable", str(exc)) from None
+    return _json([topic_body(workspace, info) for _, info in sorted(topics.items())])
+
+
+def _int_or_default(config: dict[str, Any], key: str, default: int, low: int, high: int | None = None) -> int:
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise ApiError(400, "invalid_request", f"configuration.{key} must be an integer")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ApiError(400, "invalid_request", f"configuration.{key} must be {bound}")
+    return value
+
+
+@portal.post(
+    "/{workspace}/topics", summary="Create a topic in the workspace (Kafka topic {workspace}-{name})"
+)
+async def create_topic(workspace: str, request: Request, caller: Caller, resolver: ResolverDep) -> Response:
+    _own_workspace(caller, workspace)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_request", "the body must be a JSON object") from None
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object with a string 'name'")
+    config = body.get("configuration") or {}
+    if not isinstance(config, dict):
+        raise ApiError(400, "invalid_request", "'configuration' must be an object")
+    name: str = body["name"]
+    full = _topic_id(workspace, name)
+    settings = resolver.settings
+    partitions = _int_or_default(
+        config, "partitions", settings.default_partitions, 1, settings.max_partitions
+    )
+    minutes = _int_or_default(config, "retentionInMinutes", settings.default_retention_minutes, -1)
+    retention_bytes = _int_or_default(config, "retentionInBytes", settings.default_retention_bytes, -1)
+    policy_in = config.get("cleanupPolicy")
+    policy: str
+    if policy_in is None:
+        policy = settings.default_cleanup_policy
+    elif isinstance(policy_in, str) and policy_in.replace(" ", "").lower() in _FROM_CLIENT_POLICY:
+        policy = _FROM_CLIENT_POLICY[policy_in.replace(" ", "").lower()]
+    else:
+        raise ApiError(400, "invalid_request", "cleanupPolicy must be delete, compact or delete,compact")
+
+    existing = await _describe(resolver, workspace, full)
+    if existing is not None:
+        return _json(existing)
+    # The deployment decides replication (the client's replicationFactor is advisory).
+    replication = resolver.settings.kafka.replication_factor
+    retention_ms = minutes * 60000 if minutes >= 0 else -1
+    try:
+        await resolver.admin.create(
+            full, partitions, replication, kafka_topic_config(policy, retention_ms, retention_bytes)
+        )
+    except TopicExists:
+        existing = await _describe(resolver, workspace, full)
+        if existing is not None:
+            return _json(existing)
+        raise ApiError(400, "topic_exists", f"Topic with name similar to '{name}' already exists.") from None
+    except TopicAdminError as exc:
+        raise ApiError(400, "topic_not_created", str(exc)) from None
+    resolver.metrics.topics_created.inc()
+    log.info("topic_created", environment_id=workspace, topic=full, partitions=partitions, cleanup=policy)
+    created = await _describe(resolver, workspace, full)
+    if created is None:  # not yet in metadata: describe what was asked, "Creating" until it shows up
+        created = topic_body(
+            workspace,
+            TopicInfo(
+                full,
+                partitions,
+                replication,
+                False,
+                kafka_topic_config(policy, retention_ms, retention_bytes),
+            ),
+        )
+    return _json(created, status=201)
+
+
+_TOPICS_PREFIX = "/v1/topics/"
+
+
+def answer_topic_lookup(resolver: Resolver, scope: dict[str, Any]) -> tuple[int, list[Any], bytes] | None:
+    """The hot ``GET /v1/topics/{name}`` without the framework's per-request machinery: the same answer
+    as the FastAPI route (which stays for OpenAPI and as the reference), or ``None`` for any other
+    request. Measured in docs/benchmarks-resolver.md."""
+    if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(_TOPICS_PREFIX):
+        return None
+    name = scope["path"][len(_TOPICS_PREFIX) :]
+    if not name or "/" in name:
+        return None
+    authorization = None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    headers = [(b"content-type", b"application/json")]
+    try:
+        match = resolver.authenticate(authorization)
+        environment_id = match.environment_id
+        body = orjson.dumps({"topic_id": _topic_id(environment_id, name), "environment_id": environment_id})
+        status = 200
+    except ApiError as exc:
+        body = orjson.dumps(error_body(exc.code, exc.message))
+        status = exc.status
+        headers.extend(
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()
+        )
+    headers.append((b"content-length", str(len(body)).encode()))
+    return status, headers, body
+
+
+class ResolverAPI(FastAPI):
+    """FastAPI, with the topic lookup answered before the middleware stack when it can be."""
+
+    resolver: Resolver | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        resolver = self.resolver
+        if resolver is not None:
+            try:
+                answer = answer_topic_lookup(resolver, scope)
+            except Exception:
+                answer = None  # let the framework answer (and log) whatever went wrong
+            if answer is not None:
+                status, headers, body = answer
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await super().__call__(scope, receive, send)
+
+
+def install_routes(app: FastAPI) -> None:
+    app.include_router(native)
+    app.include_router(portal)
+
+
+def ready_detail(resolver_status: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bool, dict[str, Any]]]:
+    def ready() -> tuple[bool, dict[str, Any]]:
+        detail = resolver_status()
+        return detail["status"] == Status.READY, detail
+
+    return ready

@@ -1,0 +1,89 @@
+"""``build_app(settings, **overrides)``: the resolver wired with real adapters, or with a test's fakes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from services.resolver.admin import KafkaTopicAdmin, TopicAdmin
+from services.resolver.api import Resolver, ResolverAPI, install_routes, ready_detail
+from services.resolver.metrics import ResolverMetrics
+from services.resolver.replica import Status, TableReplica
+from services.resolver.settings import ResolverSettings
+from services.resolver.table import TokenTable
+from shared.web import health_router, install_error_handlers
+
+
+def build_app(
+    settings: ResolverSettings | None = None,
+    *,
+    table: TokenTable | None = None,
+    admin: TopicAdmin | None = None,
+    metrics: ResolverMetrics | None = None,
+    replica: TableReplica | None = None,
+    start_replica: bool = True,
+    status: Callable[[], Status] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The resolver's ASGI app. With ``start_replica=False`` nothing talks to Kafka for the table (tests
+    fill ``table`` themselves and pass ``status``)."""
+    settings = settings or ResolverSettings()
+    table = table if table is not None else TokenTable()
+    metrics = metrics or ResolverMetrics()
+    metrics.bind_table(lambda: float(len(table)), lambda: float(table.fingerprint_count))
+    if replica is None and start_replica:
+        replica = TableReplica(
+            table,
+            settings.kafka,
+            metrics,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            degraded_after_seconds=settings.degraded_after_seconds,
+            probe_interval_seconds=settings.probe_interval_seconds,
+        )
+
+    def replica_status() -> Status:
+        return replica.status if replica is not None else Status.READY
+
+    current_status: Callable[[], Status] = status or replica_status
+
+    def snapshot() -> dict[str, Any]:
+        if replica is not None:
+            return replica.snapshot()
+        return {"status": str(current_status()), "environments": len(table)}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if replica is not None:
+            await replica.start()
+        try:
+            yield
+        finally:
+            if replica is not None:
+                await replica.stop()
+
+    app = ResolverAPI(
+        title="streamtoken resolver",
+        summary="Streaming token → environment lookups and the Quix Portal API subset",
+        version="0.1.0",
+        lifespan=lifespan,
+        # We export Prometheus metrics ourselves; FastAPI's OpenTelemetry hooks cost time on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    install_error_handlers(app)
+    app.state.resolver = app.resolver = Resolver(
+        table,
+        current_status,
+        admin
+        or KafkaTopicAdmin(settings.kafka, settings.metadata_cache_seconds, settings.admin_timeout_seconds),
+        settings,
+        metrics,
+        clock,
+    )
+    app.state.replica = replica
+    app.include_router(health_router(ready_detail(snapshot), metrics.registry))
+    install_routes(app)
+    return app

@@ -1,0 +1,85 @@
+"""Resolver settings: ``STREAMTOKEN_RESOLVER_*`` (plus ``STREAMTOKEN_KAFKA_*`` and the runtime settings)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.kafka import KafkaSettings
+from shared.settings import RuntimeSettings
+
+
+class ResolverSettings(BaseSettings):
+    """Every field is the environment variable ``STREAMTOKEN_RESOLVER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMTOKEN_RESOLVER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="STREAMTOKEN_RESOLVER_HOST: address to listen on")
+    port: int = Field(8002, ge=1, le=65535, description="STREAMTOKEN_RESOLVER_PORT")
+
+    # What clients are told about Kafka (Portal API `broker/librdkafka`); default: the resolver's own.
+    public_bootstrap_servers: str | None = Field(
+        None, description="STREAMTOKEN_RESOLVER_PUBLIC_BOOTSTRAP_SERVERS: Kafka bootstrap given to clients"
+    )
+    public_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SECURITY_PROTOCOL (default: the resolver's own)"
+    )
+    public_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_MECHANISM"
+    )
+    public_sasl_username: str | None = Field(None, description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_USERNAME")
+    public_sasl_password: SecretStr | None = Field(
+        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_PASSWORD"
+    )
+    public_ssl_ca_pem_base64: SecretStr | None = Field(
+        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SSL_CA_PEM_BASE64: CA certificate given as ssl.ca.cert"
+    )
+
+    # Replay and readiness.
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=5000, description="STREAMTOKEN_RESOLVER_FETCH_MAX_WAIT_MS: long-poll bound (latency)"
+    )
+    degraded_after_seconds: float = Field(
+        15.0, gt=0, description="STREAMTOKEN_RESOLVER_DEGRADED_AFTER_SECONDS: no fetch answer for this long"
+    )
+    probe_interval_seconds: float = Field(
+        2.0, gt=0, description="STREAMTOKEN_RESOLVER_PROBE_INTERVAL_SECONDS: status/lag/partitions check"
+    )
+
+    # Portal API topic creation.
+    metadata_cache_seconds: float = Field(
+        2.0, ge=0, description="STREAMTOKEN_RESOLVER_METADATA_CACHE_SECONDS: cache of broker topic metadata"
+    )
+    admin_timeout_seconds: float = Field(15.0, gt=0, description="STREAMTOKEN_RESOLVER_ADMIN_TIMEOUT_SECONDS")
+    default_partitions: int = Field(2, ge=1, description="STREAMTOKEN_RESOLVER_DEFAULT_PARTITIONS")
+    max_partitions: int = Field(256, ge=1, description="STREAMTOKEN_RESOLVER_MAX_PARTITIONS")
+    default_retention_minutes: int = Field(
+        10080, ge=1, description="STREAMTOKEN_RESOLVER_DEFAULT_RETENTION_MINUTES"
+    )
+    default_retention_bytes: int = Field(
+        52428800, ge=-1, description="STREAMTOKEN_RESOLVER_DEFAULT_RETENTION_BYTES"
+    )
+    default_cleanup_policy: Literal["delete", "compact", "delete,compact"] = Field(
+        "delete", description="STREAMTOKEN_RESOLVER_DEFAULT_CLEANUP_POLICY"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, exclude=True)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, exclude=True)
+
+    def public_librdkafka(self) -> dict[str, Any]:
+        """The flat librdkafka dict the Portal API hands to clients (only keys the client accepts)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.public_bootstrap_servers or self.kafka.bootstrap_servers,
+            "security.protocol": self.public_security_protocol or self.kafka.security_protocol,
+        }
+        if self.public_sasl_mechanism:
+            config["sasl.mechanism"] = self.public_sasl_mechanism
+        if self.public_sasl_username is not None:
+            config["sasl.username"] = self.public_sasl_username
+        if self.public_sasl_password is not None:
+            config["sasl.password"] = self.public_sasl_password.get_secret_value()
+        if self.public_ssl_ca_pem_base64 is not None:
+            config["ssl.ca.cert"] = self.public_ssl_ca_pem_base64.get_secret_value()
+        return config

@@ -1,0 +1,78 @@
+"""Helpers for resolver integration tests: produce ``shared.events`` records, run a resolver, wait for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+import pytest
+
+from services.resolver.bootstrap import build_app
+from services.resolver.settings import ResolverSettings
+from shared.events import TokenStateChanged, encode_event, encode_key
+from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
+
+Record = tuple[str, TokenStateChanged | None]
+
+
+def produce(kafka: KafkaSettings, records: Iterable[Record], linger_ms: int = 5) -> int:
+    """Produce records keyed by environment id (``None`` = tombstone) and wait for every delivery."""
+    from confluent_kafka import Producer
+
+    ensure_streaming_tokens_topic(kafka)
+    producer = Producer({**kafka.librdkafka(), "linger.ms": linger_ms, "enable.idempotence": True})
+    failures: list[str] = []
+
+    def delivered(err: Any, _: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    count = 0
+    for key, event in records:
+        value = None if event is None else encode_event(event)
+        while True:
+            try:
+                producer.produce(kafka.topic, key=encode_key(key), value=value, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+        if count % 10000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0, "records not delivered in time"
+    assert not failures, failures
+    return count
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, timeout, "resolver ready")
+
+
+def resolver_settings(kafka: KafkaSettings, **extra: Any) -> ResolverSettings:
+    return ResolverSettings(kafka=kafka, probe_interval_seconds=0.2, metadata_cache_seconds=0.5, **extra)
+
+
+@pytest.fixture
+def start_resolver(serve_app: Callable[..., str], kafka_settings: KafkaSettings) -> Callable[..., str]:
+    """``url = start_resolver()``: a resolver on this test's topic, served on loopback (not yet ready)."""
+
+    def start(**extra: Any) -> str:
+        return serve_app(build_app(resolver_settings(kafka_settings, **extra)))
+
+    return start
