@@ -24,7 +24,7 @@ from shared.ids import InvalidIdentifier, short_name, topic_id
 from shared.logs import get_logger
 from shared.tokens import is_well_formed
 from shared.topics import kafka_topic_config
-from shared.web import ApiError, error_body
+from shared.errors import ApiError, error_body
 
 log = get_logger(__name__)
 
