@@ -444,3 +444,39 @@ def test_stopping_during_a_subscribe_request_deletes_what_it_created(
     assert agent.wait_exit() == 0
     assert notifier.subscriptions == {}, "a subscription was left behind"
     assert len(notifier.deleted) == 1
+
+
+def test_a_token_file_nobody_updated_is_not_restarted_on_nor_acknowledged_until_it_is(
+    tmp_path: Path,
+    stack: tuple[IssuerStandIn, NotifierStandIn, str, str],
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    issuer, notifier, _, notifier_url = stack
+    token_file = tmp_path / "token"
+    token_file.write_text(issuer.token_1.token + "\n")
+    args = [
+        "--token-file", str(token_file), "--notifier-url", notifier_url, "--deployment-id", "f1",
+        "--backoff-initial", "0.2", "--backoff-max", "1", "--stop-timeout", "5",
+    ]  # fmt: skip
+    agent = start_agent(args)
+    first = wait_until(agent.starts, "the child to start")[0]
+    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
+    issuer.rotate()
+    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
+    unchanged = wait_until(
+        lambda: [json.loads(x) for x in agent.stderr().splitlines() if '"token_unchanged"' in x][1:],
+        "the token_unchanged error, twice (retried)",
+    )
+    assert unchanged[0]["level"] == "error"
+    assert "update the token file" in unchanged[0]["hint"]
+    assert len(agent.starts()) == 1  # not restarted on the token that was rotated out
+    assert notifier.acks == []
+    assert alive(first["pid"])
+
+    token_file.write_text(issuer.token_1.token + "\n")  # the operator updates the file
+    second = wait_until(lambda: agent.starts()[1:], "the child to restart on the updated file")[0]
+    assert second["token"] == issuer.token_1.token
+    wait_until(lambda: notifier.acks, "the acknowledgement")
+    assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
+    for token in (first["token"], second["token"]):
+        assert token not in agent.stderr()
