@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,9 +31,35 @@ def register(app: typer.Typer) -> None:
     )(run)
 
 
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PAT_ON_COMMAND_LINE = (
+    "streamtoken run: warning: --pat on the command line is visible to every user of this machine "
+    "(ps, /proc/<pid>/cmdline); set STREAMTOKEN_PAT or use --pat-file PATH instead"
+)
+
+
 def _fail(message: str, status: int = 2) -> typer.Exit:
     typer.echo(f"streamtoken run: error: {message}", err=True)
     return typer.Exit(status)
+
+
+def _check_variable(option: str, name: str | None) -> None:
+    if name is not None and not VARIABLE_NAME.match(name):
+        raise _fail(
+            f"{option} {name!r} is not a variable name (letters, digits and _, not starting with a digit)"
+        )
+
+
+def _read_pat_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise _fail(f"cannot read the PAT file {path}: {reason}") from None
+    pat = text.strip()
+    if not pat:
+        raise _fail(f"the PAT file {path} is empty")
+    return pat
 
 
 def _signal_number(name: str) -> int | None:
@@ -48,6 +75,7 @@ def _signal_number(name: str) -> int | None:
 
 
 def run(
+    ctx: typer.Context,
     command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...", help="the command to run"),
     issuer_url: str = typer.Option(
         "http://127.0.0.1:8001", "--issuer-url", envvar="STREAMTOKEN_ISSUER_URL", help="the issuer's base URL"
@@ -56,7 +84,16 @@ def run(
         None,
         "--pat",
         envvar="STREAMTOKEN_PAT",
-        help="personal access token for the issuer",
+        help="personal access token for the issuer; prefer STREAMTOKEN_PAT or --pat-file "
+        "(an argument is visible to every user in the process list)",
+        show_default=False,
+    ),
+    pat_file: Path | None = typer.Option(
+        None,
+        "--pat-file",
+        envvar="STREAMTOKEN_PAT_FILE",
+        metavar="PATH",
+        help="read the PAT from this file (takes precedence over STREAMTOKEN_PAT)",
         show_default=False,
     ),
     environment: str | None = typer.Option(
@@ -145,6 +182,8 @@ def run(
     import os
     import socket
 
+    from typer._click.core import ParameterSource
+
     from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
     from services.agent.domain import RELOAD, RESTART, Policy
     from services.agent.runtime import AgentConfig, AgentRuntime, ListenError
@@ -154,6 +193,15 @@ def run(
 
     if not command:
         raise _fail("no command given: streamtoken run [options] -- CMD ...")
+    pat_from_argument = pat is not None and ctx.get_parameter_source("pat") is ParameterSource.COMMANDLINE
+    if pat_from_argument:
+        typer.echo(PAT_ON_COMMAND_LINE, err=True)
+    if pat_file is not None:
+        if pat_from_argument:
+            raise _fail("give --pat or --pat-file, not both")
+        pat = _read_pat_file(pat_file)
+    _check_variable("--token-env", token_env)
+    _check_variable("--inject-as", inject_as)
     chosen = [
         name
         for name, value in (
@@ -172,7 +220,7 @@ def run(
         except InvalidIdentifier as exc:
             raise _fail(str(exc)) from None
         if not pat:
-            raise _fail("--environment needs a PAT: --pat or STREAMTOKEN_PAT")
+            raise _fail("--environment needs a PAT: STREAMTOKEN_PAT, --pat-file or --pat")
         source = IssuerTokenSource(issuer_url, pat, environment, slot)
     elif token_env:
         source = VariableTokenSource(token_env)
@@ -204,6 +252,7 @@ def run(
         deployment_id=deployment_id or f"{socket.gethostname()}-{os.getpid()}",
         action=chosen_action,
         inject_as=inject_as,
+        token_source_variable=token_env,
         reload_signal=signum,
         token_file_out=token_file_out,
         listen_port=listen_port,

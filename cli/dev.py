@@ -214,34 +214,6 @@ def mint_admin_pat(env: dict[str, str], timeout: float = 60.0) -> str:
     raise DemoError("'streamtoken admin pat' printed no PAT")
 
 
-def _api_error(what: str, response: Any) -> DemoError:
-    try:
-        message = str(response.json().get("message", ""))
-    except ValueError:
-        message = ""
-    return DemoError(f"{what}: the issuer answered {response.status_code} {message}".rstrip())
-
-
-def ensure_environment(client: Any, org: str, project: str, name: str) -> dict[str, Any]:
-    """Create ``org/project/name`` through the issuer API, or read it if it already exists."""
-    response = client.post("/v1/environments", json={"org": org, "project": project, "name": name})
-    if response.status_code in (200, 201):
-        return dict(response.json())
-    if response.status_code == 409:
-        existing = client.get(f"/v1/environments/{org}-{project}-{name}")
-        if existing.status_code == 200:
-            return dict(existing.json())
-        raise _api_error(f"reading environment {org}-{project}-{name}", existing)
-    raise _api_error(f"creating environment {org}-{project}-{name}", response)
-
-
-def environment_tokens(client: Any, environment_id: str) -> dict[str, Any]:
-    response = client.get(f"/v1/environments/{environment_id}/streaming-tokens")
-    if response.status_code != 200:
-        raise _api_error(f"reading the tokens of {environment_id}", response)
-    return dict(response.json())
-
-
 def wait_token_known(resolver_url: str, token: str, timeout: float, should_stop: Callable[[], bool]) -> bool:
     """Wait until the resolver accepts ``token`` (it learns tokens from Kafka, a moment after the issuer)."""
     import httpx
@@ -268,12 +240,25 @@ class DemoData:
 
 
 def create_demo_data(issuer_url: str, pat: str) -> DemoData:
-    import httpx
+    """Create (or read back) the demo environments and dev's tokens with the agent's issuer client."""
+    import asyncio
 
-    with httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {pat}"}, timeout=15) as client:
-        created = [ensure_environment(client, DEMO_ORG, DEMO_PROJECT, name) for name in DEMO_ENVIRONMENTS]
-        environments = [str(env["id"]) for env in created]
-        return DemoData(pat, environments, environment_tokens(client, environments[0]))
+    from services.agent.adapters.issuer import IssuerClient, IssuerError
+
+    async def create() -> DemoData:
+        issuer = IssuerClient(issuer_url, pat, timeout=15.0)
+        environments = [
+            str((await issuer.ensure_environment(DEMO_ORG, DEMO_PROJECT, name))["id"])
+            for name in DEMO_ENVIRONMENTS
+        ]
+        return DemoData(pat, environments, await issuer.streaming_tokens(environments[0]))
+
+    try:
+        return asyncio.run(create())
+    except IssuerError as exc:
+        raise DemoError(exc.message) from None
+    except (KeyError, TypeError) as exc:
+        raise DemoError(f"the issuer's answer is not the expected shape ({type(exc).__name__})") from None
 
 
 def agent_argv(environment_id: str, urls: dict[str, str], subscribe: bool) -> list[str]:

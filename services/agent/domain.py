@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from shared.tokens import fingerprint
+
 RESTART: Literal["restart"] = "restart"
 RELOAD: Literal["reload"] = "reload"
 Action = Literal["restart", "reload"]
@@ -47,6 +49,11 @@ class Credential:
     generation: int | None = None
     environment_id: str | None = None
     slot: int | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The token's public SHA-256 fingerprint: how the agent tells two tokens apart in logs and state."""
+        return fingerprint(self.token)
 
     def describe(self) -> dict[str, object]:
         """What may be logged about this credential: ids, never the token."""
@@ -103,6 +110,7 @@ class TokenFailed:
 @dataclass(frozen=True)
 class ChildStartFailed:
     message: str
+    token_file: bool = False  # the --token-file-out could not be written (the command was not tried)
 
 
 @dataclass(frozen=True)
@@ -238,10 +246,16 @@ Effect = (
 
 @dataclass
 class Rotation:
-    """What the notifier asked for and the agent has not applied yet."""
+    """What the notifier asked for and the agent has not applied yet.
+
+    ``replaced`` is the fingerprint of the token the agent held when it was notified: obtaining that same
+    token again means the source has not followed the rotation (a ``--token-env`` variable, a token file
+    nobody updated), and restarting with it would only restart on a deactivated token.
+    """
 
     action: Action
     generation: int | None
+    replaced: str | None = None
 
 
 @dataclass
@@ -270,7 +284,9 @@ class AgentMachine:
                 return self._token_obtained(credential)
             case TokenFailed(message, permanent):
                 return self._token_failed(message, permanent)
-            case ChildStartFailed(message):
+            case ChildStartFailed(message, token_file):
+                if token_file:
+                    return self._exit(1, f"could not write the token file (--token-file-out): {message}")
                 return self._exit(127, f"could not start the command: {message}")
             case ChildExited(returncode, ran_for):
                 return self._child_exited(returncode, ran_for)
@@ -313,7 +329,9 @@ class AgentMachine:
                 ),
                 ScheduleTimer(Timer.RETRY_FETCH, self._delay(self.fetch_failures)),
             ]
-        self.fetch_failures = 0
+        unchanged = rotation is not None and rotation.replaced == credential.fingerprint
+        stale_for_restart = unchanged and rotation is not None and rotation.action == RESTART
+        self.fetch_failures = self.fetch_failures + 1 if stale_for_restart else 0
         self.credential = credential
         log = Log("token_obtained", "info", credential.describe())
         if self.phase is Phase.STARTING:
@@ -324,6 +342,27 @@ class AgentMachine:
             return [log, *self._start_after_backoff()] if self.restart_due else [log]
         if rotation is None or self.phase is not Phase.RUNNING:
             return [log]
+        if stale_for_restart:
+            # Restarting would only start the child again on the token that was just rotated out, and an
+            # acknowledgement would claim a generation the deployment does not have. Wait for the source.
+            return self._token_unchanged(credential)
+        if unchanged:
+            # Zero-downtime strategy: the token the child holds is still valid (it moved to slot 1); there
+            # is nothing to tell the child, but the next rotation will refuse it.
+            return [
+                log,
+                Log(
+                    "token_unchanged",
+                    "warning",
+                    {
+                        **credential.describe(),
+                        "fingerprint": credential.fingerprint,
+                        "hint": "the child keeps its token, which the next rotation deactivates: update the "
+                        "token variable or file, or take the token from the issuer (--environment)",
+                    },
+                ),
+                *self._rotation_applied(),
+            ]
         if rotation.action == RESTART:
             self.phase = Phase.RESTARTING
             return [
@@ -332,6 +371,27 @@ class AgentMachine:
                 StopChild(signal.SIGTERM, self.policy.stop_timeout),
             ]
         return [log, ReloadChild(credential), *self._rotation_applied()]
+
+    def _token_unchanged(self, credential: Credential) -> list[Effect]:
+        delay = self._delay(self.fetch_failures)
+        assert self.rotation is not None
+        return [
+            Log(
+                "token_unchanged",
+                "error",
+                {
+                    **credential.describe(),
+                    "fingerprint": credential.fingerprint,
+                    "wanted": self.rotation.generation,
+                    "retry_in": delay,
+                    "hint": "the token source still holds the token that was rotated out, so the child is "
+                    "not restarted and the rotation is not acknowledged: update the token file (it is read "
+                    "again), restart the agent with the new token in its variable, or take the token "
+                    "from the issuer (--environment)",
+                },
+            ),
+            ScheduleTimer(Timer.RETRY_FETCH, delay),
+        ]
 
     def _token_failed(self, message: str, permanent: bool) -> list[Effect]:
         self.fetching = False
@@ -348,7 +408,7 @@ class AgentMachine:
             # The child must run again; it keeps the token it had and the rotation is retried.
             effects: list[Effect] = [Log("token_unavailable", "error", {"error": message})]
             if self.restart_due:
-                effects += self._start_after_backoff()
+                effects += self._start_after_backoff(fetch_failed=True)
             if self.rotation is not None:
                 effects.append(ScheduleTimer(Timer.RETRY_FETCH, self._delay(self.fetch_failures)))
             return effects
@@ -397,12 +457,18 @@ class AgentMachine:
             ScheduleTimer(Timer.RESTART_CHILD, delay),
         ]
 
-    def _start_after_backoff(self) -> list[Effect]:
+    def _start_after_backoff(self, fetch_failed: bool = False) -> list[Effect]:
         assert self.credential is not None
         self.phase = Phase.RUNNING
         self.restart_due = False
         effects: list[Effect] = [StartChild(self.credential)]
-        if self.rotation is not None and not self.fetching and self._credential_covers_rotation():
+        if self.rotation is None or self.fetching:
+            return effects
+        if self.rotation.action == RESTART and self.rotation.replaced == self.credential.fingerprint:
+            # The child must run again, but on the token that was rotated out: not an applied rotation.
+            if not fetch_failed:  # (after a failed fetch, the caller schedules the retry)
+                effects += self._token_unchanged(self.credential)
+        elif self._credential_covers_rotation():
             effects += self._rotation_applied()
         return effects
 
@@ -448,9 +514,11 @@ class AgentMachine:
                 Log("webhook_already_applied", "info", {**fields, "applied_generation": applied}),
                 Acknowledge(event.generation, self.credential),
             ]
+        held = self.credential.fingerprint if self.credential is not None else None
         if self.rotation is None:
-            self.rotation = Rotation(action, event.generation)
+            self.rotation = Rotation(action, event.generation, held)
         else:
+            self.rotation.replaced = held
             if action == RESTART:
                 self.rotation.action = RESTART
             if event.generation is not None:

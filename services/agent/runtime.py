@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from services.agent.domain import (
     TokenFailed,
     TokenObtained,
     Unsubscribe,
+    backoff_delay,
 )
 from shared.logs import get_logger
 
@@ -54,6 +56,18 @@ log = get_logger("streamtoken.agent")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORWARDED_SIGNALS = (signal.SIGHUP,)
+NOTIFIER_BACKOFF = (1.0, 30.0)  # first and longest delay between subscribe / acknowledge attempts
+ACK_ATTEMPTS = 5
+UNSUBSCRIBE_WAIT = 5.0  # how long stopping waits for a subscribe request under way, then for the DELETE
+
+_REFUSED_HINTS = {
+    401: "the notifier does not accept the streaming token: check that the notifier's resolver "
+    "(STREAMTOKEN_NOTIFIER_RESOLVER_URL) knows this environment's tokens",
+    403: "the notifier refused this subscription: check the webhook URL is allowed "
+    "(STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS) and the token belongs to the environment",
+    422: "the notifier refused the subscription request: check the webhook URL is allowed "
+    "(STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS), --deployment-id and --action",
+}
 
 
 class ListenError(Exception):
@@ -70,6 +84,7 @@ class AgentConfig:
     deployment_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     action: Action = "restart"
     inject_as: str | None = None
+    token_source_variable: str | None = None  # --token-env VAR: removed from the child's environment
     reload_signal: int | None = None
     token_file_out: Path | None = None
     listen_host: str = "127.0.0.1"
@@ -95,6 +110,7 @@ class AgentRuntime:
         self.webhook_url: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribe_task: asyncio.Task[None] | None = None
+        self._stop_subscribing = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._notifier: NotifierClient | None = None
 
@@ -210,15 +226,25 @@ class AgentRuntime:
     async def _start_child(self, credential: Credential) -> None:
         self.credential = credential
         token_file = self.config.token_file_out
-        try:
-            if token_file is not None:
+        if token_file is not None:
+            try:
                 write_atomically(token_file, credential.token + "\n")
-            env = child_environment(
-                self.environ, credential.token, self.config.portal_url, self.config.inject_as
-            )
+            except OSError as exc:
+                message = f"{token_file}: {exc.strerror or type(exc).__name__}"
+                self.events.put_nowait(ChildStartFailed(message, token_file=True))
+                return
+        env = child_environment(
+            self.environ,
+            credential.token,
+            self.config.portal_url,
+            self.config.inject_as,
+            self.config.token_source_variable,
+        )
+        try:
             child = await Child.start(self.config.command, env)
-        except OSError as exc:
-            self.events.put_nowait(ChildStartFailed(f"{self.config.command[0]}: {exc.strerror or exc}"))
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or a variable
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.events.put_nowait(ChildStartFailed(f"{self.config.command[0]}: {reason}"))
             return
         self.child = child
         log.info("child_started", pid=child.pid, **credential.describe())
@@ -248,7 +274,7 @@ class AgentRuntime:
         assert self._notifier is not None
         assert self.webhook_url is not None
         attempt = 0
-        while True:
+        while not self._stop_subscribing.is_set():
             credential = self.credential
             assert credential is not None
             try:
@@ -257,9 +283,24 @@ class AgentRuntime:
                 )
             except NotifierError as exc:
                 attempt += 1
-                delay = min(2.0 ** (attempt - 1), 30.0)
-                log.warning("subscribe_failed", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
+                if exc.refused:
+                    # Asking again the same way will not help until someone changes something: say what,
+                    # and keep trying slowly (the notifier's configuration or the token may change).
+                    delay = NOTIFIER_BACKOFF[1]
+                    log.error(
+                        "subscribe_refused",
+                        status=exc.status,
+                        error=str(exc),
+                        notifier_message=exc.detail,
+                        hint=_REFUSED_HINTS.get(exc.status or 0, "see the notifier's message"),
+                        webhook_url=self.webhook_url,
+                        retry_in=delay,
+                    )
+                else:
+                    delay = backoff_delay(attempt, *NOTIFIER_BACKOFF)
+                    log.warning("subscribe_failed", error=str(exc), retry_in=delay)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_subscribing.wait(), delay)
                 continue
             log.info(
                 "subscribed",
@@ -274,7 +315,7 @@ class AgentRuntime:
     async def _acknowledge(self, generation: int, credential: Credential) -> None:
         if self._notifier is None:
             return
-        for attempt in range(1, 6):
+        for attempt in range(1, ACK_ATTEMPTS + 1):
             subscription = self.subscription
             if subscription is not None:
                 try:
@@ -284,17 +325,29 @@ class AgentRuntime:
                 else:
                     log.info("acknowledged", generation=generation, subscription_id=subscription.id)
                     return
-            await asyncio.sleep(min(2.0 ** (attempt - 1), 10.0))
+            await asyncio.sleep(backoff_delay(attempt, NOTIFIER_BACKOFF[0], 10.0))
         log.error("ack_given_up", generation=generation)
 
     async def _unsubscribe(self, credential: Credential | None) -> None:
-        if self._subscribe_task is not None:
-            self._subscribe_task.cancel()
+        task = self._subscribe_task
+        if task is not None and not task.done():
+            # A subscribe request may be under way: cancelling it could leave a subscription the agent never
+            # learns about. Stop the retries, give the request a moment to finish, then delete what it made.
+            self._stop_subscribing.set()
+            await asyncio.wait({task}, timeout=UNSUBSCRIBE_WAIT)
+            if not task.done():
+                task.cancel()
+                log.warning(
+                    "subscribe_abandoned",
+                    deployment_id=self.config.deployment_id,
+                    detail="a subscribe request did not finish in time; the notifier may keep a "
+                    "subscription for this deployment id until it is re-registered or deleted",
+                )
         subscription = self.subscription
         if self._notifier is None or subscription is None or credential is None:
             return
         try:
-            await asyncio.wait_for(self._notifier.unsubscribe(subscription.id, credential), 5)
+            await asyncio.wait_for(self._notifier.unsubscribe(subscription.id, credential), UNSUBSCRIBE_WAIT)
         except (NotifierError, TimeoutError) as exc:
             log.warning("unsubscribe_failed", error=str(exc) or "timed out", subscription_id=subscription.id)
         else:

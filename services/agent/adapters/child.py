@@ -1,23 +1,43 @@
-"""The child process: started in its own process group so signals reach it and its own children."""
+"""The child process: started in its own process group so signals reach it and its own children.
+
+On Linux the child also gets ``PR_SET_PDEATHSIG`` (SIGTERM): if the agent dies without stopping it (SIGKILL,
+OOM killer), the kernel tells the child to stop instead of leaving it running, orphaned, with the token.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import os
 import signal
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-PROTECTED_VARIABLES = ("STREAMTOKEN_PAT",)  # the agent's credentials never reach the child
+# The agent's own configuration (PAT, and whatever else of streamtoken's runs in the same environment:
+# STREAMTOKEN_ISSUER_JWT_SECRET, STREAMTOKEN_KAFKA_SASL_PASSWORD, ...) never reaches the child.
+PROTECTED_PREFIX = "STREAMTOKEN_"
+_PR_SET_PDEATHSIG = 1
 
 
 def child_environment(
-    base: dict[str, str], token: str, portal_url: str, inject_as: str | None
+    base: dict[str, str],
+    token: str,
+    portal_url: str,
+    inject_as: str | None,
+    token_source_variable: str | None = None,
 ) -> dict[str, str]:
-    """The child's variables: the token in ``Quix__Sdk__Token`` (or ``inject_as``) and the portal URL."""
-    env = {k: v for k, v in base.items() if k not in PROTECTED_VARIABLES}
+    """The child's variables: the token in ``Quix__Sdk__Token`` (or ``inject_as``) and the portal URL.
+
+    Every ``STREAMTOKEN_*`` variable is removed, and so is ``token_source_variable`` (``--token-env VAR``):
+    the child finds the token in exactly one place, the one the agent keeps current. (When ``inject_as`` is
+    that same variable, it holds the token the agent chose.)
+    """
+    env = {k: v for k, v in base.items() if not k.startswith(PROTECTED_PREFIX) and k != token_source_variable}
     if inject_as:
         env.pop("Quix__Sdk__Token", None)
         env[inject_as] = token
@@ -58,7 +78,9 @@ class Child:
 
     @classmethod
     async def start(cls, argv: list[str], env: dict[str, str]) -> Child:
-        process = await asyncio.create_subprocess_exec(*argv, env=env, start_new_session=True)
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, start_new_session=True, preexec_fn=die_with_parent()
+        )
         return cls(process, time.monotonic())
 
     def running(self) -> bool:
@@ -87,3 +109,28 @@ class Child:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         return returncode, time.monotonic() - self.started
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking the kernel to send ``signum`` to the child when the agent dies (Linux).
+
+    ``None`` where ``prctl`` is not available. Runs in the forked child before ``exec``: no allocation-heavy
+    work, no locks. If the agent died between ``fork`` and ``prctl``, the child stops itself at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        prctl = ctypes.CDLL(name, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+
+    return preexec

@@ -22,10 +22,31 @@ from starlette.routing import Route
 from services.agent.domain import RELOAD, RESTART, REVOKED, ROTATED, WebhookReceived
 
 WEBHOOK_PATH = "/webhook"
+MAX_BODY = 64 * 1024  # a webhook body is a few hundred bytes; anything this large is not one
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or ``_TooLarge`` as soon as it (or its declared length) exceeds ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
     # The shape of shared.web.error_body, without importing FastAPI into every agent (start time, memory).
+    # To be replaced by shared's FastAPI-free error_body once it exists.
     return {"error": code, "message": message}
 
 
@@ -33,8 +54,9 @@ def build_listener(
     on_webhook: Callable[[WebhookReceived], None],
     secret: Callable[[], str | None],
     environment_id: Callable[[], str | None],
+    max_body: int = MAX_BODY,
 ) -> Starlette:
-    """A bare Starlette app: ``POST /webhook`` and ``GET /health/live``."""
+    """A bare Starlette app: ``POST /webhook`` and ``GET /health/live``; bodies over ``max_body`` → 413."""
 
     async def live(_: Request) -> JSONResponse:
         return JSONResponse({"status": "live"})
@@ -45,7 +67,12 @@ def build_listener(
             return JSONResponse(
                 error_body("not_subscribed", "the agent has no subscription secret yet"), status_code=503
             )
-        body = await request.body()
+        try:
+            body = await _read_body(request, max_body)
+        except _TooLarge:
+            return JSONResponse(
+                error_body("body_too_large", f"a webhook body is at most {max_body} bytes"), status_code=413
+            )
         try:
             # ValueError: a malformed signature header or a body that is not UTF-8.
             Webhook(current).verify(body, dict(request.headers), json_parse=False)

@@ -6,11 +6,25 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from services.agent.adapters.http import error_message
 from services.agent.domain import Action, Credential
 
 
 class NotifierError(Exception):
-    """A call to the notifier failed; the message is one sentence without any token."""
+    """A call to the notifier failed; the message is one sentence without any token.
+
+    ``status`` is the HTTP status when the notifier answered, ``detail`` its error message.
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+    @property
+    def refused(self) -> bool:
+        """A 4xx other than 408/429: asking again the same way will not help until something changes."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
 
 
 @dataclass(frozen=True)
@@ -21,12 +35,13 @@ class Subscription:
 
 
 def _error(what: str, base_url: str, response: httpx.Response) -> NotifierError:
-    try:
-        detail = str(response.json().get("message", ""))[:200]
-    except ValueError:
-        detail = ""
+    detail = error_message(response)
     suffix = f": {detail}" if detail else ""
-    return NotifierError(f"the notifier at {base_url} refused to {what} ({response.status_code}){suffix}")
+    return NotifierError(
+        f"the notifier at {base_url} refused to {what} ({response.status_code}){suffix}",
+        response.status_code,
+        detail,
+    )
 
 
 class NotifierClient:
@@ -77,5 +92,5 @@ class NotifierClient:
         try:
             await self._call("unsubscribe", "DELETE", f"/v1/subscriptions/{subscription_id}", credential)
         except NotifierError as exc:
-            if "(404)" not in str(exc):
+            if exc.status != 404:
                 raise

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
+from services.agent.adapters.issuer import IssuerClient, IssuerError
 from services.agent.domain import Credential
 from shared.tokens import is_well_formed
 
@@ -77,48 +78,45 @@ class IssuerTokenSource:
         client: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self.issuer_url = issuer_url.rstrip("/")
+        self.issuer = IssuerClient(issuer_url, pat, client, timeout)
+        self.issuer_url = self.issuer.issuer_url
         self.environment_id = environment_id
         self.slot = slot
         self.describe = f"issuer {self.issuer_url} (environment {environment_id}, token {slot})"
-        self._pat = pat
-        self._client = client
-        self._timeout = timeout
 
     async def fetch(self) -> Credential:
-        url = f"{self.issuer_url}/v1/environments/{self.environment_id}/streaming-tokens"
-        headers = {"Authorization": f"Bearer {self._pat}", "Accept": "application/json"}
         try:
-            if self._client is not None:
-                response = await self._client.get(url, headers=headers, timeout=self._timeout)
-            else:
-                async with httpx.AsyncClient(timeout=self._timeout) as client:
-                    response = await client.get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            raise TokenUnavailable(
-                f"issuer unreachable at {self.issuer_url} ({type(exc).__name__})"
-            ) from None
-        return self._credential_from(response)
+            body = await self.issuer.streaming_tokens(self.environment_id)
+        except IssuerError as exc:
+            raise self._unavailable(exc) from None
+        return self._credential_from(body)
 
-    def _credential_from(self, response: httpx.Response) -> Credential:
+    def _unavailable(self, exc: IssuerError) -> TokenUnavailable:
         env = self.environment_id
-        status = response.status_code
+        status = exc.status
+        if status is None:
+            return TokenUnavailable(exc.message)  # unreachable: transient
         if status == 401:
-            raise TokenUnavailable(
-                "the issuer refused the PAT (401): check --pat / STREAMTOKEN_PAT", permanent=True
+            return TokenUnavailable(
+                "the issuer refused the PAT (401): check STREAMTOKEN_PAT / --pat-file / --pat", permanent=True
             )
         if status == 403:
-            raise TokenUnavailable(
+            return TokenUnavailable(
                 f"the PAT may not read the streaming tokens of environment {env} (403)", permanent=True
             )
         if status == 404:
-            raise TokenUnavailable(f"environment {env} does not exist at the issuer (404)", permanent=True)
+            return TokenUnavailable(f"environment {env} does not exist at the issuer (404)", permanent=True)
         if status >= 500:
-            raise TokenUnavailable(f"the issuer failed to answer ({status})")
-        if status != 200:
-            raise TokenUnavailable(f"the issuer answered {status} for environment {env}", permanent=True)
+            return TokenUnavailable(f"the issuer failed to answer ({status})")
+        if status == 200:
+            return TokenUnavailable(
+                f"the issuer's answer for environment {env} is not the expected shape (not JSON)"
+            )
+        return TokenUnavailable(f"the issuer answered {status} for environment {env}", permanent=True)
+
+    def _credential_from(self, body: dict[str, Any]) -> Credential:
+        env = self.environment_id
         try:
-            body = response.json()
             entry = body[f"token_{self.slot}"]
             token = _check_shape(str(entry["token"]), f"the issuer's token {self.slot}")
             return Credential(
@@ -128,7 +126,7 @@ class IssuerTokenSource:
                 environment_id=str(body.get("environment_id") or env),
                 slot=self.slot,
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TokenUnavailable(
                 f"the issuer's answer for environment {env} is not the expected shape ({type(exc).__name__})"
             ) from None

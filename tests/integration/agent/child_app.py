@@ -3,7 +3,7 @@
 Configured by variables: CHILD_LOG (JSON lines written here), CHILD_TOKEN_VAR (which variable holds the
 token; default Quix__Sdk__Token), CHILD_TOKEN_FILE (a token file to read), CHILD_CRASHES (a counter file:
 crash with status 3 while it holds a number > 0), CHILD_TERM_STATUS (exit status on SIGTERM),
-CHILD_IGNORE_TERM (ignore SIGTERM).
+CHILD_IGNORE_TERM (ignore SIGTERM), CHILD_SOURCE_VAR (a variable whose value to record as ``source_value``).
 """
 
 import json
@@ -35,6 +35,9 @@ def on_hup(signum: int, frame: object) -> None:
     record("hup", file_token=file_token())
 
 
+# Handlers first, then "start": a test that sees "start" may signal the child at once.
+signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("CHILD_IGNORE_TERM") else on_term)
+signal.signal(signal.SIGHUP, on_hup)
 var = os.environ.get("CHILD_TOKEN_VAR", "Quix__Sdk__Token")
 record(
     "start",
@@ -43,6 +46,8 @@ record(
     portal=os.environ.get("Quix__Portal__Api"),  # noqa: SIM112
     pat=os.environ.get("STREAMTOKEN_PAT"),
     file_token=file_token(),
+    source_value=os.environ.get(os.environ.get("CHILD_SOURCE_VAR", "")),
+    streamtoken_variables=sorted(k for k in os.environ if k.startswith("STREAMTOKEN_")),
 )
 crashes = os.environ.get("CHILD_CRASHES")
 if crashes:
@@ -51,8 +56,6 @@ if crashes:
         Path(crashes).write_text(str(left - 1))
         record("crash")
         sys.exit(3)
-signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("CHILD_IGNORE_TERM") else on_term)
-signal.signal(signal.SIGHUP, on_hup)
 deadline = time.monotonic() + 120  # never outlive a test run
 while time.monotonic() < deadline:
     time.sleep(0.05)

@@ -6,6 +6,7 @@ Small FastAPI apps served with ``serve_app`` (real HTTP on 127.0.0.1); the agent
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -133,6 +134,9 @@ class NotifierStandIn:
         self.subscriptions: dict[str, Subscription] = {}
         self.acks: list[tuple[str, int, str]] = []  # (subscription id, generation, bearer token)
         self.deleted: list[str] = []
+        self.refuse_hosts = False  # answer 422 as a notifier whose allowed webhook hosts exclude the agent
+        self.subscribe_delay = 0.0  # seconds a subscribe request takes (to stop the agent meanwhile)
+        self.subscribe_started = threading.Event()
 
     def _authorised(self, request: Request) -> bool:
         return _bearer(request) in self.issuer.valid_tokens()
@@ -145,6 +149,10 @@ class NotifierStandIn:
             if not self._authorised(request):
                 return _error(401, "unauthorized", "invalid streaming token")
             body = await request.json()
+            self.subscribe_started.set()
+            if self.refuse_hosts:
+                return _error(422, "webhook_host_not_allowed", "the webhook host 127.0.0.1 is not allowed")
+            await asyncio.sleep(self.subscribe_delay)
             if body.get("action") not in ("restart", "reload") or not body.get("url"):
                 return _error(422, "invalid_request", "bad subscription")
             for existing in self.subscriptions.values():

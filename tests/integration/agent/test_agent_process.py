@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from cli.agent import PAT_ON_COMMAND_LINE
 from shared.tokens import generate_token
 from tests.integration.agent.stand_ins import IssuerStandIn, NotifierStandIn
 
@@ -130,6 +132,7 @@ def test_restart_webhook_restarts_the_child_with_the_new_token_1_and_acks(
     assert first["token"] == issuer.token_1.token
     assert first["portal"] == "http://127.0.0.1:1/portal"
     assert first["pat"] is None  # the agent's PAT never reaches the child
+    assert first["streamtoken_variables"] == []
     sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
     assert (sub.deployment_id, sub.action) == ("f1-producer", "restart")
 
@@ -278,8 +281,7 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_stop_timeout(
         {"CHILD_IGNORE_TERM": "1"},
         DEMO_TOKEN=generate_token(),
     )
-    child = wait_until(agent.starts, "the child to start")[0]
-    time.sleep(0.3)  # let the child install its handlers
+    child = wait_until(agent.starts, "the child to start")[0]  # it records "start" after its handlers
     agent.process.send_signal(signal.SIGTERM)
     assert agent.wait_exit() == 128 + signal.SIGKILL
     assert not alive(child["pid"])
@@ -294,7 +296,187 @@ def test_a_refused_pat_is_one_clear_line(
     agent = start_agent(args)
     assert agent.wait_exit() == 1
     lines = agent.stderr().splitlines()
-    assert (
-        lines[-1] == "streamtoken run: error: the issuer refused the PAT (401): check --pat / STREAMTOKEN_PAT"
+    assert lines[-1] == (
+        "streamtoken run: error: the issuer refused the PAT (401): check STREAMTOKEN_PAT / --pat-file / --pat"
     )
+    assert lines[0] == PAT_ON_COMMAND_LINE  # --pat as an argument is visible in the process list
     assert agent.starts() == []
+
+
+def gone(pid: int) -> bool:
+    """Not running (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_child_gets_no_streamtoken_variable_and_not_the_token_source(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    token = generate_token()
+    agent = start_agent(
+        ["--token-env", "DEPLOY_TOKEN", "--no-subscribe"],
+        {"CHILD_SOURCE_VAR": "DEPLOY_TOKEN"},
+        DEPLOY_TOKEN=token,
+        STREAMTOKEN_PAT="pat-secret",
+        STREAMTOKEN_ISSUER_JWT_SECRET="jwt-secret",
+        STREAMTOKEN_ISSUER_ENCRYPTION_KEY="encryption-key",
+        STREAMTOKEN_KAFKA_SASL_PASSWORD="kafka-password",
+    )
+    start = wait_until(agent.starts, "the child to start")[0]
+    assert start["token"] == token  # in Quix__Sdk__Token
+    assert start["streamtoken_variables"] == []
+    assert start["source_value"] is None  # DEPLOY_TOKEN itself is not passed on
+    assert PAT_ON_COMMAND_LINE not in agent.stderr()
+
+
+def test_the_child_dies_with_a_sigkilled_agent(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent(["--token-env", "DEMO_TOKEN", "--no-subscribe"], DEMO_TOKEN=generate_token())
+    child = wait_until(agent.starts, "the child to start")[0]
+    assert os.getpgid(child["pid"]) == child["pid"]  # still a process group of its own
+    agent.process.kill()
+    agent.process.wait(WAIT)
+    wait_until(lambda: gone(child["pid"]), "the orphaned child to stop", timeout=10)
+    assert agent.records("term"), "the child was told with SIGTERM (PR_SET_PDEATHSIG)"
+
+
+def test_a_pat_file_keeps_the_pat_off_the_command_line(
+    tmp_path: Path,
+    stack: tuple[IssuerStandIn, NotifierStandIn, str, str],
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    issuer, _, issuer_url, notifier_url = stack
+    pat_file = tmp_path / "pat"
+    pat_file.write_text("pat-admin\n")
+    args = issuer_args(issuer_url, notifier_url)
+    at = args.index("--pat")
+    args[at : at + 2] = ["--pat-file", str(pat_file)]
+    agent = start_agent(args, STREAMTOKEN_PAT="pat-wrong")  # --pat-file takes precedence
+    start = wait_until(agent.starts, "the child to start")[0]
+    assert start["token"] == issuer.token_1.token
+    assert start["pat"] is None
+    assert "pat-admin" not in " ".join(psutil.Process(agent.process.pid).cmdline())
+    assert PAT_ON_COMMAND_LINE not in agent.stderr()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--inject-as", "A=B"],
+            "streamtoken run: error: --inject-as 'A=B' is not a variable name "
+            "(letters, digits and _, not starting with a digit)",
+        ),
+        (
+            ["--pat", "p", "--pat-file", "/nonexistent"],
+            "streamtoken run: error: give --pat or --pat-file, not both",
+        ),
+        (
+            ["--pat-file", "/nonexistent/pat"],
+            "streamtoken run: error: cannot read the PAT file /nonexistent/pat: No such file or directory",
+        ),
+    ],
+)
+def test_bad_options_are_one_line_errors(
+    args: list[str], message: str, start_agent: Callable[..., RunningAgent]
+) -> None:
+    agent = start_agent(["--environment", "acme-telemetry-dev", "--no-subscribe", *args])
+    assert agent.wait_exit() == 2
+    stderr = agent.stderr()
+    assert stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in stderr
+    assert agent.starts() == []
+
+
+def test_a_token_file_out_that_cannot_be_written_says_so(
+    tmp_path: Path, start_agent: Callable[..., RunningAgent]
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    target = blocker / "token"
+    agent = start_agent(
+        ["--token-env", "DEMO_TOKEN", "--no-subscribe", "--token-file-out", str(target)],
+        DEMO_TOKEN=generate_token(),
+    )
+    assert agent.wait_exit() == 1
+    last = agent.stderr().strip().splitlines()[-1]
+    assert last.startswith(
+        f"streamtoken run: error: could not write the token file (--token-file-out): {target}"
+    )
+    assert "could not start the command" not in agent.stderr()
+    assert agent.starts() == []
+
+
+def test_a_refused_subscription_is_an_error_with_the_notifiers_message_and_the_child_runs(
+    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+) -> None:
+    _, notifier, issuer_url, notifier_url = stack
+    notifier.refuse_hosts = True
+    agent = start_agent(issuer_args(issuer_url, notifier_url))
+    child = wait_until(agent.starts, "the child to start")[0]
+    line = wait_until(
+        lambda: [json.loads(x) for x in agent.stderr().splitlines() if '"subscribe_refused"' in x],
+        "the subscribe_refused error",
+    )[0]
+    assert line["level"] == "error"
+    assert line["status"] == 422
+    assert line["notifier_message"] == "the webhook host 127.0.0.1 is not allowed"
+    assert "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS" in line["hint"]
+    assert line["retry_in"] == 30.0  # slowly: asking again at once will not help
+    assert alive(child["pid"])
+    began = time.monotonic()
+    agent.process.send_signal(signal.SIGTERM)  # stopping does not wait out the retry delay
+    assert agent.wait_exit() == 0
+    assert time.monotonic() - began < WAIT
+    assert notifier.subscriptions == {}
+
+
+def test_stopping_during_a_subscribe_request_deletes_what_it_created(
+    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+) -> None:
+    _, notifier, issuer_url, notifier_url = stack
+    notifier.subscribe_delay = 1.5
+    agent = start_agent(issuer_args(issuer_url, notifier_url))
+    wait_until(agent.starts, "the child to start")
+    assert notifier.subscribe_started.wait(WAIT)
+    agent.process.send_signal(signal.SIGTERM)  # while the subscribe request is under way
+    assert agent.wait_exit() == 0
+    assert notifier.subscriptions == {}, "a subscription was left behind"
+    assert len(notifier.deleted) == 1
+
+
+def test_a_token_file_nobody_updated_is_not_restarted_on_nor_acknowledged_until_it_is(
+    tmp_path: Path,
+    stack: tuple[IssuerStandIn, NotifierStandIn, str, str],
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    issuer, notifier, _, notifier_url = stack
+    token_file = tmp_path / "token"
+    token_file.write_text(issuer.token_1.token + "\n")
+    args = [
+        "--token-file", str(token_file), "--notifier-url", notifier_url, "--deployment-id", "f1",
+        "--backoff-initial", "0.2", "--backoff-max", "1", "--stop-timeout", "5",
+    ]  # fmt: skip
+    agent = start_agent(args)
+    first = wait_until(agent.starts, "the child to start")[0]
+    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
+    issuer.rotate()
+    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
+    unchanged = wait_until(
+        lambda: [json.loads(x) for x in agent.stderr().splitlines() if '"token_unchanged"' in x][1:],
+        "the token_unchanged error, twice (retried)",
+    )
+    assert unchanged[0]["level"] == "error"
+    assert "update the token file" in unchanged[0]["hint"]
+    assert len(agent.starts()) == 1  # not restarted on the token that was rotated out
+    assert notifier.acks == []
+    assert alive(first["pid"])
+
+    token_file.write_text(issuer.token_1.token + "\n")  # the operator updates the file
+    second = wait_until(lambda: agent.starts()[1:], "the child to restart on the updated file")[0]
+    assert second["token"] == issuer.token_1.token
+    wait_until(lambda: notifier.acks, "the acknowledgement")
+    assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
+    for token in (first["token"], second["token"]):
+        assert token not in agent.stderr()

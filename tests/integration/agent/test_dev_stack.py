@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
-import httpx
 import psutil
 import pytest
 
-from cli.dev import Child, DemoError, Stack, create_demo_data, ensure_environment
+from cli.dev import SERVICE_PORTS, Child, DemoError, Stack, available_services, create_demo_data
+from services.agent.adapters.issuer import IssuerClient
 from shared.broker import free_port
 from tests.integration.agent.stand_ins import IssuerStandIn
 
@@ -61,12 +66,27 @@ def test_demo_data_is_created_once_and_read_back_on_a_second_run(serve_app: Call
     assert again.environments == first.environments
     with pytest.raises(DemoError, match="401"):
         create_demo_data(url, "wrong-pat")
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {issuer.pat}"}) as client:
-        assert ensure_environment(client, "acme", "telemetry", "dev")["id"] == "acme-telemetry-dev"
+    client = IssuerClient(url, issuer.pat)  # the one issuer client the agent and `streamtoken dev` share
+    assert asyncio.run(client.ensure_environment("acme", "telemetry", "dev"))["id"] == "acme-telemetry-dev"
+
+
+def _lines(stream: IO[str]) -> queue.Queue[str | None]:
+    """Lines of ``stream`` read by a thread, so the test can wait for them with a deadline (None: EOF)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
 
 
 def test_dev_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    """Works with whatever services are present (none on the agent branch, all three once merged)."""
+    """Every service present in the tree must come up (issuer now; resolver and notifier once merged)."""
+    expected = available_services()  # those whose services.<name>.__main__ exists
+    assert set(expected) <= set(SERVICE_PORTS)
     args = [
         sys.executable, "-m", "cli.main", "dev", "--no-demo",
         "--kafka-port", str(free_port()), "--issuer-port", str(free_port()),
@@ -80,25 +100,36 @@ def test_dev_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     seen: set[int] = set()
     try:
         assert process.stdout is not None
+        incoming = _lines(process.stdout)
         deadline = time.monotonic() + 120
-        for line in process.stdout:
+        while not any("Ctrl-C stops it all" in line for line in lines):
+            left = deadline - time.monotonic()
+            assert left > 0, "timed out waiting for the stack:\n" + "".join(lines)
+            try:
+                line = incoming.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            assert line is not None, "streamtoken dev ended early:\n" + "".join(lines)
             lines.append(line)
-            for proc in psutil.Process(process.pid).children(recursive=True):
-                seen.add(proc.pid)
-            if "Ctrl-C stops it all" in line or time.monotonic() > deadline:
-                break
-        assert any("kafka" in line for line in lines), "".join(lines)
-        assert any("Ctrl-C stops it all" in line for line in lines), "".join(lines)
+            seen.update(p.pid for p in psutil.Process(process.pid).children(recursive=True))
+        output = "".join(lines)
+        assert any("kafka" in line for line in lines), output
+        for name in expected:
+            assert re.search(rf"^  {name} +http://127\.0\.0\.1:\d+ ready in ", output, re.M), output
+        assert "error:" not in output, output
         seen.update(p.pid for p in psutil.Process(process.pid).children(recursive=True))
-        assert seen, "the broker should be running"
+        assert len(seen) >= 1 + len(expected), "the broker and every service should be running"
         process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        rest = []
+        while (line := incoming.get(timeout=10)) is not None:
+            rest.append(line)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert process.returncode == 0, "".join(lines) + rest
-    assert "stopped." in rest
+    assert process.returncode == 0, "".join(lines + rest)
+    assert "stopped." in "".join(rest)
     alive = [
         pid for pid in seen if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import stat
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.agent.adapters.child import child_environment, write_atomically
+from services.agent.adapters.child import child_environment, die_with_parent, write_atomically
+from services.agent.adapters.issuer import IssuerClient, IssuerError
 from services.agent.adapters.listener import _event_from
+from services.agent.adapters.notifier import NotifierClient, NotifierError
 from services.agent.adapters.tokens import (
     FileTokenSource,
     IssuerTokenSource,
@@ -106,6 +109,41 @@ def test_child_environment_injects_the_token_and_hides_the_pat() -> None:
     assert "Quix__Sdk__Token" not in custom
 
 
+def test_child_environment_drops_every_streamtoken_variable_and_the_token_source() -> None:
+    base = {
+        "PATH": "/bin",
+        "HOME": "/home/app",
+        "STREAMTOKEN_PAT": "secret-pat",
+        "STREAMTOKEN_PAT_FILE": "/run/pat",
+        "STREAMTOKEN_ISSUER_JWT_SECRET": "jwt",
+        "STREAMTOKEN_ISSUER_ENCRYPTION_KEY": "key",
+        "STREAMTOKEN_KAFKA_SASL_PASSWORD": "kafka",
+        "STREAMTOKEN_LOG_JSON": "true",
+        "DEPLOY_TOKEN": TOKEN_2,  # --token-env DEPLOY_TOKEN
+        "streamtoken_lowercase": "kept",  # only the upper-case prefix is ours
+    }
+    env = child_environment(base, TOKEN_1, "http://resolver", None, "DEPLOY_TOKEN")
+    assert not [k for k in env if k.startswith("STREAMTOKEN_")]
+    assert "DEPLOY_TOKEN" not in env  # one place for the token: the one the agent keeps current
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/home/app",
+        "streamtoken_lowercase": "kept",
+        "Quix__Sdk__Token": TOKEN_1,
+        "Quix__Portal__Api": "http://resolver",
+    }
+    same = child_environment(base, TOKEN_1, "http://resolver", "DEPLOY_TOKEN", "DEPLOY_TOKEN")
+    assert same["DEPLOY_TOKEN"] == TOKEN_1  # injected under the source's own name: the agent's value
+
+
+def test_die_with_parent_is_a_preexec_function_on_linux() -> None:
+    hook = die_with_parent()
+    if sys.platform.startswith("linux"):
+        assert callable(hook)
+    else:
+        assert hook is None
+
+
 def test_token_file_is_replaced_atomically_and_private(tmp_path: Path) -> None:
     path = tmp_path / "run" / "token"
     write_atomically(path, "one\n")
@@ -123,3 +161,48 @@ def test_webhook_payloads() -> None:
     assert isinstance(_event_from("m1", {**body, "generation": "2"}, "e"), str)
     assert isinstance(_event_from("m1", {**body, "action": "explode"}, "e"), str)
     assert isinstance(_event_from("m1", [1], "e"), str)
+
+
+async def test_notifier_errors_carry_status_and_the_notifiers_message() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"error": "invalid_url", "message": "host 10.0.0.5 is not allowed"})
+
+    notifier = NotifierClient("http://notifier", httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    with pytest.raises(NotifierError) as caught:
+        await notifier.subscribe(Credential(TOKEN_1), "d1", "http://10.0.0.5/webhook", "restart")
+    assert caught.value.status == 422
+    assert caught.value.detail == "host 10.0.0.5 is not allowed"
+    assert caught.value.refused
+    assert str(caught.value) == (
+        "the notifier at http://notifier refused to subscribe (422): host 10.0.0.5 is not allowed"
+    )
+    assert not NotifierError("x", 503).refused
+    assert not NotifierError("x", 429).refused
+    assert not NotifierError("unreachable").refused
+
+
+async def test_issuer_client_creates_or_reads_back_and_reports_errors_with_the_message() -> None:
+    created: dict[str, dict[str, object]] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] != "Bearer pat-123":
+            return httpx.Response(401, json={"error": "unauthorized", "message": "invalid PAT"})
+        if request.method == "POST":
+            if "acme-telemetry-dev" in created:
+                return httpx.Response(409, json={"error": "conflict", "message": "exists"})
+            created["acme-telemetry-dev"] = {"id": "acme-telemetry-dev", "generation": 1}
+            return httpx.Response(201, json=created["acme-telemetry-dev"])
+        return httpx.Response(200, json=created["acme-telemetry-dev"])
+
+    transport = httpx.MockTransport(answer)
+    issuer = IssuerClient("http://issuer/", "pat-123", httpx.AsyncClient(transport=transport))
+    assert (await issuer.ensure_environment("acme", "telemetry", "dev"))["id"] == "acme-telemetry-dev"
+    assert (await issuer.ensure_environment("acme", "telemetry", "dev"))["id"] == "acme-telemetry-dev"
+    wrong = IssuerClient("http://issuer", "nope", httpx.AsyncClient(transport=transport))
+    with pytest.raises(IssuerError) as caught:
+        await wrong.streaming_tokens("acme-telemetry-dev")
+    assert caught.value.status == 401
+    assert (
+        caught.value.message
+        == "reading the tokens of acme-telemetry-dev: the issuer answered 401: invalid PAT"
+    )

@@ -267,3 +267,106 @@ def test_rotation_arriving_while_the_child_stops_is_waited_for_before_starting()
     assert acts(machine.handle(TokenObtained(NEWER))) == [StartChild(NEWER), Acknowledge(3, NEWER)]
     assert machine.phase is Phase.RUNNING
     assert machine.applied_generation == 3
+
+
+# --- a source that does not follow rotations (--token-env, a token file nobody updated) -------------------
+
+STATIC = Credential("stk_static")  # what VariableTokenSource / FileTokenSource return: no generation
+UPDATED = Credential("stk_updated")  # the token file after an operator updated it
+
+
+def static_running(policy: Policy | None = None) -> AgentMachine:
+    machine = AgentMachine(policy=policy or Policy(stop_timeout=7.0, backoff_initial=0.5, backoff_max=2.0))
+    machine.handle(AgentStarted())
+    assert acts(machine.handle(TokenObtained(STATIC))) == [Subscribe(STATIC), StartChild(STATIC)]
+    return machine
+
+
+def logged(effects: list[Effect], event: str) -> list[Log]:
+    return [e for e in effects if isinstance(e, Log) and e.event == event]
+
+
+@pytest.mark.parametrize("kind", ["streaming_tokens.rotated", "streaming_tokens.revoked"])
+def test_an_unchanged_token_after_a_restart_rotation_neither_restarts_nor_acks(kind: str) -> None:
+    machine = static_running()
+    assert acts(machine.handle(WebhookReceived("msg_2", kind, "restart", 2))) == [FetchToken()]
+    effects = machine.handle(TokenObtained(STATIC))
+    assert acts(effects) == [ScheduleTimer(Timer.RETRY_FETCH, 0.5)]  # no StopChild, no Acknowledge
+    (error,) = logged(effects, "token_unchanged")
+    assert error.level == "error"
+    assert "update the token file" in str(error.fields["hint"])
+    assert error.fields["fingerprint"] == STATIC.fingerprint
+    assert "stk_static" not in str(error.fields)
+    assert machine.phase is Phase.RUNNING
+    # Retried with back-off, as long as the source keeps the old token.
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(STATIC))) == [ScheduleTimer(Timer.RETRY_FETCH, 1.0)]
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(STATIC))) == [ScheduleTimer(Timer.RETRY_FETCH, 2.0)]
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+    # The file was updated: now the child restarts on the new token and the rotation is acknowledged.
+    assert acts(machine.handle(TokenObtained(UPDATED))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(ChildExited(0, 1.0))) == [StartChild(UPDATED), Acknowledge(2, UPDATED)]
+    assert machine.rotation is None
+
+
+def test_a_crash_while_the_token_is_unchanged_restarts_the_child_without_acknowledging() -> None:
+    machine = static_running()
+    machine.handle(rotated(2))
+    machine.handle(TokenObtained(STATIC))  # unchanged: retry scheduled
+    assert acts(machine.handle(ChildExited(1, 0.1)))[0] == ScheduleTimer(Timer.RESTART_CHILD, 0.5)
+    machine.handle(TimerFired(Timer.RESTART_CHILD))
+    effects = acts(machine.handle(TokenObtained(STATIC)))
+    assert effects[0] == StartChild(STATIC)  # it must run again, on what there is
+    assert not any(isinstance(e, Acknowledge) for e in effects)
+    assert any(isinstance(e, ScheduleTimer) and e.timer is Timer.RETRY_FETCH for e in effects)
+    assert machine.rotation is not None  # still waiting for a new token
+
+
+def test_a_crash_while_the_source_fails_does_not_acknowledge_an_unchanged_token() -> None:
+    machine = static_running()
+    machine.handle(rotated(2))
+    machine.handle(TokenObtained(STATIC))
+    machine.handle(ChildExited(1, 0.1))
+    machine.handle(TimerFired(Timer.RESTART_CHILD))
+    effects = acts(machine.handle(TokenFailed("cannot read token file")))
+    assert effects[0] == StartChild(STATIC)
+    assert [e for e in effects if isinstance(e, Acknowledge)] == []
+    assert len([e for e in effects if isinstance(e, ScheduleTimer)]) == 1
+
+
+def test_an_unchanged_token_on_reload_is_acknowledged_without_telling_the_child() -> None:
+    machine = static_running()
+    effects = machine.handle(rotated(2, "reload"))
+    assert acts(effects) == [FetchToken()]
+    effects = machine.handle(TokenObtained(STATIC))
+    assert acts(effects) == [Acknowledge(2, STATIC)]  # still valid (now Token 1): nothing to reload
+    assert logged(effects, "token_unchanged")[0].level == "warning"
+
+
+def test_a_replayed_notification_after_an_agent_restart_does_not_restart_a_static_token() -> None:
+    # A fresh agent on a variable knows no generation; a replay of an old rotation (within the signature's
+    # 5 minutes) re-reads the source, finds the token it runs on, and leaves the child alone.
+    machine = static_running()
+    assert acts(machine.handle(rotated(5, webhook_id="msg_replayed"))) == [FetchToken()]
+    assert not any(isinstance(e, StopChild | Acknowledge) for e in machine.handle(TokenObtained(STATIC)))
+    assert machine.phase is Phase.RUNNING
+
+
+def test_notifications_not_newer_than_the_generation_at_start_do_not_restart() -> None:
+    machine = AgentMachine()
+    machine.handle(AgentStarted())
+    machine.handle(TokenObtained(NEWER))  # generation 3 at start
+    for generation in (1, 2, 3):
+        effects = acts(machine.handle(rotated(generation, webhook_id=f"replay_{generation}")))
+        assert effects == [Acknowledge(generation, NEWER)]
+    assert machine.phase is Phase.RUNNING
+
+
+def test_a_token_file_out_that_cannot_be_written_is_its_own_error() -> None:
+    machine = AgentMachine()
+    machine.handle(AgentStarted())
+    machine.handle(TokenObtained(OLD))
+    effects = machine.handle(ChildStartFailed("/ro/token: Read-only file system", token_file=True))
+    message = "could not write the token file (--token-file-out): /ro/token: Read-only file system"
+    assert effects[-1] == Exit(1, message)

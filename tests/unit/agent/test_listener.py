@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 from standardwebhooks import Webhook
 
-from services.agent.adapters.listener import WEBHOOK_PATH, build_listener
+from services.agent.adapters.listener import MAX_BODY, WEBHOOK_PATH, build_listener
 from services.agent.domain import WebhookReceived
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -82,3 +83,22 @@ async def test_before_subscribing_there_is_no_secret_to_check_with() -> None:
     body = json.dumps(BODY)
     response = await client([], secret=None).post(WEBHOOK_PATH, content=body, headers=signed(body))
     assert response.status_code == 503
+
+
+async def test_a_body_over_the_cap_is_413_and_never_handed_on() -> None:
+    received: list[WebhookReceived] = []
+    http = client(received)
+    big = json.dumps({**BODY, "padding": "x" * MAX_BODY})
+    response = await http.post(WEBHOOK_PATH, content=big, headers=signed(big))
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: the cap holds while streaming
+        for _ in range(5):
+            yield b"x" * (MAX_BODY // 4)
+
+    streamed = await http.post(WEBHOOK_PATH, content=chunks(), headers=signed("x"))
+    assert streamed.status_code == 413
+    assert received == []
+    body = json.dumps(BODY)  # an ordinary one still passes
+    assert (await http.post(WEBHOOK_PATH, content=body, headers=signed(body))).status_code == 202
