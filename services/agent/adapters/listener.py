@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services.agent.domain import RELOAD, RESTART, REVOKED, ROTATED, WebhookReceived
+from shared.errors import error_body
 
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 64 * 1024  # a webhook body is a few hundred bytes; anything this large is not one
@@ -42,12 +43,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def error_body(code: str, message: str) -> dict[str, str]:
-    # The shape of shared.web.error_body, without importing FastAPI into every agent (start time, memory).
-    # To be replaced by shared's FastAPI-free error_body once it exists.
-    return {"error": code, "message": message}
 
 
 def build_listener(
