@@ -1,9 +1,106 @@
-"""`streamtoken` commands of the notifier (filled in by its issue)."""
+"""`streamtoken` commands of the notifier: serve it, and look at subscriptions and deliveries.
+
+``streamtoken notifier`` runs the service. ``streamtoken subscriptions ...`` calls a running notifier with
+a streaming token of the environment (``--token`` or ``Quix__Sdk__Token``), as a deployment would.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
+
+subscriptions = typer.Typer(
+    name="subscriptions",
+    help="Subscriptions, rotations and deliveries of one environment (needs its streaming token).",
+    no_args_is_help=True,
+)
+
+NotifierUrl = typer.Option(
+    "http://127.0.0.1:8003",
+    "--notifier-url",
+    envvar="STREAMTOKEN_NOTIFIER_URL",
+    help="the notifier's base URL",
+)
+Token = typer.Option(
+    ..., "--token", envvar="Quix__Sdk__Token", help="a streaming token of the environment", show_default=False
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command("notifier")(notifier)
+    app.add_typer(subscriptions)
+
+
+def notifier(
+    host: str | None = typer.Option(
+        None, help="address to bind (default STREAMTOKEN_NOTIFIER_HOST or 127.0.0.1)"
+    ),
+    port: int | None = typer.Option(None, help="port (default STREAMTOKEN_NOTIFIER_PORT or 8003)"),
+) -> None:
+    """Run the notifier in the foreground (settings from STREAMTOKEN_NOTIFIER_* variables)."""
+    from services.notifier.__main__ import main
+
+    main(host, port)
+
+
+def _call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = httpx.request(
+            method, url.rstrip("/") + path, headers={"authorization": f"Bearer {token}"}, timeout=10, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the notifier at {url}: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("message", response.text)
+        except ValueError:
+            message = response.text
+        typer.echo(f"error: {response.status_code} {message}", err=True)
+        raise typer.Exit(1)
+    return response.json() if response.content else None
+
+
+def _print(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@subscriptions.command("list")
+def list_subscriptions(notifier_url: str = NotifierUrl, token: str = Token) -> None:
+    """List the environment's subscriptions."""
+    _print(_call("GET", notifier_url, token, "/v1/subscriptions"))
+
+
+@subscriptions.command("rotations")
+def rotations(notifier_url: str = NotifierUrl, token: str = Token) -> None:
+    """Per rotation: notified, acknowledged, pending and dead deployments."""
+    _print(_call("GET", notifier_url, token, "/v1/rotations"))
+
+
+@subscriptions.command("deliveries")
+def deliveries(
+    status: str | None = typer.Option(None, help="pending | delivered | dead | disabled"),
+    limit: int = typer.Option(100, min=1, max=1000),
+    notifier_url: str = NotifierUrl,
+    token: str = Token,
+) -> None:
+    """List the environment's deliveries, newest first (e.g. --status dead)."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    _print(_call("GET", notifier_url, token, "/v1/deliveries", params=params))
+
+
+@subscriptions.command("replay")
+def replay(
+    delivery_id: str = typer.Argument(..., help="the delivery (webhook-id) to send again"),
+    notifier_url: str = NotifierUrl,
+    token: str = Token,
+) -> None:
+    """Send a dead delivery again with a fresh set of attempts."""
+    _print(_call("POST", notifier_url, token, f"/v1/deliveries/{delivery_id}/replay"))

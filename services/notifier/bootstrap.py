@@ -1,0 +1,116 @@
+"""Wiring: ``build_app(settings, **overrides)`` puts the real adapters (or a test's) together.
+
+The returned FastAPI app owns its lifecycle: at start it creates the tables, starts the Kafka consumer
+thread and the delivery loop; at shutdown it stops them. Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.notifier.api import build_router
+from services.notifier.auth import ResolverWhoami, TokenVerifier
+from services.notifier.consumer import EventConsumer
+from services.notifier.delivery import DeliveryEngine, NotifierMetrics
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import Store
+from shared.kafka import KafkaSettings
+from shared.logs import get_logger
+from shared.settings import RuntimeSettings
+from shared.web import health_router, install_error_handlers
+
+log = get_logger(__name__)
+
+
+def build_app(
+    settings: NotifierSettings,
+    *,
+    kafka_settings: KafkaSettings | None = None,
+    runtime: RuntimeSettings | None = None,
+    store: Store | None = None,
+    verifier: TokenVerifier | None = None,
+    webhook_transport: httpx.AsyncBaseTransport | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The notifier as an ASGI app. Overrides replace the adapters built from settings (tests pass fakes)."""
+    kafka = kafka_settings or KafkaSettings()
+    store = store or Store.from_url(settings.resolved_database_url(runtime))
+    metrics = NotifierMetrics(registry or CollectorRegistry())
+    verifier = verifier or ResolverWhoami(settings.resolver_url, settings.whoami_cache_seconds)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(store.create_tables)
+        client = httpx.AsyncClient(
+            timeout=settings.request_timeout_seconds,
+            limits=httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers),
+            follow_redirects=False,  # a redirect could lead to a host the allow-list refuses
+            transport=webhook_transport,
+        )
+        engine = DeliveryEngine(store, settings, client, metrics)
+        app.state.engine = engine
+        stop = asyncio.Event()
+        delivering = asyncio.create_task(engine.run(stop)) if settings.deliver else None
+        consumer = None
+        if settings.consume:
+            consumer = EventConsumer(kafka, settings, store, metrics, lambda _: engine.wake())
+            consumer.start()
+        state["consumer"] = consumer
+        log.info(
+            "notifier_started",
+            topic=kafka.topic,
+            group=settings.consumer_group,
+            database=store.engine.dialect.name,
+            workers=settings.workers,
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            if consumer is not None:
+                await asyncio.to_thread(consumer.stop)
+            if delivering is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(delivering, timeout=settings.request_timeout_seconds + 5)
+            await client.aclose()
+            await verifier.aclose()
+            store.dispose()
+            log.info("notifier_stopped")
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        database = store.ping()
+        consumer: EventConsumer | None = state.get("consumer")
+        consuming = consumer is None or (consumer.alive and consumer.subscribed.is_set())
+        detail: dict[str, Any] = {
+            "status": "ready" if database and consuming else "not_ready",
+            "database": database,
+            "consumer": "disabled" if consumer is None else ("subscribed" if consuming else "starting"),
+        }
+        if consumer is not None and consumer.last_error:
+            detail["consumer_error"] = consumer.last_error
+        return database and consuming, detail
+
+    app = FastAPI(
+        title="streamtoken notifier",
+        version="0.1.0",
+        description="Tells subscribed deployments to restart or reload after a streaming-token rotation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.verifier = verifier
+    app.state.metrics = metrics
+    app.state.engine = None
+    install_error_handlers(app)
+    app.include_router(health_router(ready, metrics.registry))
+    app.include_router(build_router())
+    return app

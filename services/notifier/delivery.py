@@ -1,0 +1,285 @@
+"""Sending webhooks: Standard Webhooks signing, and the loop that claims, sends and records deliveries.
+
+One dispatcher claims due deliveries from the store in batches (a lease), a pool of async workers sends them
+over one pooled ``httpx.AsyncClient``, and one writer records the results in batches. Nothing is
+acknowledged to anyone before it is in the database, so a crash at any point only means some deliveries are
+sent again after their lease expires — with the same ``webhook-id``, so receivers can deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.notifier.domain import (
+    Action,
+    DeliveryStatus,
+    Outcome,
+    after_failure,
+    backoff_seconds,
+    classify_status,
+    parse_retry_after,
+)
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import AttemptResult, Claimed, Store
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+USER_AGENT = "streamtoken-notifier/0.1"
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def webhook_headers(secret: str, msg_id: str, body: str, timestamp: int) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
+class NotifierMetrics:
+    """Prometheus metrics of one notifier instance, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.deliveries = Counter(
+            "notifier_deliveries_total",
+            "Deliveries that reached a final or retry outcome, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter("notifier_attempts_total", "Webhook requests sent", registry=registry)
+        self.request_seconds = Histogram(
+            "notifier_request_seconds",
+            "Duration of one webhook request",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.latency = Histogram(
+            "notifier_delivery_latency_seconds",
+            "From recording a delivery to its successful delivery",
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+        )
+        self.queue_depth = Gauge(
+            "notifier_queue_depth", "Deliveries pending (due or waiting)", registry=registry
+        )
+        self.recorded = Counter(
+            "notifier_recorded_deliveries_total", "Deliveries recorded from Kafka events", registry=registry
+        )
+        self.events = Counter(
+            "notifier_events_total", "Kafka records consumed, by kind", ["kind"], registry=registry
+        )
+
+
+class DeliveryEngine:
+    """Claims due deliveries, sends them with ``workers`` concurrent requests, records the results."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: NotifierSettings,
+        client: httpx.AsyncClient,
+        metrics: NotifierMetrics,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+        self.jitter = jitter
+        self._queue: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=settings.workers * 2)
+        self._results: list[AttemptResult] = []
+        self._results_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Claim now instead of at the next poll (thread-safe: the consumer calls it after recording)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        workers = [
+            asyncio.create_task(self._worker(), name=f"webhook-{i}") for i in range(self.settings.workers)
+        ]
+        writer = asyncio.create_task(self._writer(stop), name="webhook-results")
+        try:
+            await self._dispatch(stop)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            stop.set()
+            await writer
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        last_depth = 0.0
+        while not stop.is_set():
+            now = self.clock()
+            if now - last_depth > 1.0:
+                last_depth = now
+                await self._update_depth()
+            room = self._queue.maxsize - self._queue.qsize()
+            claimed: list[Claimed] = []
+            if room >= max(1, self._queue.maxsize // 4):
+                try:
+                    claimed = await asyncio.to_thread(
+                        self.store.claim_due,
+                        now,
+                        min(room, self.settings.claim_batch),
+                        self.settings.lease_seconds,
+                        self.settings.restart_concurrency,
+                        self.settings.poll_interval_seconds,
+                    )
+                except Exception as exc:
+                    log.error("claim_failed", error=type(exc).__name__, detail=str(exc)[:300])
+            for item in claimed:
+                await self._queue.put(item)
+            if claimed and len(claimed) >= min(room, self.settings.claim_batch):
+                continue  # more may be due right now
+            self._wake.clear()
+            stopping = asyncio.ensure_future(stop.wait())
+            woken = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait(
+                {stopping, woken},
+                timeout=self.settings.poll_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stopping.cancel()
+            woken.cancel()
+
+    async def _update_depth(self) -> None:
+        try:
+            self.metrics.queue_depth.set(await asyncio.to_thread(self.store.queue_depth))
+        except Exception as exc:
+            log.warning("queue_depth_failed", error=type(exc).__name__)
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                result = await self.attempt(item)
+            except Exception as exc:  # never lose the worker; the lease makes the delivery due again
+                log.error("attempt_crashed", delivery_id=item.id, error=type(exc).__name__)
+                continue
+            self._results.append(result)
+            self._results_ready.set()
+
+    async def _writer(self, stop: asyncio.Event) -> None:
+        while True:
+            if not self._results:
+                if stop.is_set():
+                    return
+                self._results_ready.clear()
+                try:
+                    await asyncio.wait_for(self._results_ready.wait(), timeout=0.2)
+                except TimeoutError:
+                    continue
+            await asyncio.sleep(0.02)  # let a batch gather
+            batch, self._results = self._results, []
+            try:
+                await asyncio.to_thread(self.store.complete, batch, self.clock())
+            except Exception as exc:
+                # Not written: their leases expire and they are sent again (same webhook-id).
+                log.error(
+                    "results_not_recorded", count=len(batch), error=type(exc).__name__, detail=str(exc)[:300]
+                )
+            if any(r.status is not DeliveryStatus.PENDING for r in batch):
+                self._wake.set()
+
+    async def attempt(self, item: Claimed) -> AttemptResult:
+        """Send one delivery once and decide its next state (does not write it)."""
+        timestamp = int(self.clock())
+        headers = webhook_headers(item.secret, item.id, item.body, timestamp)
+        attempts = item.attempts + 1
+        started = time.perf_counter()
+        status_code: int | None = None
+        retry_after: float | None = None
+        error: str | None = None
+        try:
+            response = await self.client.post(item.url, content=item.body.encode(), headers=headers)
+            status_code = response.status_code
+            outcome = classify_status(status_code)
+            if outcome is Outcome.RETRY:
+                retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+                error = f"HTTP {status_code}"
+        except httpx.HTTPError as exc:
+            outcome = Outcome.RETRY
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.metrics.attempts.inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - started)
+        now = self.clock()
+        context = {
+            "delivery_id": item.id,
+            "subscription_id": item.subscription_id,
+            "environment_id": item.environment_id,
+            "generation": item.generation,
+            "attempt": attempts,
+        }
+        if outcome is Outcome.DELIVERED:
+            self.metrics.deliveries.labels("delivered").inc()
+            self.metrics.latency.observe(max(now - item.created_at, 0.0))
+            log.debug("delivered", status=status_code, **context)
+            waiting = (
+                now + self.settings.restart_ack_timeout_seconds if item.action is Action.RESTART else 0.0
+            )
+            return AttemptResult(
+                item.id,
+                item.subscription_id,
+                DeliveryStatus.DELIVERED,
+                attempts,
+                now,
+                status_code,
+                None,
+                waiting,
+            )
+        if outcome is Outcome.GONE:
+            self.metrics.deliveries.labels("gone").inc()
+            log.warning("subscription_gone", status=status_code, **context)
+            return AttemptResult(
+                item.id,
+                item.subscription_id,
+                DeliveryStatus.DISABLED,
+                attempts,
+                now,
+                status_code,
+                "HTTP 410 Gone: subscription disabled",
+                disable_subscription=True,
+            )
+        status = after_failure(attempts, self.settings.max_attempts)
+        if status is DeliveryStatus.DEAD:
+            self.metrics.deliveries.labels("dead").inc()
+            log.warning("delivery_dead", status=status_code, error=error, **context)
+            return AttemptResult(item.id, item.subscription_id, status, attempts, now, status_code, error)
+        delay = backoff_seconds(
+            attempts,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_seconds,
+            self.jitter,
+            retry_after,
+        )
+        self.metrics.deliveries.labels("retry").inc()
+        log.info("delivery_retry", status=status_code, error=error, retry_in=round(delay, 3), **context)
+        return AttemptResult(item.id, item.subscription_id, status, attempts, now + delay, status_code, error)

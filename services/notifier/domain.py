@@ -1,0 +1,312 @@
+"""Who gets told what, and when to try again: the notifier's rules, with no I/O.
+
+Everything here is a plain function of plain data so a unit test can call it directly; the store, the
+consumer and the delivery workers (the adapters) call these and do the I/O around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from shared.events import ChangeType, TokenStateChanged
+
+
+class Action(StrEnum):
+    """What a deployment does after a rotation (the seeds' two strategies)."""
+
+    RESTART = "restart"  # it runs on the injected Token 1, which the rotation deactivated
+    RELOAD = "reload"  # it already switched to Token 2 through a variable it controls
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # due at next_attempt_at (also while claimed: the lease pushes it forward)
+    DELIVERED = "delivered"
+    DEAD = "dead"  # the last attempt failed; replay puts it back to pending
+    DISABLED = "disabled"  # its subscription answered 410 Gone or was deleted
+
+
+class Outcome(StrEnum):
+    """What one attempt's answer means."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    GONE = "gone"
+
+
+NOTIFYING_CHANGES = {
+    ChangeType.ROTATED: "streaming_tokens.rotated",
+    ChangeType.REVOKED: "streaming_tokens.revoked",
+}
+
+
+class InvalidWebhookUrl(ValueError):
+    """A webhook URL the notifier refuses; the message says why, in one sentence, without echoing it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionTarget:
+    """What the fan-out needs to know of one subscription."""
+
+    id: str
+    deployment_id: str
+    action: Action
+    last_notified_generation: int
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    id: str
+    subscription_id: str
+    action: Action
+    body: str
+
+
+def webhook_event_type(change: ChangeType) -> str | None:
+    """The webhook ``type`` for a change, or None when nobody needs to act (``created``)."""
+    return NOTIFYING_CHANGES.get(change)
+
+
+def delivery_id(event_id: str, subscription_id: str) -> str:
+    """The ``webhook-id`` of one notification: the same for every attempt, replay and re-consumption."""
+    digest = hashlib.sha256(f"{event_id}\x00{subscription_id}".encode()).hexdigest()[:32]
+    return f"msg_{digest}"
+
+
+def webhook_body(event: TokenStateChanged, subscription: SubscriptionTarget, event_type: str) -> str:
+    """The JSON body of the webhook: ids, generation and action, never a token or fingerprint."""
+    token_ids = {f"token_{t.slot}": t.token_id for t in event.tokens if t.valid_until is None}
+    return json.dumps(
+        {
+            "type": event_type,
+            "environment_id": event.environment_id,
+            "generation": event.generation,
+            "rotation_id": event.change.rotation_id,
+            "action": subscription.action.value,
+            "subscription_id": subscription.id,
+            "deployment_id": subscription.deployment_id,
+            "token_ids": {"token_1": token_ids.get("token_1"), "token_2": token_ids.get("token_2")},
+            "occurred_at": event.change.at.isoformat(),
+        },
+        separators=(",", ":"),
+    )
+
+
+def plan_deliveries(
+    event: TokenStateChanged, subscriptions: Iterable[SubscriptionTarget]
+) -> list[PlannedDelivery]:
+    """One delivery per enabled subscription of the event's environment that has not seen this generation.
+
+    The caller passes the subscriptions of ``event.environment_id`` only; a generation not newer than the
+    last one notified to a subscription is skipped, which makes replays and reordering harmless.
+    """
+    event_type = webhook_event_type(event.change.type)
+    if event_type is None:
+        return []
+    return [
+        PlannedDelivery(
+            id=delivery_id(event.event_id, sub.id),
+            subscription_id=sub.id,
+            action=sub.action,
+            body=webhook_body(event, sub, event_type),
+        )
+        for sub in subscriptions
+        if sub.enabled and sub.last_notified_generation < event.generation
+    ]
+
+
+# --- responses and the retry schedule ---------------------------------------------------------------------
+
+
+def classify_status(status: int) -> Outcome:
+    """2xx delivered; 410 means the receiver is gone for good; anything else is worth retrying."""
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status == 410:
+        return Outcome.GONE
+    return Outcome.RETRY
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+def backoff_seconds(
+    attempt: int,
+    base: float,
+    cap: float,
+    random: Callable[[], float],
+    retry_after: float | None = None,
+) -> float:
+    """The wait before attempt ``attempt + 1`` after ``attempt`` failed ones (``attempt >= 1``).
+
+    Exponential back-off with "equal jitter": half of ``base * 2**(attempt-1)`` fixed, half random, capped
+    at ``cap``. A receiver's ``Retry-After`` wins when it asks for longer (never beyond ``cap``), so a
+    receiver that asks us to slow down is obeyed and one that says "now" is not hammered either.
+    """
+    exponent = min(attempt - 1, 62)
+    step = min(cap, base * math.pow(2, exponent))
+    delay = step / 2 + random() * step / 2
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def after_failure(attempts: int, max_attempts: int) -> DeliveryStatus:
+    """The status of a delivery whose ``attempts``-th attempt just failed (retryably)."""
+    return DeliveryStatus.DEAD if attempts >= max_attempts else DeliveryStatus.PENDING
+
+
+# --- staggered restarts -----------------------------------------------------------------------------------
+
+
+def select_within_restart_limit(
+    candidates: Sequence[tuple[str, str, Action]],
+    in_flight: dict[str, int],
+    limit: int,
+) -> list[str]:
+    """From due ``(delivery_id, environment_id, action)`` in order, the ids that may be sent now.
+
+    ``reload`` deliveries always go. ``restart`` ones go while their environment has fewer than ``limit``
+    restarts in flight (``0`` = no limit); ``in_flight`` counts those already sent and not yet acknowledged.
+    """
+    counts = dict(in_flight)
+    chosen: list[str] = []
+    for did, env, action in candidates:
+        if action is Action.RESTART and limit > 0:
+            if counts.get(env, 0) >= limit:
+                continue
+            counts[env] = counts.get(env, 0) + 1
+        chosen.append(did)
+    return chosen
+
+
+# --- rotation progress ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RotationProgress:
+    generation: int
+    rotation_id: str | None
+    notified: int
+    acknowledged: int
+    pending: int
+    dead: int
+
+
+def rotation_progress(
+    generation: int,
+    rotation_id: str | None,
+    deliveries: Iterable[tuple[DeliveryStatus, int]],
+) -> RotationProgress:
+    """Counts for one rotation from ``(status, acked_generation of its subscription)`` per delivery.
+
+    ``notified`` = delivered; ``acknowledged`` = the deployment reported this generation or a later one
+    (whether or not our webhook reached it first); ``pending`` = not yet delivered nor dead;
+    ``dead`` = gave up.
+    """
+    notified = acknowledged = pending = dead = 0
+    for status, acked in deliveries:
+        if acked >= generation:
+            acknowledged += 1
+        if status is DeliveryStatus.DELIVERED:
+            notified += 1
+        elif status is DeliveryStatus.PENDING:
+            pending += 1
+        elif status is DeliveryStatus.DEAD:
+            dead += 1
+    return RotationProgress(generation, rotation_id, notified, acknowledged, pending, dead)
+
+
+# --- webhook URLs -----------------------------------------------------------------------------------------
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _is_internal(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+    if ip is not None:
+        return not ip.is_global
+    return host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".localdomain"))
+
+
+def _matches(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, pattern: str) -> bool:
+    if pattern.startswith("*.") and ip is None:
+        return host.endswith(pattern[1:])
+    if "/" in pattern and ip is not None:
+        try:
+            return ip in ipaddress.ip_network(pattern, strict=False)
+        except ValueError:
+            return False
+    pattern_ip = _ip(pattern.strip("[]"))
+    if pattern_ip is not None and ip is not None:
+        return pattern_ip == ip
+    return host == pattern
+
+
+def validate_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
+    """The URL, normalised, if the notifier may post to it; else :class:`InvalidWebhookUrl`.
+
+    http or https only, a host, no user or password in it, no fragment, and a host the operator allowed:
+    listed exactly, by a ``*.suffix`` pattern, or inside a listed CIDR network. ``*`` allows any *public*
+    host; loopback, private, link-local and other internal addresses (and ``localhost``/``*.internal``
+    names) must be listed explicitly, so the notifier cannot be aimed at internal services by accident.
+    """
+    if len(url) > 2000:
+        raise InvalidWebhookUrl("the webhook url is longer than 2000 characters")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise InvalidWebhookUrl("the webhook url is not a valid URL") from None
+    if parts.scheme not in {"http", "https"}:
+        raise InvalidWebhookUrl("the webhook url must start with http:// or https://")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidWebhookUrl("the webhook url must not contain a user name or password")
+    if parts.fragment:
+        raise InvalidWebhookUrl("the webhook url must not contain a fragment (#...)")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise InvalidWebhookUrl("the webhook url has no host")
+    if port == 0:
+        raise InvalidWebhookUrl("the webhook url has port 0")
+    ip = _ip(host)
+    explicit = [p for p in allowed_hosts if p != "*"]
+    if any(_matches(host, ip, p.lower()) for p in explicit):
+        return parts.geturl()
+    if "*" in allowed_hosts:
+        if _is_internal(host, ip):
+            raise InvalidWebhookUrl(
+                f"the webhook host {host[:100]} is an internal or private address; the operator must list it "
+                "in STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS to allow it"
+            )
+        return parts.geturl()
+    raise InvalidWebhookUrl(
+        f"the webhook host {host[:100]} is not allowed; allowed hosts are set by "
+        "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS"
+    )

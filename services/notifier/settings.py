@@ -1,0 +1,114 @@
+"""Notifier configuration: every field is a ``STREAMTOKEN_NOTIFIER_*`` environment variable."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.settings import RuntimeSettings
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class NotifierSettings(BaseSettings):
+    """Where the notifier listens, what it stores where, and how it delivers webhooks."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMTOKEN_NOTIFIER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="STREAMTOKEN_NOTIFIER_HOST: address the HTTP API binds to")
+    port: int = Field(8003, ge=1, le=65535, description="STREAMTOKEN_NOTIFIER_PORT")
+    database_url: str | None = Field(
+        None,
+        description="STREAMTOKEN_NOTIFIER_DATABASE_URL: SQLAlchemy URL; default SQLite in the data dir",
+    )
+    resolver_url: str = Field(
+        "http://127.0.0.1:8002",
+        description="STREAMTOKEN_NOTIFIER_RESOLVER_URL: resolver whose GET /v1/whoami checks tokens",
+    )
+    whoami_cache_seconds: float = Field(
+        5.0, ge=0, description="STREAMTOKEN_NOTIFIER_WHOAMI_CACHE_SECONDS: how long a token check is reused"
+    )
+    allowed_webhook_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        LOOPBACK_HOSTS,
+        description=(
+            "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS: comma-separated host names, '*.suffix' patterns, "
+            "IP addresses or CIDR networks a webhook URL may point at; '*' allows any public host"
+        ),
+    )
+    consumer_group: str = Field("notifier", description="STREAMTOKEN_NOTIFIER_CONSUMER_GROUP")
+    consume: bool = Field(True, description="STREAMTOKEN_NOTIFIER_CONSUME: run the Kafka consumer")
+    deliver: bool = Field(True, description="STREAMTOKEN_NOTIFIER_DELIVER: run the delivery workers")
+    workers: int = Field(
+        64, ge=1, le=2000, description="STREAMTOKEN_NOTIFIER_WORKERS: concurrent webhook requests"
+    )
+    claim_batch: int = Field(
+        256, ge=1, le=10000, description="STREAMTOKEN_NOTIFIER_CLAIM_BATCH: due deliveries claimed at once"
+    )
+    poll_interval_seconds: float = Field(
+        0.2, gt=0, description="STREAMTOKEN_NOTIFIER_POLL_INTERVAL_SECONDS: idle wait between claims"
+    )
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "STREAMTOKEN_NOTIFIER_LEASE_SECONDS: a claimed delivery is due again after this long if its "
+            "claimer died; keep it above the request timeout"
+        ),
+    )
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, description="STREAMTOKEN_NOTIFIER_REQUEST_TIMEOUT_SECONDS: one webhook request"
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=100, description="STREAMTOKEN_NOTIFIER_MAX_ATTEMPTS: after these the delivery is dead"
+    )
+    retry_base_seconds: float = Field(
+        2.0, ge=0, description="STREAMTOKEN_NOTIFIER_RETRY_BASE_SECONDS: first back-off step"
+    )
+    retry_max_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="STREAMTOKEN_NOTIFIER_RETRY_MAX_SECONDS: cap of one back-off (and Retry-After)",
+    )
+    restart_concurrency: int = Field(
+        1,
+        ge=0,
+        description=(
+            "STREAMTOKEN_NOTIFIER_RESTART_CONCURRENCY: per environment, how many 'restart' notifications may "
+            "be in flight (sent and not yet acknowledged) at once; 0 means no limit"
+        ),
+    )
+    restart_ack_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "STREAMTOKEN_NOTIFIER_RESTART_ACK_TIMEOUT_SECONDS: a delivered 'restart' stops counting as in "
+            "flight after this long without an acknowledgement"
+        ),
+    )
+    consumer_batch: int = Field(
+        500,
+        ge=1,
+        le=10000,
+        description="STREAMTOKEN_NOTIFIER_CONSUMER_BATCH: records recorded per transaction",
+    )
+
+    @field_validator("allowed_webhook_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _lease_covers_a_request(self) -> NotifierSettings:
+        if self.lease_seconds <= self.request_timeout_seconds:
+            raise ValueError(
+                "STREAMTOKEN_NOTIFIER_LEASE_SECONDS must be larger than "
+                "STREAMTOKEN_NOTIFIER_REQUEST_TIMEOUT_SECONDS, or a slow request would be sent twice"
+            )
+        return self
+
+    def resolved_database_url(self, runtime: RuntimeSettings | None = None) -> str:
+        return self.database_url or (runtime or RuntimeSettings()).sqlite_url("notifier")

@@ -1,0 +1,667 @@
+"""The notifier's database: subscriptions, deliveries (the durable queue) and the rotations seen.
+
+SQLModel tables on SQLite (default) or PostgreSQL. Hot paths use SQLAlchemy Core in batches: one transaction
+records a whole batch of Kafka records, one claims a batch of due deliveries, one writes a batch of results.
+Claims are safe with several notifier replicas: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on both an
+``UPDATE ... WHERE next_attempt_at <= now RETURNING`` that only one claimer can win. A claim is a lease: it
+pushes ``next_attempt_at`` forward, so a delivery whose claimer died becomes due again by itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Index,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Column, Field, SQLModel, create_engine
+
+from services.notifier.domain import (
+    Action,
+    DeliveryStatus,
+    RotationProgress,
+    SubscriptionTarget,
+    plan_deliveries,
+    rotation_progress,
+    select_within_restart_limit,
+    webhook_event_type,
+)
+from shared.events import TokenStateChanged
+
+
+def new_secret() -> str:
+    """A Standard Webhooks signing secret: ``whsec_`` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def new_subscription_id() -> str:
+    return f"sub_{secrets.token_hex(12)}"
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "notifier_subscription"
+    __table_args__ = (UniqueConstraint("environment_id", "deployment_id", name="uq_notifier_sub_deployment"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    environment_id: str = Field(index=True, max_length=200)
+    deployment_id: str = Field(max_length=200)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    action: str = Field(max_length=16)
+    secret: str = Field(max_length=100)
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, max_length=200)
+    last_notified_generation: int = 0
+    acked_generation: int = 0
+    created_at: float
+    updated_at: float
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "notifier_delivery"
+    __table_args__ = (
+        UniqueConstraint("event_id", "subscription_id", name="uq_notifier_delivery_event_sub"),
+        Index("ix_notifier_delivery_due", "status", "next_attempt_at"),
+        Index("ix_notifier_delivery_env_gen", "environment_id", "generation"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    event_id: str = Field(max_length=64)
+    subscription_id: str = Field(index=True, max_length=40)
+    environment_id: str = Field(max_length=200)
+    generation: int
+    rotation_id: str | None = Field(default=None, max_length=100)
+    event_type: str = Field(max_length=64)
+    action: str = Field(max_length=16)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: float
+    leased_until: float = 0.0
+    awaiting_ack_until: float = 0.0
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=300)
+    created_at: float
+    delivered_at: float | None = None
+
+
+class Rotation(SQLModel, table=True):
+    __tablename__ = "notifier_rotation"
+
+    environment_id: str = Field(primary_key=True, max_length=200)
+    generation: int = Field(primary_key=True)
+    event_id: str = Field(max_length=64)
+    rotation_id: str | None = Field(default=None, max_length=100)
+    change_type: str = Field(max_length=16)
+    occurred_at: float
+    recorded_at: float
+
+
+S = SQLModel.metadata.tables[Subscription.__tablename__]
+D = SQLModel.metadata.tables[Delivery.__tablename__]
+R = SQLModel.metadata.tables[Rotation.__tablename__]
+TABLES = [S, D, R]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this process holds a lease on, with what it needs to send it."""
+
+    id: str
+    subscription_id: str
+    environment_id: str
+    action: Action
+    url: str
+    secret: str
+    body: str
+    attempts: int
+    generation: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What to write after an attempt: the delivery's new state, computed by the delivery worker."""
+
+    id: str
+    subscription_id: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    status_code: int | None
+    error: str | None
+    awaiting_ack_until: float = 0.0
+    disable_subscription: bool = False
+
+
+class SubscriptionConflict(Exception):
+    pass
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed batch survives a crash of the machine, not only of the process, before
+            # the Kafka offset that it covers is committed.
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(make_engine(url))
+
+    def create_tables(self) -> None:
+        SQLModel.metadata.create_all(self.engine, tables=TABLES)
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(1))
+        except Exception:
+            return False
+        return True
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _insert_ignore(self, table: Any) -> Any:
+        return (pg_insert(table) if self.is_postgres else sqlite_insert(table)).on_conflict_do_nothing()
+
+    # --- subscriptions -------------------------------------------------------------------------------
+
+    def upsert_subscription(
+        self, environment_id: str, deployment_id: str, url: str, action: Action, known_generation: int
+    ) -> tuple[dict[str, Any], bool]:
+        """Register a deployment, or update its url and action if it registered before; (row, created).
+
+        A new subscription starts at ``known_generation`` (what the registering token had), so it is not
+        told about rotations that happened before it existed.
+        """
+        for _ in range(3):
+            now = time.time()
+            try:
+                with self._tx() as conn:
+                    row = (
+                        conn.execute(
+                            select(S).where(
+                                S.c.environment_id == environment_id, S.c.deployment_id == deployment_id
+                            )
+                        )
+                        .mappings()
+                        .first()
+                    )
+                    if row is not None:
+                        conn.execute(
+                            update(S)
+                            .where(S.c.id == row["id"])
+                            .values(
+                                url=url,
+                                action=action.value,
+                                enabled=True,
+                                disabled_reason=None,
+                                updated_at=now,
+                            )
+                        )
+                        return self._subscription(conn, row["id"]), False
+                    sub_id = new_subscription_id()
+                    conn.execute(
+                        insert(S).values(
+                            id=sub_id,
+                            environment_id=environment_id,
+                            deployment_id=deployment_id,
+                            url=url,
+                            action=action.value,
+                            secret=new_secret(),
+                            enabled=True,
+                            last_notified_generation=known_generation,
+                            acked_generation=known_generation,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                    return self._subscription(conn, sub_id), True
+            except IntegrityError:
+                continue  # a concurrent registration of the same deployment won; read it on the next pass
+        raise SubscriptionConflict(deployment_id)
+
+    @staticmethod
+    def _subscription(conn: Connection, sub_id: str) -> dict[str, Any]:
+        return dict(conn.execute(select(S).where(S.c.id == sub_id)).mappings().one())
+
+    def get_subscription(self, environment_id: str, sub_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(S).where(S.c.id == sub_id, S.c.environment_id == environment_id))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def list_subscriptions(self, environment_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(S).where(S.c.environment_id == environment_id).order_by(S.c.created_at, S.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def update_subscription(
+        self, environment_id: str, sub_id: str, url: str | None, action: Action | None, enabled: bool | None
+    ) -> dict[str, Any] | None:
+        values: dict[str, Any] = {"updated_at": time.time()}
+        if url is not None:
+            values["url"] = url
+        if action is not None:
+            values["action"] = action.value
+        if enabled is not None:
+            values["enabled"] = enabled
+            values["disabled_reason"] = None if enabled else "disabled through the API"
+        with self._tx() as conn:
+            result = conn.execute(
+                update(S).where(S.c.id == sub_id, S.c.environment_id == environment_id).values(**values)
+            )
+            if result.rowcount == 0:
+                return None
+            return self._subscription(conn, sub_id)
+
+    def delete_subscription(self, environment_id: str, sub_id: str) -> bool:
+        with self._tx() as conn:
+            result = conn.execute(S.delete().where(S.c.id == sub_id, S.c.environment_id == environment_id))
+            if result.rowcount == 0:
+                return False
+            conn.execute(
+                update(D)
+                .where(D.c.subscription_id == sub_id, D.c.status == DeliveryStatus.PENDING.value)
+                .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
+            )
+        return True
+
+    def acknowledge(self, environment_id: str, sub_id: str, generation: int) -> dict[str, Any] | None:
+        """The deployment applied ``generation``: record it and free its restart slot."""
+        with self._tx() as conn:
+            row = (
+                conn.execute(select(S).where(S.c.id == sub_id, S.c.environment_id == environment_id))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            if generation > row["acked_generation"]:
+                conn.execute(
+                    update(S)
+                    .where(S.c.id == sub_id)
+                    .values(acked_generation=generation, updated_at=time.time())
+                )
+            conn.execute(
+                update(D)
+                .where(
+                    D.c.subscription_id == sub_id, D.c.generation <= generation, D.c.awaiting_ack_until > 0
+                )
+                .values(awaiting_ack_until=0.0)
+            )
+            return self._subscription(conn, sub_id)
+
+    # --- the consumer's side: Kafka records become deliveries ---------------------------------------
+
+    def record_events(self, events: Sequence[TokenStateChanged]) -> int:
+        """Record one delivery per due subscription for each event, in one transaction; how many new.
+
+        Idempotent: the unique (event_id, subscription_id) and each subscription's last notified generation
+        make re-consuming the same records (after a crash before the offset commit) a no-op.
+        """
+        now = time.time()
+        created = 0
+        with self._tx() as conn:
+            for ev in events:
+                event_type = webhook_event_type(ev.change.type)
+                if event_type is None:
+                    continue
+                conn.execute(
+                    self._insert_ignore(R).values(
+                        environment_id=ev.environment_id,
+                        generation=ev.generation,
+                        event_id=ev.event_id,
+                        rotation_id=ev.change.rotation_id,
+                        change_type=ev.change.type.value,
+                        occurred_at=ev.change.at.timestamp(),
+                        recorded_at=now,
+                    )
+                )
+                query = select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation).where(
+                    S.c.environment_id == ev.environment_id,
+                    S.c.enabled.is_(True),
+                    S.c.last_notified_generation < ev.generation,
+                )
+                if self.is_postgres:
+                    query = query.with_for_update()
+                targets = [
+                    SubscriptionTarget(r.id, r.deployment_id, Action(r.action), r.last_notified_generation)
+                    for r in conn.execute(query)
+                ]
+                planned = plan_deliveries(ev, targets)
+                if not planned:
+                    continue
+                rows = [
+                    {
+                        "id": p.id,
+                        "event_id": ev.event_id,
+                        "subscription_id": p.subscription_id,
+                        "environment_id": ev.environment_id,
+                        "generation": ev.generation,
+                        "rotation_id": ev.change.rotation_id,
+                        "event_type": event_type,
+                        "action": p.action.value,
+                        "body": p.body,
+                        "status": DeliveryStatus.PENDING.value,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "leased_until": 0.0,
+                        "awaiting_ack_until": 0.0,
+                        "created_at": now,
+                    }
+                    for p in planned
+                ]
+                for chunk in _chunks(rows, 1000):
+                    result = conn.execute(self._insert_ignore(D), chunk)
+                    created += max(result.rowcount, 0)
+                conn.execute(
+                    update(S)
+                    .where(S.c.id == bindparam("sid"), S.c.last_notified_generation < ev.generation)
+                    .values(last_notified_generation=ev.generation),
+                    [{"sid": p.subscription_id} for p in planned],
+                )
+        return created
+
+    # --- the delivery side -------------------------------------------------------------------------
+
+    def claim_due(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        restart_limit: int,
+        restart_recheck_seconds: float,
+    ) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries, keeping each environment's restarts within ``restart_limit``.
+
+        Restarts held back by the limit are re-checked after ``restart_recheck_seconds`` so they do not
+        block the queue in front of other deliveries.
+        """
+        lease_until = now + lease_seconds
+        with self._tx() as conn:
+            query = (
+                select(D.c.id, D.c.environment_id, D.c.action)
+                .where(D.c.status == DeliveryStatus.PENDING.value, D.c.next_attempt_at <= now)
+                .order_by(D.c.next_attempt_at, D.c.id)
+                .limit(limit)
+            )
+            if self.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            candidates = [(r.id, r.environment_id, Action(r.action)) for r in conn.execute(query)]
+            if not candidates:
+                return []
+            restart_envs = sorted({env for _, env, action in candidates if action is Action.RESTART})
+            in_flight: dict[str, int] = {}
+            if restart_envs and restart_limit > 0:
+                if self.is_postgres:
+                    # Serialise restart accounting per environment across replicas until this commit.
+                    for env in restart_envs:
+                        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(env))))
+                in_flight = self._restarts_in_flight(conn, restart_envs, now)
+            chosen = select_within_restart_limit(candidates, in_flight, restart_limit)
+            held_back = [did for did, _, _ in candidates if did not in set(chosen)]
+            if held_back:
+                conn.execute(
+                    update(D)
+                    .where(D.c.id.in_(held_back), D.c.status == DeliveryStatus.PENDING.value)
+                    .values(next_attempt_at=now + restart_recheck_seconds)
+                )
+            if not chosen:
+                return []
+            won = {
+                r.id
+                for r in conn.execute(
+                    update(D)
+                    .where(
+                        D.c.id.in_(chosen),
+                        D.c.status == DeliveryStatus.PENDING.value,
+                        D.c.next_attempt_at <= now,
+                    )
+                    .values(next_attempt_at=lease_until, leased_until=lease_until)
+                    .returning(D.c.id)
+                )
+            }
+            if not won:
+                return []
+            rows = conn.execute(
+                select(
+                    D.c.id,
+                    D.c.subscription_id,
+                    D.c.environment_id,
+                    D.c.action,
+                    D.c.body,
+                    D.c.attempts,
+                    D.c.generation,
+                    D.c.created_at,
+                    S.c.url,
+                    S.c.secret,
+                )
+                .join(S, S.c.id == D.c.subscription_id)
+                .where(D.c.id.in_(won))
+            ).all()
+            order = {did: i for i, did in enumerate(chosen)}
+            claimed = [
+                Claimed(
+                    id=r.id,
+                    subscription_id=r.subscription_id,
+                    environment_id=r.environment_id,
+                    action=Action(r.action),
+                    url=r.url,
+                    secret=r.secret,
+                    body=r.body,
+                    attempts=r.attempts,
+                    generation=r.generation,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            ]
+            orphans = won - {c.id for c in claimed}
+            if orphans:  # their subscription was deleted between record and claim
+                conn.execute(
+                    update(D)
+                    .where(D.c.id.in_(orphans))
+                    .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
+                )
+        return sorted(claimed, key=lambda c: order[c.id])
+
+    @staticmethod
+    def _restarts_in_flight(conn: Connection, envs: Sequence[str], now: float) -> dict[str, int]:
+        sending = (D.c.status == DeliveryStatus.PENDING.value) & (D.c.leased_until > now)
+        waiting = (D.c.status == DeliveryStatus.DELIVERED.value) & (D.c.awaiting_ack_until > now)
+        rows = conn.execute(
+            select(D.c.environment_id, func.count())
+            .where(D.c.environment_id.in_(envs), D.c.action == Action.RESTART.value, sending | waiting)
+            .group_by(D.c.environment_id)
+        )
+        return {env: int(count) for env, count in rows}
+
+    def complete(self, results: Sequence[AttemptResult], now: float) -> None:
+        """Write a batch of attempt results; a 410 disables the subscription and its pending deliveries."""
+        if not results:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                update(D)
+                .where(D.c.id == bindparam("did"))
+                .values(
+                    status=bindparam("st"),
+                    attempts=bindparam("att"),
+                    next_attempt_at=bindparam("nxt"),
+                    leased_until=0.0,
+                    awaiting_ack_until=bindparam("ack"),
+                    last_status_code=bindparam("code"),
+                    last_error=bindparam("err"),
+                    delivered_at=bindparam("dat"),
+                ),
+                [
+                    {
+                        "did": r.id,
+                        "st": r.status.value,
+                        "att": r.attempts,
+                        "nxt": r.next_attempt_at,
+                        "ack": r.awaiting_ack_until,
+                        "code": r.status_code,
+                        "err": r.error[:300] if r.error else None,
+                        "dat": now if r.status is DeliveryStatus.DELIVERED else None,
+                    }
+                    for r in results
+                ],
+            )
+            waiting = [r.id for r in results if r.awaiting_ack_until > 0]
+            if waiting:  # the deployment may have acknowledged before this result was written
+                acked = select(S.c.acked_generation).where(S.c.id == D.c.subscription_id).scalar_subquery()
+                conn.execute(
+                    update(D)
+                    .where(D.c.id.in_(waiting), D.c.generation <= acked)
+                    .values(awaiting_ack_until=0.0)
+                )
+            gone = sorted({r.subscription_id for r in results if r.disable_subscription})
+            if gone:
+                conn.execute(
+                    update(S)
+                    .where(S.c.id.in_(gone))
+                    .values(enabled=False, disabled_reason="the webhook answered 410 Gone", updated_at=now)
+                )
+                conn.execute(
+                    update(D)
+                    .where(D.c.subscription_id.in_(gone), D.c.status == DeliveryStatus.PENDING.value)
+                    .values(
+                        status=DeliveryStatus.DISABLED.value, last_error="subscription disabled by 410 Gone"
+                    )
+                )
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(D).where(D.c.status == DeliveryStatus.PENDING.value)
+                ).scalar_one()
+            )
+
+    def count_by_status(self, environment_id: str | None = None) -> dict[str, int]:
+        query = select(D.c.status, func.count()).group_by(D.c.status)
+        if environment_id is not None:
+            query = query.where(D.c.environment_id == environment_id)
+        with self.engine.connect() as conn:
+            return {status: int(n) for status, n in conn.execute(query)}
+
+    def list_deliveries(
+        self,
+        environment_id: str,
+        status: DeliveryStatus | None,
+        limit: int,
+        subscription_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        query = select(D).where(D.c.environment_id == environment_id)
+        if status is not None:
+            query = query.where(D.c.status == status.value)
+        if subscription_id is not None:
+            query = query.where(D.c.subscription_id == subscription_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(D.c.created_at.desc(), D.c.id).limit(limit)).mappings()
+            return [dict(r) for r in rows]
+
+    def get_delivery(self, environment_id: str, delivery_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(D).where(D.c.id == delivery_id, D.c.environment_id == environment_id))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def replay(self, environment_id: str, delivery_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
+        """Queue a dead (or disabled) delivery again with a fresh set of attempts; (row, replayed)."""
+        with self._tx() as conn:
+            result = conn.execute(
+                update(D)
+                .where(
+                    D.c.id == delivery_id,
+                    D.c.environment_id == environment_id,
+                    D.c.status.in_([DeliveryStatus.DEAD.value, DeliveryStatus.DISABLED.value]),
+                )
+                .values(
+                    status=DeliveryStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    leased_until=0.0,
+                    last_error=None,
+                )
+            )
+            row = (
+                conn.execute(select(D).where(D.c.id == delivery_id, D.c.environment_id == environment_id))
+                .mappings()
+                .first()
+            )
+        return (dict(row) if row else None), result.rowcount > 0
+
+    def rotations(self, environment_id: str) -> list[RotationProgress]:
+        with self.engine.connect() as conn:
+            rotations = conn.execute(
+                select(R.c.generation, R.c.rotation_id)
+                .where(R.c.environment_id == environment_id)
+                .order_by(R.c.generation.desc())
+            ).all()
+            by_generation: dict[int, list[tuple[DeliveryStatus, int]]] = defaultdict(list)
+            for generation, status, acked in conn.execute(
+                select(D.c.generation, D.c.status, S.c.acked_generation)
+                .join(S, S.c.id == D.c.subscription_id)
+                .where(D.c.environment_id == environment_id)
+            ):
+                by_generation[generation].append((DeliveryStatus(status), acked))
+        return [rotation_progress(g, rid, by_generation.get(g, [])) for g, rid in rotations]
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]

@@ -1,0 +1,64 @@
+"""Fixtures of the notifier's integration tests: the stand-in resolver, receivers, a running notifier."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.notifier.bootstrap import build_app
+from services.notifier.settings import NotifierSettings
+from shared.kafka import KafkaSettings
+from tests.integration.notifier.standins import ResolverStandin
+
+
+@pytest.fixture
+def resolver() -> ResolverStandin:
+    return ResolverStandin()
+
+
+@pytest.fixture
+def resolver_url(resolver: ResolverStandin, serve_app: Callable[..., str]) -> str:
+    return serve_app(resolver)
+
+
+def fast_settings(database_url: str, resolver_url: str, **overrides: Any) -> NotifierSettings:
+    """Settings with small delays, so retries and restarts happen within a test's patience."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "resolver_url": resolver_url,
+        "consumer_group": f"notifier-{uuid.uuid4().hex[:8]}",
+        "whoami_cache_seconds": 0,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.5,
+        "max_attempts": 4,
+        "poll_interval_seconds": 0.05,
+        "lease_seconds": 5,
+        "request_timeout_seconds": 3,
+        "restart_concurrency": 0,
+        "workers": 16,
+    }
+    values.update(overrides)
+    return NotifierSettings(**values)
+
+
+@pytest.fixture
+def start_notifier(serve_app: Callable[..., str], resolver_url: str) -> Iterator[Callable[..., httpx.Client]]:
+    """``client = start_notifier(database_url, kafka_settings, **settings)``: a notifier on loopback."""
+    clients: list[httpx.Client] = []
+
+    def start(database_url: str, kafka: KafkaSettings | None, **overrides: Any) -> httpx.Client:
+        if kafka is None:
+            overrides.setdefault("consume", False)
+        settings = fast_settings(database_url, resolver_url, **overrides)
+        url = serve_app(build_app(settings, kafka_settings=kafka))
+        client = httpx.Client(base_url=url, timeout=10)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.close()
