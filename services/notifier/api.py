@@ -19,9 +19,9 @@ from services.notifier.auth import Identity, ResolverUnavailable, TokenVerifier
 from services.notifier.domain import Action, DeliveryStatus, InvalidWebhookUrl, validate_webhook_url
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
+from shared.errors import ApiError
 from shared.logs import get_logger
 from shared.tokens import is_well_formed
-from shared.web import ApiError
 
 log = get_logger(__name__)
 
