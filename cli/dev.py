@@ -168,6 +168,22 @@ def wait_ready(
     raise RuntimeError(f"{child.name} was not ready at {child.ready_url} after {timeout:g} s")
 
 
+def service_child(name: str, port: int, env: dict[str, str], log: Path | None) -> Child:
+    """The service ``name`` as a child process on 127.0.0.1:``port``, ready once ``/health/ready`` is 200."""
+    return Child(
+        name,
+        [sys.executable, "-m", f"services.{name}"],
+        f"http://127.0.0.1:{port}/health/ready",
+        env={
+            **env,
+            f"STREAMTOKEN_{name.upper()}_HOST": "127.0.0.1",
+            f"STREAMTOKEN_{name.upper()}_PORT": str(port),
+        },
+        stdout=log,
+        stderr=log,
+    )
+
+
 def available_services() -> list[str]:
     return [name for name in SERVICE_PORTS if _has_module(f"services.{name}.__main__")]
 
@@ -355,18 +371,7 @@ def dev(
     try:
         for name in services:
             log_path = None if verbose else _fresh(logs / f"{name}.log")
-            child = Child(
-                name,
-                [sys.executable, "-m", f"services.{name}"],
-                f"{urls[name]}/health/ready",
-                env={
-                    **common,
-                    f"STREAMTOKEN_{name.upper()}_HOST": "127.0.0.1",
-                    f"STREAMTOKEN_{name.upper()}_PORT": str(ports[name]),
-                },
-                stdout=log_path,
-                stderr=log_path,
-            )
+            child = service_child(name, ports[name], common, log_path)
             typer.echo(f"starting {name} ...")
             began = time.monotonic()
             try:

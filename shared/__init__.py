@@ -4,3 +4,20 @@ The event on the ``streaming-tokens`` topic, topic names and their configuration
 format and fingerprints, identifier rules, Kafka connection settings, logging, the HTTP conventions every
 service follows, and the embedded broker launcher.
 """
+
+import warnings as _warnings
+
+
+def _quiet_authlib() -> None:
+    # quixstreams imports authlib's httpx integration, which warns at import that it is deprecated, with a
+    # filter of its own set to "always": one line of noise at every service's start. Ours goes in front.
+    try:
+        from authlib.deprecate import AuthlibDeprecationWarning
+    except ImportError:  # pragma: no cover - authlib comes with quixstreams
+        return
+    _warnings.filterwarnings(
+        "ignore", message="The httpx module is deprecated", category=AuthlibDeprecationWarning
+    )
+
+
+_quiet_authlib()

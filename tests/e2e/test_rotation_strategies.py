@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
-from tests.e2e.conftest import STOPPED, RunningStack, read_topic, wait_for
+from tests.e2e.harness import STOPPED, RunningStack, read_topic, wait_for
 
 
 def _acknowledged(stack: RunningStack, token: str, environment_id: str, generation: int) -> bool:

@@ -1,0 +1,171 @@
+"""The whole stack as a user runs it, for the end-to-end tests and the fleet benchmark: the three services as
+processes on a broker, the issuer's own CLI for the admin PAT, and deployments under ``streamtoken run``."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cli.dev import SAMPLE_APP, Child, Stack, mint_admin_pat, service_child
+from shared.broker import free_port
+
+PRODUCED = re.compile(r"f1_producer: (\d+) messages produced to (\S+)")
+STOPPED = re.compile(r"f1_producer: stopped after (\d+) messages? \(flushed\)")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class Deployment:
+    """A deployment under the agent: its stdout (the app's output) and stderr (the agent's JSON log)."""
+
+    child: Child
+    out: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def agent_log(self) -> list[dict[str, Any]]:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def produced(self) -> list[int]:
+        """The counts the app reported as produced and flushed, in order, across its runs."""
+        return [int(m.group(1)) for m in PRODUCED.finditer(self.output())]
+
+    def starts(self) -> int:
+        return self.output().count("f1_producer: producing to")
+
+
+@dataclass
+class RunningStack:
+    urls: dict[str, str]
+    env: dict[str, str]
+    stack: Stack
+    admin_pat: str
+    tmp: Path
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, service: str, token: str) -> httpx.Client:
+        client = httpx.Client(
+            base_url=self.urls[service], headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+        )
+        self.clients.append(client)
+        return client
+
+    @property
+    def issuer(self) -> httpx.Client:
+        return self.client("issuer", self.admin_pat)
+
+    def create_environment(self, name: str) -> str:
+        response = self.issuer.post(
+            "/v1/environments", json={"org": "acme", "project": f"e2e{uuid.uuid4().hex[:6]}", "name": name}
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def tokens(self, environment_id: str) -> dict[str, Any]:
+        response = self.issuer.get(f"/v1/environments/{environment_id}/streaming-tokens")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def whoami(self, token: str) -> int:
+        return self.client("resolver", token).get("/v1/whoami").status_code
+
+    def run(self, name: str, agent_args: list[str], app_args: list[str]) -> Deployment:
+        out, log = self.tmp / f"{name}.out", self.tmp / f"{name}.log"
+        argv = [
+            sys.executable, "-m", "cli.main", "run",
+            "--issuer-url", self.urls["issuer"],
+            "--portal-url", self.urls["resolver"],
+            "--notifier-url", self.urls["notifier"],
+            "--deployment-id", name,
+            "--stop-timeout", "10",
+            *agent_args,
+            "--", sys.executable, "-u", str(SAMPLE_APP), *app_args,
+        ]  # fmt: skip
+        child = Child(
+            name, argv, None, env={**self.env, "STREAMTOKEN_PAT": self.admin_pat}, stdout=out, stderr=log
+        )
+        self.stack.start_child(child)
+        return Deployment(child, out, log)
+
+
+@contextmanager
+def running_stack(kafka_bootstrap: str, tmp: Path, **settings: str) -> Iterator[RunningStack]:
+    """Issuer, resolver and notifier as processes on ``kafka_bootstrap`` with a token topic of their own."""
+    ports = {name: free_port() for name in ("issuer", "resolver", "notifier")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = {
+        "STREAMTOKEN_ENV": "dev",
+        "STREAMTOKEN_DATA_DIR": str(tmp / "data"),
+        "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "STREAMTOKEN_KAFKA_TOPIC": f"streaming-tokens-e2e-{uuid.uuid4().hex[:8]}",
+        "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
+        "STREAMTOKEN_NOTIFIER_RETRY_BASE_SECONDS": "0.2",
+        "STREAMTOKEN_NOTIFIER_RETRY_MAX_SECONDS": "2",
+        "STREAMTOKEN_LOG_JSON": "true",
+        **settings,
+    }
+    stack = Stack(broker=None)
+    try:
+        for name in ("issuer", "resolver", "notifier"):
+            child = service_child(name, ports[name], env, tmp / f"{name}.log")
+            stack.start_child(child, timeout=120)
+        running = RunningStack(urls, env, stack, mint_admin_pat(env), tmp)
+        yield running
+        for client in running.clients:
+            client.close()
+    finally:
+        stack.stop()
+
+
+def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Every record of ``topic`` (JSON values), read from the beginning of every partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"e2e-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                if len(records) >= at_least and time.monotonic() - quiet_since > 2:
+                    break
+                continue
+            quiet_since = time.monotonic()
+            records.append(json.loads(message.value()))
+        return records
+    finally:
+        consumer.close()
