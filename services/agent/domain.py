@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from shared.backoff import exponential
 from shared.tokens import fingerprint
 
 RESTART: Literal["restart"] = "restart"
@@ -78,9 +79,7 @@ class Policy:
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Capped exponential back-off: ``initial``, ``2*initial``, ``4*initial``, ... at most ``maximum``."""
-    if attempt <= 0:
-        return 0.0
-    return float(min(initial * 2 ** min(attempt - 1, 62), maximum))
+    return exponential(attempt, initial, maximum)
 
 
 def exit_status(returncode: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from shared.backoff import equal_jitter, exponential
 from shared.events import ChangeType, TokenStateChanged
 
 
@@ -165,9 +165,7 @@ def backoff_seconds(
     at ``cap``. A receiver's ``Retry-After`` wins when it asks for longer (never beyond ``cap``), so a
     receiver that asks us to slow down is obeyed and one that says "now" is not hammered either.
     """
-    exponent = min(attempt - 1, 62)
-    step = min(cap, base * math.pow(2, exponent))
-    delay = step / 2 + random() * step / 2
+    delay = equal_jitter(exponential(attempt, base, cap), random)
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
     return delay

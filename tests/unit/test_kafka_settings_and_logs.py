@@ -53,3 +53,12 @@ def test_log_lines_are_json_and_never_carry_a_token(capsys: pytest.CaptureFixtur
     assert [line["event"] for line in lines] == ["rotated", f"stdlib saw {scrub(token)}"]
     assert lines[0]["environment_id"] == "a-b-c"
     assert all(token not in json.dumps(line) for line in lines)
+
+
+def test_backoff_doubles_to_its_cap_and_jitter_keeps_half() -> None:
+    from shared.backoff import equal_jitter, exponential
+
+    assert [exponential(n, 0.5, 4.0) for n in range(6)] == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert exponential(10_000, 1.0, 30.0) == 30.0
+    assert equal_jitter(8.0, lambda: 0.0) == 4.0
+    assert equal_jitter(8.0, lambda: 1.0) == 8.0

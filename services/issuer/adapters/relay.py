@@ -11,7 +11,6 @@ every environment.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import structlog
 
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.ports import Delivery, OutboxMessage, OutboxStore, Publisher, TopicAdmin
+from shared.backoff import equal_jitter, exponential
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -49,9 +49,7 @@ def acknowledged_prefix(messages: Sequence[OutboxMessage], deliveries: Sequence[
 
 def backoff_delay(failures: int, cap_s: float, base_s: float = 0.1) -> float:
     """Capped exponential back-off with full jitter in its upper half."""
-    delay = min(cap_s, base_s * 2.0 ** max(failures - 1, 0))
-    jitter: float = random.uniform(0, delay / 2)
-    return delay / 2 + jitter
+    return equal_jitter(exponential(max(failures, 1), base_s, cap_s))
 
 
 class OutboxRelay:
