@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +28,14 @@ from shared.settings import RuntimeSettings
 from shared.web import health_router, install_error_handlers
 
 log = get_logger(__name__)
+
+
+def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    if settings.http_transport == "aiohttp":
+        from services.notifier.transport import AiohttpTransport
+
+        return AiohttpTransport(settings.workers, settings.request_timeout_seconds)
+    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 def build_app(
@@ -52,12 +59,7 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(store.create_tables)
         limits = httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers)
-        transport = webhook_transport or httpx.AsyncHTTPTransport(
-            limits=limits,
-            # Request head and body go out in separate writes; without NODELAY, Nagle holds the body back
-            # until the receiver's delayed ACK of the head (tens of milliseconds a request).
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
+        transport = webhook_transport or _webhook_transport(settings, limits)
         client = httpx.AsyncClient(
             timeout=settings.request_timeout_seconds,
             limits=limits,
