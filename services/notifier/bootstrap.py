@@ -30,6 +30,14 @@ from shared.web import health_router, install_error_handlers
 log = get_logger(__name__)
 
 
+def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    if settings.http_transport == "aiohttp":
+        from services.notifier.transport import AiohttpTransport
+
+        return AiohttpTransport(settings.workers, settings.request_timeout_seconds)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
 def build_app(
     settings: NotifierSettings,
     *,
@@ -50,11 +58,13 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(store.create_tables)
+        limits = httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers)
+        transport = webhook_transport or _webhook_transport(settings, limits)
         client = httpx.AsyncClient(
             timeout=settings.request_timeout_seconds,
-            limits=httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers),
+            limits=limits,
             follow_redirects=False,  # a redirect could lead to a host the allow-list refuses
-            transport=webhook_transport,
+            transport=transport,
         )
         engine = DeliveryEngine(store, settings, client, metrics)
         app.state.engine = engine

@@ -241,7 +241,6 @@ class DeliveryEngine:
         if outcome is Outcome.DELIVERED:
             self.metrics.deliveries.labels("delivered").inc()
             self.metrics.latency.observe(max(now - item.created_at, 0.0))
-            log.debug("delivered", status=status_code, **context)
             waiting = (
                 now + self.settings.restart_ack_timeout_seconds if item.action is Action.RESTART else 0.0
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,13 @@ class NotifierSettings(BaseSettings):
     deliver: bool = Field(True, description="STREAMTOKEN_NOTIFIER_DELIVER: run the delivery workers")
     workers: int = Field(
         64, ge=1, le=2000, description="STREAMTOKEN_NOTIFIER_WORKERS: concurrent webhook requests"
+    )
+    http_transport: Literal["aiohttp", "httpcore"] = Field(
+        "aiohttp",
+        description=(
+            "STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT: the connection pool under the webhook httpx.AsyncClient; "
+            "aiohttp is about ten times faster than httpx's default (httpcore) for fan-out"
+        ),
     )
     claim_batch: int = Field(
         256, ge=1, le=10000, description="STREAMTOKEN_NOTIFIER_CLAIM_BATCH: due deliveries claimed at once"

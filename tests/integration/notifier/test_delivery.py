@@ -159,13 +159,13 @@ def test_retries_dead_letters_replay_and_gone(
 def test_restarts_are_staggered_until_acknowledged_and_progress_shows_acks(
     start_notifier: Callable[..., httpx.Client],
     serve_app: Callable[..., str],
-    sqlite_url: str,
+    database_url: str,
     kafka_settings: KafkaSettings,
     resolver: ResolverStandin,
 ) -> None:
     receiver = Receiver()
     receiver_url = serve_app(receiver)
-    api = start_notifier(sqlite_url, kafka_settings, restart_concurrency=1, restart_ack_timeout_seconds=30)
+    api = start_notifier(database_url, kafka_settings, restart_concurrency=1, restart_ack_timeout_seconds=30)
     env = new_environment(resolver)
     restarts = [_subscribe(api, env, receiver_url, f"x{i}", "restart") for i in range(3)]
     _subscribe(api, env, receiver_url, "reloader", "reload")
