@@ -36,11 +36,13 @@ def resolve(
     ),
 ) -> None:
     """Print the environment's topic id for NAME, as the resolver answers it."""
+    from urllib.parse import quote
+
     import httpx
 
     try:
         response = httpx.get(
-            f"{resolver_url.rstrip('/')}/v1/topics/{name}",
+            f"{resolver_url.rstrip('/')}/v1/topics/{quote(name, safe='')}",
             headers={"Authorization": f"Bearer {token}"},
             timeout=10,
         )

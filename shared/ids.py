@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import re
 
+from shared.tokens import TOKEN_PATTERN
+
 SLUG_MAX = 32
 ENVIRONMENT_ID_MAX = 3 * SLUG_MAX + 2
 KAFKA_TOPIC_MAX = 249
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 _ENVIRONMENT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 _KAFKA_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """How a rejected value is quoted in a message: token-shaped parts redacted first, then shortened."""
+    return repr(TOKEN_PATTERN.sub("stk_[REDACTED]", value)[:limit])
 
 
 class InvalidIdentifier(ValueError):
@@ -24,8 +31,8 @@ class InvalidIdentifier(ValueError):
 def validate_slug(kind: str, value: str) -> str:
     if not _SLUG.match(value) or "--" in value:
         raise InvalidIdentifier(
-            f"{kind} {value!r} is not a valid slug: use 1-{SLUG_MAX} lowercase letters, digits and single "
-            "hyphens, starting and ending with a letter or digit"
+            f"{kind} {_shown(value)} is not a valid slug: use 1-{SLUG_MAX} lowercase letters, digits and "
+            "single hyphens, starting and ending with a letter or digit"
         )
     return value
 
@@ -44,8 +51,9 @@ def environment_id(org: str, project: str, environment: str) -> str:
 def validate_environment_id(value: str) -> str:
     if len(value) > ENVIRONMENT_ID_MAX or not _ENVIRONMENT_ID.match(value):
         raise InvalidIdentifier(
-            f"environment id {value[:80]!r} is not valid: expected '{{org}}-{{project}}-{{environment}}' of "
-            f"lowercase letters, digits and hyphens, at most {ENVIRONMENT_ID_MAX} characters"
+            f"environment id {_shown(value, 80)} is not valid: expected "
+            f"'{{org}}-{{project}}-{{environment}}' of lowercase letters, digits and hyphens, at most "
+            f"{ENVIRONMENT_ID_MAX} characters"
         )
     return value
 
@@ -53,8 +61,11 @@ def validate_environment_id(value: str) -> str:
 def validate_topic_name(name: str) -> str:
     if not name or name in {".", ".."} or not _KAFKA_TOPIC.match(name):
         raise InvalidIdentifier(
-            f"topic name {name[:80]!r} is not a legal Kafka topic name: use letters, digits, '.', '_' and '-'"
+            f"topic name {_shown(name, 80)} is not a legal Kafka topic name: use letters, digits, '.', '_' "
+            "and '-'"
         )
+    if TOKEN_PATTERN.search(name):
+        raise InvalidIdentifier("a topic name must not contain a streaming token (stk_...)")
     return name
 
 
@@ -69,10 +80,19 @@ def topic_id(environment_id: str, name: str) -> str:
     full = name if name.startswith(prefix) and len(name) > len(prefix) else prefix + name
     if len(full) > KAFKA_TOPIC_MAX:
         raise InvalidIdentifier(
-            f"topic id for {name[:40]!r} would be {len(full)} characters; Kafka allows at most "
+            f"topic id for {_shown(name)} would be {len(full)} characters; Kafka allows at most "
             f"{KAFKA_TOPIC_MAX}, so the name may have at most {KAFKA_TOPIC_MAX - len(prefix)}"
         )
     return full
+
+
+def hyphen_prefixes(value: str) -> list[str]:
+    """Every prefix of ``value`` that ends before one of its hyphens: ``a-b-c`` → ``a``, ``a-b``.
+
+    Environment ids must not nest (one must never be such a prefix of another): otherwise the topics of
+    ``a-b-c`` (``a-b-c-…``) would also look like topics of ``a-b``.
+    """
+    return [value[:i] for i, char in enumerate(value) if char == "-"]
 
 
 def short_name(environment_id: str, topic: str) -> str:

@@ -7,13 +7,13 @@ token that slips into an exception message or a field never reaches the log.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 
-TOKEN_PATTERN = re.compile(r"stk_[0-9A-Za-z]{20,}")
+from shared.tokens import TOKEN_PATTERN
+
 REDACTED = "stk_[REDACTED]"
 
 

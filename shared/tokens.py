@@ -8,6 +8,7 @@ by the checksum without any lookup. Only the SHA-256 fingerprint of a token ever
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import zlib
 
@@ -18,6 +19,8 @@ _INDEX = {c: i for i, c in enumerate(_ALPHABET)}
 _BODY_LEN = 43  # 62**43 > 2**256
 _CHECKSUM_LEN = 6  # 62**6 > 2**32
 TOKEN_LENGTH = len(TOKEN_PREFIX) + _BODY_LEN + _CHECKSUM_LEN
+# Anything that looks like (part of) a token: what logs, error bodies and topic names must never carry.
+TOKEN_PATTERN = re.compile(r"stk_[0-9A-Za-z]{20,}")
 
 
 def _base62(n: int, width: int) -> str:

@@ -109,6 +109,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         return state["migrated"] and (relay.running or not start_relay), detail
 
     app = FastAPI(
+        redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
         title="streamtoken issuer",
         version="1",
         description="Environments, their streaming tokens (Token 1 / Token 2), rotation and the audit log.",

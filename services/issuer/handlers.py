@@ -238,6 +238,12 @@ def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: 
                         "'{org}-{project}-{environment}', so choose other names"
                     )
                 raise Conflict(f"environment {env_id!r} already exists")
+            nested = tx.nested_environment_ids(env_id)
+            if nested:
+                raise Conflict(
+                    f"environment id {env_id!r} cannot exist beside {nested[0]!r}: one id would be a prefix "
+                    "of the other's topic ids, so each could reach the other's topics; choose other names"
+                )
             previous = tx.deleted_generation(env_id) or 0
             transition = domain.create_environment(
                 org,

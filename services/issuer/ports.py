@@ -61,6 +61,10 @@ class StoreTx(Protocol):
 
     def deleted_generation(self, env_id: str) -> int | None: ...
 
+    def nested_environment_ids(self, env_id: str) -> list[str]:
+        """Other ids, deleted ones included, that ``env_id`` extends (``a-b`` for ``a-b-c``) or that extend
+        it (``a-b-c-d``): ids that must not exist beside it (see ``shared.ids.hyphen_prefixes``)."""
+
     def environments(self, *, for_update: bool = False) -> list[Environment]: ...
 
     def deleted_environment_ids(self) -> list[str]: ...

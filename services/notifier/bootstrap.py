@@ -110,6 +110,7 @@ def build_app(
         return database and consuming, detail
 
     app = FastAPI(
+        redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
         title="streamtoken notifier",
         version="0.1.0",
         description="Tells subscribed deployments to restart or reload after a streaming-token rotation.",

@@ -121,7 +121,10 @@ class KafkaTopicAdmin:
     async def _with_configs(self, found: dict[str, tuple[int, int, bool]]) -> dict[str, TopicInfo]:
         missing = [n for n in found if n not in self._configs]
         if missing:
-            self._configs.update(await self._run(self._describe, missing))
+            try:
+                self._configs.update(await self._run(self._describe, missing))
+            except Exception as exc:
+                raise TopicAdminError(f"could not read topic configs from Kafka: {exc}") from None
         return {
             n: TopicInfo(n, parts, replicas, ready, dict(self._configs.get(n, {})))
             for n, (parts, replicas, ready) in found.items()
@@ -134,8 +137,9 @@ class KafkaTopicAdmin:
     async def topic(self, name: str) -> TopicInfo | None:
         metadata = await self._metadata_now()
         if name not in metadata:
-            # Created elsewhere moments ago? Look again before saying it does not exist.
-            metadata = await self._metadata_now(fresh=True)
+            # Created elsewhere moments ago? Look again before saying it does not exist - at most every
+            # 250 ms, so clients asking for missing topics cannot make every request re-read all metadata.
+            metadata = await self._metadata_now(fresh=time.monotonic() - self._metadata_at > 0.25)
         if name not in metadata:
             return None
         return (await self._with_configs({name: metadata[name]}))[name]
@@ -154,10 +158,10 @@ class KafkaTopicAdmin:
         topic = NewTopic(
             name, num_partitions=partitions, replication_factor=replication_factor, config=config
         )
-        futures = self._admin().create_topics(
-            [topic], operation_timeout=self._timeout, request_timeout=self._timeout
-        )
         try:
+            futures = self._admin().create_topics(
+                [topic], operation_timeout=self._timeout, request_timeout=self._timeout
+            )
             futures[name].result(self._timeout)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
@@ -165,3 +169,5 @@ class KafkaTopicAdmin:
                 raise TopicExists(name) from None
             reason = error.str() if error is not None else str(exc)
             raise TopicAdminError(f"Kafka refused to create topic {name!r}: {reason}") from None
+        except Exception as exc:  # a timeout or a client error: Kafka is unreachable or overloaded
+            raise TopicAdminError(f"could not create topic {name!r}: {type(exc).__name__} {exc}") from None

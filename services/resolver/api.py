@@ -7,6 +7,7 @@ and only its fingerprint is ever logged.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import Match, TokenTable
 from shared.errors import ApiError, error_body
-from shared.ids import InvalidIdentifier, short_name, topic_id
+from shared.ids import InvalidIdentifier, hyphen_prefixes, short_name, topic_id
 from shared.logs import get_logger
 from shared.tokens import is_well_formed
 from shared.topics import kafka_topic_config
@@ -103,11 +104,26 @@ Caller = Annotated[Match, Depends(_caller)]
 ResolverDep = Annotated[Resolver, Depends(_resolver)]
 
 
-def _topic_id(environment_id: str, name: str) -> str:
+def _topic_id(resolver: Resolver, environment_id: str, name: str) -> str:
     try:
-        return topic_id(environment_id, name)
+        full = topic_id(environment_id, name)
     except InvalidIdentifier as exc:
         raise ApiError(400, "invalid_topic_name", str(exc)) from None
+    if _under_nested_environment(resolver, environment_id, full):
+        raise ApiError(
+            403, "forbidden", "that topic id lies under another environment's id; choose another topic name"
+        )
+    return full
+
+
+def _under_nested_environment(resolver: Resolver, environment_id: str, topic: str) -> bool:
+    """True when ``topic`` also starts with a longer environment id (``a-b-c-…`` seen from ``a-b``): it
+    belongs to that environment. The issuer refuses such nested ids; this holds even if one slipped in."""
+    return any(
+        resolver.table.generation(prefix) is not None
+        for prefix in hyphen_prefixes(topic)
+        if len(prefix) > len(environment_id)
+    )
 
 
 # --- native API ----------------------------------------------------------------------------------------
@@ -118,7 +134,8 @@ native = APIRouter(tags=["lookup"])
 @native.get("/v1/topics/{name}", summary="Resolve a short topic name to the environment's topic id")
 async def resolve_topic(name: str, request: Request) -> Response:
     match = _caller(request)
-    return _json({"topic_id": _topic_id(match.environment_id, name), "environment_id": match.environment_id})
+    full = _topic_id(_resolver(request), match.environment_id, name)
+    return _json({"topic_id": full, "environment_id": match.environment_id})
 
 
 @native.get("/v1/whoami", summary="The environment, slot and token id of the caller's streaming token")
@@ -170,6 +187,11 @@ async def librdkafka(workspace: str, caller: Caller, resolver: ResolverDep) -> R
     return _json(resolver.settings.public_librdkafka())
 
 
+# Kafka's retention.ms and retention.bytes are 64-bit; JSON answers must stay within them too.
+_MAX_INT64 = 2**63 - 1
+MAX_RETENTION_MINUTES = _MAX_INT64 // 60000
+
+
 def _minutes(retention_ms: str | None) -> int:
     if retention_ms is None:
         return KAFKA_DEFAULT_RETENTION_MS // 60000
@@ -177,14 +199,15 @@ def _minutes(retention_ms: str | None) -> int:
         value = int(retention_ms)
     except ValueError:
         return KAFKA_DEFAULT_RETENTION_MS // 60000
-    return value // 60000 if value >= 0 else -1
+    return min(value, _MAX_INT64) // 60000 if value >= 0 else -1
 
 
 def _bytes(retention_bytes: str | None) -> int:
     try:
-        return int(retention_bytes) if retention_bytes is not None else -1
+        value = int(retention_bytes) if retention_bytes is not None else -1
     except ValueError:
         return -1
+    return min(value, _MAX_INT64) if value >= 0 else -1
 
 
 def topic_body(workspace: str, info: TopicInfo) -> dict[str, Any]:
@@ -217,7 +240,7 @@ async def _describe(resolver: Resolver, workspace: str, name: str) -> dict[str, 
 @portal.get("/{workspace}/topics/{name}", summary="A topic of the workspace (404 if it does not exist)")
 async def get_topic(workspace: str, name: str, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
-    body = await _describe(resolver, workspace, _topic_id(workspace, name))
+    body = await _describe(resolver, workspace, _topic_id(resolver, workspace, name))
     if body is None:
         raise ApiError(404, "not_found", f"topic {name[:80]!r} does not exist in this workspace")
     return _json(body)
@@ -230,14 +253,25 @@ async def list_topics(workspace: str, caller: Caller, resolver: ResolverDep) -> 
         topics = await resolver.admin.topics(f"{workspace}-")
     except TopicAdminError as exc:
         raise ApiError(503, "kafka_unavailable", str(exc)) from None
-    return _json([topic_body(workspace, info) for _, info in sorted(topics.items())])
+    return _json(
+        [
+            topic_body(workspace, info)
+            for name, info in sorted(topics.items())
+            if not _under_nested_environment(resolver, workspace, name)
+        ]
+    )
 
 
 def _int_or_default(config: dict[str, Any], key: str, default: int, low: int, high: int | None = None) -> int:
     value = config.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or int(value) != value
+    ):
         raise ApiError(400, "invalid_request", f"configuration.{key} must be an integer")
     value = int(value)
     if value < low or (high is not None and value > high):
@@ -257,17 +291,22 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
         raise ApiError(400, "invalid_request", "the body must be a JSON object") from None
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         raise ApiError(400, "invalid_request", "the body must be a JSON object with a string 'name'")
-    config = body.get("configuration") or {}
+    config = body.get("configuration")
+    config = {} if config is None else config
     if not isinstance(config, dict):
         raise ApiError(400, "invalid_request", "'configuration' must be an object")
     name: str = body["name"]
-    full = _topic_id(workspace, name)
+    full = _topic_id(resolver, workspace, name)
     settings = resolver.settings
     partitions = _int_or_default(
         config, "partitions", settings.default_partitions, 1, settings.max_partitions
     )
-    minutes = _int_or_default(config, "retentionInMinutes", settings.default_retention_minutes, -1)
-    retention_bytes = _int_or_default(config, "retentionInBytes", settings.default_retention_bytes, -1)
+    minutes = _int_or_default(
+        config, "retentionInMinutes", settings.default_retention_minutes, -1, MAX_RETENTION_MINUTES
+    )
+    retention_bytes = _int_or_default(
+        config, "retentionInBytes", settings.default_retention_bytes, -1, _MAX_INT64
+    )
     policy_in = config.get("cleanupPolicy")
     policy: str
     if policy_in is None:
@@ -293,7 +332,7 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
             return _json(existing)
         raise ApiError(400, "topic_exists", f"Topic with name similar to '{name}' already exists.") from None
     except TopicAdminError as exc:
-        raise ApiError(400, "topic_not_created", str(exc)) from None
+        raise ApiError(503, "topic_not_created", f"{exc}; retry shortly") from None
     resolver.metrics.topics_created.inc()
     log.info("topic_created", environment_id=workspace, topic=full, partitions=partitions, cleanup=policy)
     created = await _describe(resolver, workspace, full)
@@ -332,7 +371,8 @@ def answer_topic_lookup(resolver: Resolver, scope: dict[str, Any]) -> tuple[int,
     try:
         match = resolver.authenticate(authorization)
         environment_id = match.environment_id
-        body = orjson.dumps({"topic_id": _topic_id(environment_id, name), "environment_id": environment_id})
+        full = _topic_id(resolver, environment_id, name)
+        body = orjson.dumps({"topic_id": full, "environment_id": environment_id})
         status = 200
     except ApiError as exc:
         body = orjson.dumps(error_body(exc.code, exc.message))

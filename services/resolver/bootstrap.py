@@ -66,6 +66,7 @@ def build_app(
                 await replica.stop()
 
     app = ResolverAPI(
+        redirect_slashes=False,  # a 307 with an empty body breaks clients that need JSON and never follow
         title="streamtoken resolver",
         summary="Streaming token → environment lookups and the Quix Portal API subset",
         version="0.1.0",

@@ -69,13 +69,19 @@ class ResolverSettings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, exclude=True)
 
     def public_librdkafka(self) -> dict[str, Any]:
-        """The flat librdkafka dict the Portal API hands to clients (only keys the client accepts)."""
+        """The flat librdkafka dict the Portal API hands to clients (only keys the client accepts).
+
+        Unset public values fall back to the resolver's own connection - protocol and SASL mechanism
+        together - but never its credentials: clients get only the ``PUBLIC_SASL_*`` ones."""
         config: dict[str, Any] = {
             "bootstrap.servers": self.public_bootstrap_servers or self.kafka.bootstrap_servers,
             "security.protocol": self.public_security_protocol or self.kafka.security_protocol,
         }
-        if self.public_sasl_mechanism:
-            config["sasl.mechanism"] = self.public_sasl_mechanism
+        mechanism = self.public_sasl_mechanism or (
+            self.kafka.sasl_mechanism if self.public_security_protocol is None else None
+        )
+        if mechanism:
+            config["sasl.mechanism"] = mechanism
         if self.public_sasl_username is not None:
             config["sasl.username"] = self.public_sasl_username
         if self.public_sasl_password is not None:

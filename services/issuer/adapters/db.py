@@ -21,6 +21,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from services.issuer.domain import Environment, TokenRecord, Transition
 from services.issuer.ports import AuditEntry, IdempotentResult, OutboxMessage, StoreConflict
 from shared.events import Change
+from shared.ids import hyphen_prefixes
 
 TOKEN_CURRENT = "current"
 TOKEN_GRACE = "grace"
@@ -178,6 +179,16 @@ class SqlTx:
     def deleted_generation(self, env_id: str) -> int | None:
         row = self._row(env_id, for_update=True)
         return row.generation if row is not None and row.deleted_at is not None else None
+
+    def nested_environment_ids(self, env_id: str) -> list[str]:
+        # Ids hold only [a-z0-9-], so the LIKE pattern needs no escaping.
+        query = select(EnvironmentRow.id).where(
+            sa.or_(
+                col(EnvironmentRow.id).in_(hyphen_prefixes(env_id)),
+                col(EnvironmentRow.id).like(f"{env_id}-%"),
+            )
+        )
+        return sorted(self.session.exec(query).all())
 
     def environments(self, *, for_update: bool = False) -> list[Environment]:
         query = (

@@ -68,3 +68,22 @@ def test_an_idempotency_key_does_not_outlive_its_environment(
     assert after.json()["generation"] > before["generation"]
     assert after.json()["token_1"]["token"] != before["token_1"]["token"]
     assert after.json()["token_2"]["token"] != before["token_2"]["token"]
+
+
+def test_environment_ids_never_nest(
+    database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    assert issuer.admin.post("/v1/environments", json=ENV).status_code == 201  # acme-telemetry-prod
+    inner = issuer.admin.post("/v1/environments", json={**ENV, "name": "prod-x"})
+    assert inner.status_code == 409
+    assert "acme-telemetry-prod" in inner.json()["message"]
+    assert issuer.admin.post("/v1/environments", json={**ENV, "name": "prod2"}).status_code == 201
+    assert issuer.admin.post("/v1/environments", json={**ENV, "name": "stage-eu"}).status_code == 201
+    outer = issuer.admin.post("/v1/environments", json={**ENV, "name": "stage"})
+    assert outer.status_code == 409
+    # A deleted id still holds its namespace (its topics may still be in Kafka) ...
+    assert issuer.admin.delete("/v1/environments/acme-telemetry-stage-eu").status_code in (200, 204)
+    assert issuer.admin.post("/v1/environments", json={**ENV, "name": "stage"}).status_code == 409
+    # ... and may itself be created again.
+    assert issuer.admin.post("/v1/environments", json={**ENV, "name": "stage-eu"}).status_code == 201

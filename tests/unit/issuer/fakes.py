@@ -10,6 +10,7 @@ from datetime import datetime
 
 from services.issuer.domain import Environment, Transition
 from services.issuer.ports import AuditEntry, IdempotentResult
+from shared.ids import hyphen_prefixes
 
 
 @dataclass
@@ -42,6 +43,10 @@ class FakeTx:
         self.state.environments[transition.after.id] = transition.after
         self.state.deleted.pop(transition.after.id, None)
         self.state.ciphertexts.update(ciphertexts)
+
+    def nested_environment_ids(self, env_id: str) -> list[str]:
+        known = set(self.state.environments) | set(self.state.deleted)
+        return sorted(i for i in known if i in hyphen_prefixes(env_id) or i.startswith(f"{env_id}-"))
 
     def mark_deleted(self, env: Environment, at: datetime) -> None:
         del self.state.environments[env.id]

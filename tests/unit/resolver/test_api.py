@@ -116,7 +116,7 @@ async def test_unknown_and_malformed_tokens(client: httpx.AsyncClient, dev: Env)
     r = await client.get("/v1/whoami", headers=bearer(typo))
     assert r.status_code == 401
     assert "well-formed" in r.json()["message"]
-    assert dev.token_1 not in r.text
+    assert typo not in r.text
     metrics = (await client.get("/metrics")).text
     assert 'streamtoken_resolver_lookups_total{result="malformed"} 1.0' in metrics
     assert 'streamtoken_resolver_lookups_total{result="miss"} 1.0' in metrics
@@ -246,3 +246,78 @@ async def test_fast_path_leaves_other_shapes_to_the_router(client: httpx.AsyncCl
     assert r.json()["error"] == "not_found"
     r = await client.post("/v1/topics/f1-data", headers=bearer(dev.token_1))
     assert r.status_code == 405
+
+
+async def test_nested_environment_topics_stay_with_their_environment(admin: FakeAdmin) -> None:
+    outer, inner = Env("acme-tel-prod"), Env("acme-tel-prod-x")
+    table = TokenTable()
+    for env in (outer, inner):
+        table.apply_event(env.environment_id, env.event())
+    admin.topics_["acme-tel-prod-x-data"] = TopicInfo("acme-tel-prod-x-data", 1, 1, True, {})
+    admin.topics_["acme-tel-prod-own"] = TopicInfo("acme-tel-prod-own", 1, 1, True, {})
+    app = build_app(
+        ResolverSettings(), table=table, admin=admin, start_replica=False, status=lambda: Status.READY
+    )
+    h = bearer(outer.token_1)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://resolver") as c:
+        for path in (
+            "/acme-tel-prod/topics/x-data",
+            "/acme-tel-prod/topics/acme-tel-prod-x-data",
+            "/v1/topics/x-data",
+        ):
+            assert (await c.get(path, headers=h)).status_code == 403, path
+        created = await c.post("/acme-tel-prod/topics", headers=h, json={"name": "x-secret"})
+        assert created.status_code == 403
+        assert "acme-tel-prod-x-secret" not in admin.topics_
+        listed = await c.get("/acme-tel-prod/topics", headers=h)
+        assert [t["id"] for t in listed.json()] == ["acme-tel-prod-own"]
+        inner_view = await c.get("/acme-tel-prod-x/topics/data", headers=bearer(inner.token_1))
+        assert inner_view.status_code == 200
+
+
+async def test_hostile_topic_requests_are_clean_4xx(
+    client: httpx.AsyncClient, dev: Env, admin: FakeAdmin
+) -> None:
+    h = bearer(dev.token_1)
+    token = dev.token_2
+    bodies: list[object] = [
+        {"name": "r1", "configuration": {"retentionInMinutes": 99999999999999999999}},
+        {"name": "r2", "configuration": {"retentionInMinutes": 1e300}},
+        {"name": "r3", "configuration": {"retentionInBytes": 9223372036854775808}},
+        {"name": "r4", "configuration": []},
+        {"name": "r5", "configuration": 0},
+        {"name": f"zz{token}"},
+    ]
+    for body in bodies:
+        r = await client.post("/acme-telemetry-dev/topics", headers=h, json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"] in {"invalid_request", "invalid_topic_name"}
+        assert token not in r.text
+    assert admin.created == []
+    for path in (f"/v1/topics/{token}", f"/acme-telemetry-dev/topics/{'x' * 62}{token}"):
+        r = await client.get(path, headers=h)
+        assert 400 <= r.status_code < 500
+        assert token[4:20] not in r.text
+    for path in ("/acme-telemetry-dev/topics/", "/workspaces/"):
+        r = await client.get(path, headers=h)
+        assert r.status_code == 404
+        assert r.json()["error"] == "not_found"
+
+
+async def test_a_failed_create_is_503_and_a_huge_stored_retention_still_lists(
+    client: httpx.AsyncClient, dev: Env, admin: FakeAdmin
+) -> None:
+    h = bearer(dev.token_1)
+    admin.topics_["acme-telemetry-dev-odd"] = TopicInfo(
+        "acme-telemetry-dev-odd", 1, 1, True, {"retention.ms": str(10**30), "retention.bytes": str(10**30)}
+    )
+    listed = await client.get("/acme-telemetry-dev/topics", headers=h)
+    assert listed.status_code == 200
+    assert listed.json()[0]["configuration"]["retentionInBytes"] == 2**63 - 1
+
+    async def refuse(*_: object) -> None:
+        raise TopicAdminError("broker down")
+
+    admin.create = refuse  # type: ignore[method-assign]
+    r = await client.post("/acme-telemetry-dev/topics", headers=h, json={"name": "new"})
+    assert r.status_code == 503
