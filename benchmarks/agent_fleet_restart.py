@@ -29,12 +29,11 @@ from shared.broker import EmbeddedBroker, free_port  # noqa: E402
 from tests.e2e.harness import PRODUCED, Deployment, RunningStack, running_stack, wait_for  # noqa: E402
 
 
-def produced_after_restart(deployment: Deployment) -> bool:
+def produced_after_restart(deployment: Deployment, since: int) -> bool:
+    """The app started again after output offset ``since`` (the rotation) and flushed messages since."""
     output = deployment.output()
-    marker = "f1_producer: producing to"
-    first = output.find(marker)
-    second = output.find(marker, first + 1) if first >= 0 else -1
-    return second >= 0 and PRODUCED.search(output, second) is not None
+    restart = output.find("f1_producer: producing to", since)
+    return restart >= 0 and PRODUCED.search(output, restart) is not None
 
 
 def fleet_rss_mb(deployments: list[Deployment]) -> float:
@@ -78,6 +77,7 @@ def run_fleet(stack: RunningStack, size: int, interval: float) -> dict[str, floa
     rss = fleet_rss_mb(deployments)
 
     shown[0] = -1
+    offsets = [len(d.output()) for d in deployments]  # a crash restart before this is not counted
     rotated_at = time.monotonic()
     response = stack.issuer.post(f"/v1/environments/{env_id}/streaming-tokens/rotate")
     assert response.status_code == 200, response.text
@@ -86,7 +86,7 @@ def run_fleet(stack: RunningStack, size: int, interval: float) -> dict[str, floa
     def all_back() -> bool:
         now = time.monotonic()
         for i, d in enumerate(deployments):
-            if i not in back and produced_after_restart(d):
+            if i not in back and produced_after_restart(d, offsets[i]):
                 back[i] = now - rotated_at
         progress(len(back), "producing again with the new token")
         return len(back) == size

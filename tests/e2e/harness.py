@@ -65,14 +65,22 @@ class RunningStack:
     stack: Stack
     admin_pat: str
     tmp: Path
-    clients: list[httpx.Client] = field(default_factory=list)
+    clients: dict[tuple[str, str], httpx.Client] = field(default_factory=dict)
 
     def client(self, service: str, token: str) -> httpx.Client:
-        client = httpx.Client(
-            base_url=self.urls[service], headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+        """One pooled client per service and token, closed with the stack."""
+        key = (service, token)
+        if key not in self.clients:
+            self.clients[key] = httpx.Client(
+                base_url=self.urls[service], headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+            )
+        return self.clients[key]
+
+    def service_logs(self) -> str:
+        return "".join(
+            (self.tmp / f"{name}.log").read_text(errors="replace")
+            for name in ("issuer", "resolver", "notifier")
         )
-        self.clients.append(client)
-        return client
 
     @property
     def issuer(self) -> httpx.Client:
@@ -129,15 +137,17 @@ def running_stack(kafka_bootstrap: str, tmp: Path, **settings: str) -> Iterator[
         **settings,
     }
     stack = Stack(broker=None)
+    running: RunningStack | None = None
     try:
         for name in ("issuer", "resolver", "notifier"):
             child = service_child(name, ports[name], env, tmp / f"{name}.log")
             stack.start_child(child, timeout=120)
         running = RunningStack(urls, env, stack, mint_admin_pat(env), tmp)
         yield running
-        for client in running.clients:
-            client.close()
     finally:
+        if running is not None:
+            for client in running.clients.values():
+                client.close()
         stack.stop()
 
 

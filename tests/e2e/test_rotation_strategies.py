@@ -61,7 +61,7 @@ def test_downtime_strategy_restarts_the_deployment_with_the_new_token_1(
     events = [e.get("event") for e in deployment.agent_log()]
     assert "child_started" in events
     assert "acknowledged" in events
-    logs = deployment.log.read_text() + output
+    logs = deployment.log.read_text() + output + e2e_stack.service_logs()
     assert old_1 not in logs
     assert new_1 not in logs
     assert rotated.json()["token_2"]["token"] not in logs
@@ -102,3 +102,6 @@ def test_zero_downtime_strategy_keeps_running_on_token_2_without_a_restart(
     assert sorted({r["sequence"] for r in records}) == list(range(runs[0]))
     assert "child_started" in [e.get("event") for e in deployment.agent_log()]
     assert sum(1 for e in deployment.agent_log() if e.get("event") == "child_started") == 1
+    logs = deployment.log.read_text() + output + e2e_stack.service_logs()
+    assert token_2 not in logs
+    assert rotated.json()["token_2"]["token"] not in logs
