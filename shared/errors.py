@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.logs import scrub, scrub_value
+from shared.tokens import is_well_formed
 
 
 class ApiError(Exception):
@@ -25,3 +26,29 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     """``{"error": code, "message": sentence, ...}``, with anything shaped like a streaming token redacted:
     error messages often quote the input, and the input may be a token."""
     return {"error": code, "message": scrub(message), **scrub_value(extra)}
+
+
+MISSING_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken"'}
+INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken", error="invalid_token"'}
+
+
+def bearer_streaming_token(authorization: str | None) -> str:
+    """The streaming token of an ``Authorization: Bearer <token>`` header, checked for shape (prefix, length,
+    checksum) without any lookup; a 401 :class:`ApiError` (``missing_token`` or ``invalid_token``) else."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "missing_token",
+            "send the environment's streaming token as 'Authorization: Bearer <token>'",
+            MISSING_TOKEN_CHALLENGE,
+        )
+    if not is_well_formed(token):
+        raise ApiError(
+            401,
+            "invalid_token",
+            "the bearer token is not a well-formed streaming token",
+            INVALID_TOKEN_CHALLENGE,
+        )
+    return token

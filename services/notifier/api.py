@@ -19,9 +19,8 @@ from services.notifier.auth import Identity, ResolverUnavailable, TokenVerifier
 from services.notifier.domain import Action, DeliveryStatus, InvalidWebhookUrl, validate_webhook_url
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
-from shared.errors import ApiError
+from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token
 from shared.logs import get_logger
-from shared.tokens import is_well_formed
 
 log = get_logger(__name__)
 
@@ -139,21 +138,7 @@ def _settings(request: Request) -> NotifierSettings:
 
 async def caller(request: Request) -> Identity:
     """The identity of the streaming token in the ``Authorization`` header, or a 401/503."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(
-            401,
-            "missing_token",
-            "send your environment's streaming token as 'Authorization: Bearer <token>'",
-            challenge,
-        )
-    if not is_well_formed(token):
-        raise ApiError(
-            401, "invalid_token", "the bearer token is not a well-formed streaming token", challenge
-        )
+    token = bearer_streaming_token(request.headers.get("authorization"))
     verifier: TokenVerifier = request.app.state.verifier
     try:
         identity = await verifier.whoami(token)
@@ -165,7 +150,10 @@ async def caller(request: Request) -> Identity:
         ) from None
     if identity is None:
         raise ApiError(
-            401, "invalid_token", "the streaming token is unknown or has been deactivated", challenge
+            401,
+            "invalid_token",
+            "the streaming token is unknown or has been deactivated",
+            INVALID_TOKEN_CHALLENGE,
         )
     return identity
 

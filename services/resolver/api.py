@@ -21,16 +21,13 @@ from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import Match, TokenTable
-from shared.errors import ApiError, error_body
+from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token, error_body
 from shared.ids import InvalidIdentifier, hyphen_prefixes, short_name, topic_id
 from shared.logs import get_logger
-from shared.tokens import is_well_formed
 from shared.topics import kafka_topic_config
 
 log = get_logger(__name__)
 
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken", error="invalid_token"'}
-_MISSING = {"WWW-Authenticate": 'Bearer realm="streamtoken"'}
 _TO_QUIX_POLICY = {"delete": "Delete", "compact": "Compact", "compact,delete": "DeleteAndCompact"}
 _FROM_CLIENT_POLICY = {
     "delete": "delete",
@@ -64,17 +61,12 @@ class Resolver:
 
     def authenticate(self, authorization: str | None) -> Match:
         """The table's match for ``Authorization: Bearer <token>``, or an :class:`ApiError` (401/503)."""
-        if not authorization:
-            raise ApiError(
-                401, "unauthorized", "a streaming token is required (Authorization: Bearer)", _MISSING
-            )
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthorized", "use 'Authorization: Bearer <streaming token>'", _MISSING)
-        if not is_well_formed(token):
-            self.counts["malformed"] += 1
-            raise ApiError(401, "invalid_token", "this is not a well-formed streaming token", _CHALLENGE)
+        try:
+            token = bearer_streaming_token(authorization)
+        except ApiError as exc:
+            if exc.code == "invalid_token":
+                self.counts["malformed"] += 1
+            raise
         if self.status() is Status.LOADING:
             raise ApiError(503, "not_ready", "the resolver is still loading its table; retry shortly")
         digest = hashlib.sha256(token.encode("ascii")).digest()
@@ -82,7 +74,9 @@ class Resolver:
         if match is None:
             self.counts["miss"] += 1
             log.info("token_refused", fingerprint=digest.hex())
-            raise ApiError(401, "invalid_token", "unknown or deactivated streaming token", _CHALLENGE)
+            raise ApiError(
+                401, "invalid_token", "unknown or deactivated streaming token", INVALID_TOKEN_CHALLENGE
+            )
         self.counts["hit"] += 1
         return match
 

@@ -104,7 +104,7 @@ async def test_already_prefixed_name_is_accepted(client: httpx.AsyncClient, dev:
 async def test_missing_token_is_401_json(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
     r = await client.get("/v1/whoami", headers=headers)
     assert r.status_code == 401
-    assert r.json()["error"] == "unauthorized"
+    assert r.json()["error"] == "missing_token"
     assert r.headers["www-authenticate"].startswith("Bearer")
 
 
