@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,21 +17,15 @@ import httpx
 
 from cli.dev import SAMPLE_APP, Child, Stack, mint_admin_pat, service_child
 from shared.broker import free_port
+from tests.support import read_records, wait_until
 
 PRODUCED = re.compile(r"f1_producer: (\d+) messages produced to (\S+)")
 STOPPED = re.compile(r"f1_producer: stopped after (\d+) messages? \(flushed\)")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    """``tests.support.wait_until`` with the description first, as the e2e steps read."""
+    return wait_until(check, timeout, what, every)
 
 
 @dataclass
@@ -153,29 +146,5 @@ def running_stack(kafka_bootstrap: str, tmp: Path, **settings: str) -> Iterator[
 
 def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Every record of ``topic`` (JSON values), read from the beginning of every partition."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"e2e-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                if len(records) >= at_least and time.monotonic() - quiet_since > 2:
-                    break
-                continue
-            quiet_since = time.monotonic()
-            records.append(json.loads(message.value()))
-        return records
-    finally:
-        consumer.close()
+    records = read_records({"bootstrap.servers": bootstrap}, topic, at_least, timeout, settle=2.0)
+    return [json.loads(r.value) for r in records if r.value is not None]

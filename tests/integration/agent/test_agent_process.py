@@ -19,6 +19,7 @@ import pytest
 
 from cli.agent import PAT_ON_COMMAND_LINE
 from shared.tokens import generate_token
+from tests import support
 from tests.integration.agent.stand_ins import IssuerStandIn, NotifierStandIn
 
 REPO = Path(__file__).resolve().parents[3]
@@ -27,13 +28,7 @@ WAIT = 20.0
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return support.wait_until(predicate, timeout, what)
 
 
 @dataclass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +18,7 @@ from services.issuer.settings import IssuerSettings
 from shared.kafka import KafkaSettings
 from shared.logs import configure_logging
 from shared.settings import RuntimeSettings
+from tests.support import Record, read_records
 
 
 def make_settings(database_url: str, kafka: KafkaSettings, data_dir: Path, **extra: Any) -> IssuerSettings:
@@ -114,52 +113,8 @@ def captured_logs() -> Iterator[LogCapture]:
     root.removeHandler(capture)
 
 
-@dataclass(frozen=True)
-class Record:
-    key: str
-    value: bytes | None
-    partition: int
-    offset: int
-
-
 def read_topic(
     kafka: KafkaSettings, expected: int, timeout: float = 30.0, settle: float = 1.0
 ) -> list[Record]:
     """Read the topic from the beginning until ``expected`` records arrived (then ``settle`` s more)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            **kafka.librdkafka(),
-            "group.id": f"issuer-test-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    records: list[Record] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            metadata = consumer.list_topics(kafka.topic, timeout=10)
-            topic = metadata.topics.get(kafka.topic)
-            if topic is not None and topic.error is None and topic.partitions:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {kafka.topic} never appeared")
-            time.sleep(0.1)
-        consumer.assign([TopicPartition(kafka.topic, p, OFFSET_BEGINNING) for p in topic.partitions])
-        settle_until: float | None = None
-        while time.monotonic() < deadline:
-            if len(records) >= expected and settle_until is None:
-                settle_until = time.monotonic() + settle
-            if settle_until is not None and time.monotonic() > settle_until:
-                break
-            message = consumer.poll(0.1)
-            if message is None or message.error():
-                continue
-            records.append(
-                Record(message.key().decode(), message.value(), message.partition(), message.offset())
-            )
-    finally:
-        consumer.close()
-    return sorted(records, key=lambda r: (r.partition, r.offset))
+    return read_records(kafka.librdkafka(), kafka.topic, expected, timeout, settle)

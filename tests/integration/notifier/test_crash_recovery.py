@@ -17,8 +17,8 @@ from tests.integration.notifier.standins import (
     ResolverStandin,
     new_environment,
     produce,
-    wait_until,
 )
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SUBSCRIPTIONS = 500

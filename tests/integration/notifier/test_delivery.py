@@ -16,8 +16,8 @@ from tests.integration.notifier.standins import (
     ResolverStandin,
     new_environment,
     produce,
-    wait_until,
 )
+from tests.support import wait_until
 
 
 def _subscribe(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +12,7 @@ from services.resolver.bootstrap import build_app
 from services.resolver.settings import ResolverSettings
 from shared.events import TokenStateChanged, encode_event, encode_key
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
+from tests.support import wait_until
 
 Record = tuple[str, TokenStateChanged | None]
 
@@ -44,14 +44,6 @@ def produce(kafka: KafkaSettings, records: Iterable[Record], linger_ms: int = 5)
     assert producer.flush(60) == 0, "records not delivered in time"
     assert not failures, failures
     return count
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from shared.kafka import KafkaSettings
 from tests.integration.resolver.conftest import produce, wait_ready
+from tests.support import read_records
 from tests.unit.resolver.factories import Env
 
 
@@ -19,23 +20,8 @@ def _read_topic(
     kafka: KafkaSettings, topic: str, expected: int, timeout: float = 20.0
 ) -> list[dict[str, Any]]:
     """Read a Kafka topic directly (no group), from the beginning of every partition."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {**kafka.librdkafka(), "group.id": f"check-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
-        values: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while len(values) < expected and time.monotonic() < deadline:
-            for msg in consumer.consume(100, 0.5):
-                if msg.error() is None:
-                    values.append(json.loads(msg.value()))
-        return values
-    finally:
-        consumer.close()
+    records = read_records(kafka.librdkafka(), topic, expected, timeout, settle=0.2)
+    return [json.loads(r.value) for r in records if r.value is not None]
 
 
 def _app(kafka: KafkaSettings, group: str, **extra: Any) -> Any:

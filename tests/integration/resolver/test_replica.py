@@ -13,7 +13,8 @@ from services.resolver.replica import Status, TableReplica
 from services.resolver.table import EnvironmentState, TokenTable, tokens_of
 from shared.events import TokenStateChanged
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
-from tests.integration.resolver.conftest import Record, produce, wait_ready, wait_until
+from tests.integration.resolver.conftest import Record, produce, wait_ready
+from tests.support import wait_until
 from tests.unit.resolver.factories import Env
 
 
