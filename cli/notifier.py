@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -103,4 +104,4 @@ def replay(
     token: str = Token,
 ) -> None:
     """Send a dead delivery again with a fresh set of attempts."""
-    _print(_call("POST", notifier_url, token, f"/v1/deliveries/{delivery_id}/replay"))
+    _print(_call("POST", notifier_url, token, f"/v1/deliveries/{quote(delivery_id, safe='')}/replay"))
