@@ -20,11 +20,11 @@ from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import Match, TokenTable
+from shared.errors import ApiError, error_body
 from shared.ids import InvalidIdentifier, short_name, topic_id
 from shared.logs import get_logger
 from shared.tokens import is_well_formed
 from shared.topics import kafka_topic_config
-from shared.errors import ApiError, error_body
 
 log = get_logger(__name__)
 
