@@ -37,9 +37,9 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 OFFSET_BEGINNING = -2
-BULK_BATCH = 20_000
+BULK_BATCH = 10_000  # records per read while loading (two are in memory at once: one read, one applied)
 TAIL_BATCH = 2_000
-RESERVE_LIMIT = 4_000_000  # environments the table is sized for up front, at most (~290 MB of index)
+RESERVE_LIMIT = 2_000_000  # environments the table is sized for up front, at most (~150 MB of index)
 
 
 class Status(StrEnum):
@@ -213,8 +213,8 @@ class TableReplica(faust.Service):  # type: ignore[misc]
             )
             self._start_ends[number] = high
             records += max(high - low, 0)
-        # Size the table for the topic once (at most one environment per record) instead of growing it
-        # step by step while loading; ``shrink`` gives back what the environments did not take.
+        # Size the table once for the topic (at most one environment per record) instead of growing it
+        # step by step while loading: a growth step re-inserts every entry, which would cost seconds.
         self.table.reserve(min(records, RESERVE_LIMIT))
         partitions = [TopicPartition(topic, n, OFFSET_BEGINNING) for n in numbers]
         await self._in_thread(consumer.assign, partitions)
