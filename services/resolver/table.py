@@ -4,17 +4,18 @@ Rules (DESIGN.md, "The event"): per environment the newest generation wins and a
 ignored, a tombstone removes the environment, and an outgoing Token 1 with ``valid_until`` (grace period)
 stops matching at that moment.
 
-Layout, chosen for a million environments in about 270 MB and no garbage-collector work (a dict-based
+Layout, chosen for a million environments in about 230 MB and no garbage-collector work (a dict-based
 layout measured 434 MB, most of it per-object overhead; docs/benchmarks-resolver.md):
 
 * ``_states``: a list with one packed ``bytes`` per environment (its *row*): generation, environment id,
   then per token its slot, SHA-256 digest, optional ``valid_until`` and token id (``_pack``). A deleted
   environment leaves ``None`` and its row is reused.
-* two open-addressing hash tables (linear probing, deletion by backward shift, so no tombstones) held in
-  ``array`` columns instead of Python objects: environment id hash → row, and the first 64 bits of each
-  digest → row. The environment id and the full digest in the packed state are always compared before
-  a match is returned, so a hash or prefix collision can never authenticate a token: colliding entries
-  simply sit next to each other and the probe goes on.
+* two open-addressing hash tables (linear probing, deletion by backward shift, so no tombstones), each
+  one ``array`` of 64-bit slots ``key << 32 | row`` instead of Python objects: 32 bits of the
+  environment id's hash → row, and the first 32 bits of each digest → row. The environment id and the
+  full digest in the packed state are always compared before a match is returned, so a hash or prefix
+  collision can never authenticate a token: colliding entries sit next to each other and the probe
+  goes on.
 
 Neither ``array`` nor ``bytes`` is tracked by the cycle collector, so a full table costs no GC time. Both
 hash tables grow by doubling (a pause proportional to the table); ``reserve`` sizes them up front for a
@@ -41,7 +42,8 @@ _HEAD = struct.Struct("<QHBB")
 _UNTIL = struct.Struct("<d")
 _PAIR_STATE = struct.Struct("<QHBBBB64sBB")  # two current tokens (slots 1, 2), both digests as one field
 _PAIR_FIELDS = struct.Struct("<QHBBBB32s32sBB")  # the same layout, read with the digests apart
-_PAIR_KEYS = struct.Struct(">Q24xQ24x")  # the first 64 bits of both digests of a 64-byte pair of digests
+_PAIR_KEYS = struct.Struct(">I28xI28x")  # the first 32 bits of both digests of a 64-byte pair of digests
+_ROW = 0xFFFFFFFF  # a hash table slot: key << 32 | row, 0 when empty
 _HEAD_SIZE = _HEAD.size
 _PAIR_SIZE = _PAIR_STATE.size
 _EXPIRES = 0x80
@@ -95,8 +97,13 @@ class EnvironmentState:
 
 
 def _key(digest: bytes) -> int:
-    """The token hash table's key: the digest's first 64 bits, odd (0 marks an empty slot)."""
-    return int.from_bytes(digest[:8], "big") | 1
+    """The token hash table's key: the digest's first 32 bits, odd (a slot of 0 is empty)."""
+    return int.from_bytes(digest[:4], "big") | 1
+
+
+def _env_key(environment: bytes) -> int:
+    """The environment hash table's key: 32 bits of the id's hash, odd."""
+    return (hash(environment) & _ROW) | 1
 
 
 def _capacity(entries: int) -> int:
@@ -173,26 +180,22 @@ class TokenTable:
     """Fingerprint → (environment, slot, token id, generation); apply records in topic order."""
 
     __slots__ = (
-        "_env_keys",
         "_env_mask",
-        "_env_rows",
+        "_env_slots",
         "_fingerprints",
         "_free",
         "_states",
-        "_token_keys",
         "_token_mask",
-        "_token_rows",
+        "_token_slots",
     )
 
     def __init__(self, expected_environments: int = 0) -> None:
         self._states: list[bytes | None] = []
         self._free: list[int] = []
         self._fingerprints = 0
-        self._env_keys = array("q")
-        self._env_rows = array("I")
+        self._env_slots = array("Q")
         self._env_mask = 0
-        self._token_keys = array("Q")
-        self._token_rows = array("I")
+        self._token_slots = array("Q")
         self._token_mask = 0
         self._resize_environments(_capacity(expected_environments))
         self._resize_tokens(_capacity(2 * expected_environments))
@@ -210,9 +213,9 @@ class TokenTable:
     def reserve(self, environments: int) -> None:
         """Make room for ``environments`` (two tokens each) so that loading them never resizes a hash table
         (a resize re-inserts every entry: about a second per million on the development VM)."""
-        if environments > _MAX_LOAD * len(self._env_keys):
+        if environments > _MAX_LOAD * len(self._env_slots):
             self._resize_environments(_capacity(environments))
-        if 2 * environments > _MAX_LOAD * len(self._token_keys):
+        if 2 * environments > _MAX_LOAD * len(self._token_slots):
             self._resize_tokens(_capacity(2 * environments))
 
     def generation(self, environment_id: str) -> int | None:
@@ -238,13 +241,15 @@ class TokenTable:
 
     def lookup_digest(self, digest: bytes, now: float) -> Match | None:
         """The match for a raw 32-byte SHA-256 digest at ``now`` (epoch seconds), or ``None``."""
-        key = int.from_bytes(digest[:8], "big") | 1
-        keys, mask = self._token_keys, self._token_mask
+        key = int.from_bytes(digest[:4], "big") | 1
+        slots, mask = self._token_slots, self._token_mask
         i = key & mask
         while True:
-            found = keys[i]
-            if found == key:
-                state = self._states[self._token_rows[i]]
+            found = slots[i]
+            if not found:
+                return None
+            if found >> 32 == key:
+                state = self._states[found & _ROW]
                 if state is not None:
                     if state[10] == 2 and state[11] == 0:
                         # The common case, kept short for the hot path: two current tokens, no grace.
@@ -264,8 +269,6 @@ class TokenTable:
                         match = _match(state, digest, now)
                         if match is not None:
                             return match
-            elif found == 0:
-                return None
             i = (i + 1) & mask
 
     # --- writing -------------------------------------------------------------------------------------
@@ -301,8 +304,8 @@ class TokenTable:
         """
         self.reserve(len(self) + len(records) - start)
         states, free = self._states, self._free
-        env_keys, env_rows, env_mask = self._env_keys, self._env_rows, self._env_mask
-        keys, rows, mask = self._token_keys, self._token_rows, self._token_mask
+        env_slots, env_mask = self._env_slots, self._env_mask
+        slots, mask = self._token_slots, self._token_mask
         pack, key_pair, join, head = _PAIR_STATE.pack, _PAIR_KEYS.unpack, b"".join, _HEAD.unpack_from
         new = replaced = stale = 0
         index = start
@@ -313,17 +316,17 @@ class TokenTable:
             if both.translate(None, _HEX):  # not lowercase hex: the slow path says why
                 break
             generation = int(digits)
-            key = hash(environment) | 1
+            key = (hash(environment) & _ROW) | 1
             slot = key & env_mask
             row = -1
             while True:
-                found = env_keys[slot]
+                found = env_slots[slot]
                 if not found:
                     break
-                if found == key:
-                    state = states[env_rows[slot]]
+                if found >> 32 == key:
+                    state = states[found & _ROW]
                     if state is not None and _has_environment(state, environment):
-                        row = env_rows[slot]
+                        row = found & _ROW
                         break
                 slot = (slot + 1) & env_mask
             if row >= 0:
@@ -355,22 +358,19 @@ class TokenTable:
                 else:
                     row = len(states)
                     states.append(state)
-                env_keys[slot] = key
-                env_rows[slot] = row
+                env_slots[slot] = key << 32 | row
                 new += 1
             key_1, key_2 = key_pair(digests)
             key_1 |= 1
             i = key_1 & mask
-            while keys[i]:
+            while slots[i]:
                 i = (i + 1) & mask
-            keys[i] = key_1
-            rows[i] = row
+            slots[i] = key_1 << 32 | row
             key_2 |= 1
             i = key_2 & mask
-            while keys[i]:
+            while slots[i]:
                 i = (i + 1) & mask
-            keys[i] = key_2
-            rows[i] = row
+            slots[i] = key_2 << 32 | row
         self._fingerprints += 2 * (new + replaced)
         return index, new, replaced, stale
 
@@ -384,7 +384,7 @@ class TokenTable:
         self._drop_tokens(current, row)
         self._states[row] = None
         self._free.append(row)
-        self._remove(self._env_keys, self._env_rows, self._env_mask, slot)
+        self._remove(self._env_slots, self._env_mask, slot)
         return DELETED
 
     def apply_event(self, environment_id: str, event: TokenStateChanged | None) -> ApplyResult:
@@ -414,15 +414,15 @@ class TokenTable:
 
     def _find(self, environment: bytes) -> tuple[int, int]:
         """(slot, row) of an environment; (free slot for it, -1) when absent."""
-        key = hash(environment) | 1
-        keys, mask, states = self._env_keys, self._env_mask, self._states
+        key = _env_key(environment)
+        slots, mask, states = self._env_slots, self._env_mask, self._states
         i = key & mask
         while True:
-            found = keys[i]
-            if found == 0:
+            found = slots[i]
+            if not found:
                 return i, -1
-            if found == key:
-                row = self._env_rows[i]
+            if found >> 32 == key:
+                row = found & _ROW
                 state = states[row]
                 if state is not None and _has_environment(state, environment):
                     return i, row
@@ -449,79 +449,73 @@ class TokenTable:
             else:
                 row = len(self._states)
                 self._states.append(state)
-            self._env_keys[slot] = hash(environment) | 1
-            self._env_rows[slot] = row
-            if len(self) > _MAX_LOAD * len(self._env_keys):
-                self._resize_environments(2 * len(self._env_keys))
+            self._env_slots[slot] = _env_key(environment) << 32 | row
+            if len(self) > _MAX_LOAD * len(self._env_slots):
+                self._resize_environments(2 * len(self._env_slots))
             result = NEW
-        if self._fingerprints + len(digests) > _MAX_LOAD * len(self._token_keys):
-            self._resize_tokens(2 * len(self._token_keys))
-        keys, rows, mask = self._token_keys, self._token_rows, self._token_mask
+        if self._fingerprints + len(digests) > _MAX_LOAD * len(self._token_slots):
+            self._resize_tokens(2 * len(self._token_slots))
+        slots, mask = self._token_slots, self._token_mask
         for digest in digests:
-            key = int.from_bytes(digest[:8], "big") | 1
+            key = _key(digest)
             i = key & mask
-            while keys[i]:
+            while slots[i]:
                 i = (i + 1) & mask
-            keys[i] = key
-            rows[i] = row
+            slots[i] = key << 32 | row
         self._fingerprints += len(digests)
         return result
 
     def _drop_tokens(self, state: bytes, row: int) -> None:
-        keys, rows, mask = self._token_keys, self._token_rows, self._token_mask
+        slots, mask = self._token_slots, self._token_mask
         for digest in _digests(state):
             key = _key(digest)
+            entry = key << 32 | row
             i = key & mask
             while True:
-                found = keys[i]
-                if found == 0:
+                found = slots[i]
+                if not found:
                     break  # pragma: no cover - every digest of a stored state is in the table
-                if found == key and rows[i] == row:
-                    self._remove(keys, rows, mask, i)
+                if found == entry:
+                    self._remove(slots, mask, i)
                     self._fingerprints -= 1
                     break
                 i = (i + 1) & mask
 
     @staticmethod
-    def _remove(keys: array[int], rows: array[int], mask: int, i: int) -> None:
+    def _remove(slots: array[int], mask: int, i: int) -> None:
         """Empty slot ``i`` of a linear-probing table, shifting later entries of its run back."""
         j = i
         while True:
             j = (j + 1) & mask
-            found = keys[j]
-            if found == 0:
+            found = slots[j]
+            if not found:
                 break
-            home = found & mask
+            home = (found >> 32) & mask
             # The entry at j may move to i unless its home lies cyclically in (i, j].
             if (home <= i or home > j) if i <= j else (i >= home > j):
-                keys[i] = found
-                rows[i] = rows[j]
+                slots[i] = found
                 i = j
-        keys[i] = 0
-        rows[i] = 0
+        slots[i] = 0
 
     def _resize_environments(self, capacity: int) -> None:
-        old_keys, old_rows = self._env_keys, self._env_rows
-        self._env_keys, self._env_rows = array("q", [0]) * capacity, array("I", [0]) * capacity
+        old, self._env_slots = self._env_slots, array("Q", [0]) * capacity
         self._env_mask = capacity - 1
-        self._rehash(old_keys, old_rows, self._env_keys, self._env_rows)
+        self._rehash(old, self._env_slots)
 
     def _resize_tokens(self, capacity: int) -> None:
-        old_keys, old_rows = self._token_keys, self._token_rows
-        self._token_keys, self._token_rows = array("Q", [0]) * capacity, array("I", [0]) * capacity
+        old, self._token_slots = self._token_slots, array("Q", [0]) * capacity
         self._token_mask = capacity - 1
-        self._rehash(old_keys, old_rows, self._token_keys, self._token_rows)
+        self._rehash(old, self._token_slots)
 
     @staticmethod
-    def _rehash(old_keys: array[int], old_rows: array[int], keys: array[int], rows: array[int]) -> None:
-        mask = len(keys) - 1
-        for j, key in enumerate(old_keys):
-            if key:
-                i = key & mask
-                while keys[i]:
+    def _rehash(old: array[int], slots: array[int]) -> None:
+        mask = len(slots) - 1
+        for found in old:
+            if found:
+                i = (found >> 32) & mask
+                while slots[i]:
                     i = (i + 1) & mask
-                keys[i] = key
-                rows[i] = old_rows[j]
+                slots[i] = found
 
 
 def _environment_state(state: bytes) -> EnvironmentState:
