@@ -4,7 +4,7 @@ Rules (DESIGN.md, "The event"): per environment the newest generation wins and a
 ignored, a tombstone removes the environment, and an outgoing Token 1 with ``valid_until`` (grace period)
 stops matching at that moment.
 
-Layout, chosen for a million environments in about 230 MB and no garbage-collector work (a dict-based
+Layout, chosen for a million environments in about 240 MB and no garbage-collector work (a dict-based
 layout measured 434 MB, most of it per-object overhead; docs/benchmarks-resolver.md):
 
 * ``_states``: a list with one packed ``bytes`` per environment (its *row*): generation, environment id,
