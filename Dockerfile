@@ -8,6 +8,6 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY shared ./shared
 COPY services ./services
 COPY cli ./cli
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-dev --compile-bytecode
 USER nobody
 CMD ["streamtoken", "--help"]

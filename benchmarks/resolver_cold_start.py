@@ -1,21 +1,29 @@
 """Cold start: seconds until /health/ready is 200 and peak RSS, with N environments in the topic.
 
-    .venv/bin/python benchmarks/resolver_cold_start.py [--environments 1000000]
+    .venv/bin/python benchmarks/resolver_cold_start.py [--environments 1000000] [--rounds 3]
+        [--baseline-root /tmp/resolver-old]
 
 Starts a dedicated embedded broker, produces N environments (one record each, in the issuer's format),
 then starts `python -m services.resolver` as a process and times it to ready; checks a sample of real
 tokens resolves. Targets: <= 10 s and <= 500 MB peak RSS for 1,000,000 environments.
+
+``--rounds`` starts the resolver that many times against the same records and prints the median. With
+``--baseline-root`` (a checkout of another commit, e.g. ``git worktree add /tmp/resolver-old 31a43cc``)
+each round runs that checkout's resolver too, alternately, with this interpreter: on a shared machine
+whose load moves the figures by seconds, only side-by-side figures compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from resolver_common import (
+    ROOT,
     environment_id,
     peak_rss_mb,
     produce_environments,
@@ -33,6 +41,8 @@ def main() -> None:
     parser.add_argument("--environments", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--baseline-root", default=None, help="checkout of another commit to alternate with")
     args = parser.parse_args()
     n = args.environments
     sample = sorted({0, n // 3, n // 2, n - 1})
@@ -47,26 +57,54 @@ def main() -> None:
             )
             seconds = produce_environments(kafka, n, real)
             print(f"produced {n:,} environments in {seconds:.1f} s ({args.partitions} partitions)")
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            started = time.monotonic()
-            process = start_resolver_process(kafka, port, Path(tmp) / "resolver.log")
-            try:
-                body = wait_ready(url, args.timeout)
-                to_ready = time.monotonic() - started
-                rss = peak_rss_mb(process.pid)
-                for (i, slot), token in real.items():
-                    who = httpx.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}).json()
-                    assert who["environment_id"] == environment_id(i), who
-                    assert who["slot"] == slot, who
-                assert body["environments"] == n, body
-                print(f"environments in table: {body['environments']:,} (records read {body['records']:,})")
-                print(f"seconds to ready (process start -> /health/ready 200): {to_ready:.2f} s")
-                print(f"replica load time (service start -> caught up): {body['load_seconds']:.2f} s")
-                print(f"peak RSS (VmHWM) at ready: {rss:.0f} MB")
-            finally:
-                process.terminate()
-                process.wait(30)
+            roots = [("this tree", ROOT)]
+            if args.baseline_root:
+                roots.insert(0, ("baseline", Path(args.baseline_root).resolve()))
+            results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in roots}
+            for round_ in range(1, args.rounds + 1):
+                for name, root in roots:
+                    to_ready, rss = run_once(kafka, n, real, root, Path(tmp), args.timeout)
+                    results[name].append((to_ready, rss))
+                    print(f"round {round_} {name}: {to_ready:.2f} s to ready, peak RSS {rss:.0f} MB")
+            for name, figures in results.items():
+                times = [t for t, _ in figures]
+                low, high = min(r for _, r in figures), max(r for _, r in figures)
+                print(
+                    f"{name}: median {statistics.median(times):.2f} s to ready "
+                    f"({min(times):.2f}-{max(times):.2f}), peak RSS {low:.0f}-{high:.0f} MB"
+                )
+
+
+def run_once(
+    kafka: KafkaSettings,
+    n: int,
+    real: dict[tuple[int, int], str],
+    root: Path,
+    tmp: Path,
+    timeout: float,
+) -> tuple[float, float]:
+    """Start the resolver of ``root``; (seconds from process start to /health/ready 200, peak RSS MB)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    process = start_resolver_process(kafka, port, tmp / "resolver.log", root)
+    try:
+        body = wait_ready(url, timeout)
+        to_ready = time.monotonic() - started
+        rss = peak_rss_mb(process.pid)
+        for (i, slot), token in real.items():
+            who = httpx.get(f"{url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}).json()
+            assert who["environment_id"] == environment_id(i), who
+            assert who["slot"] == slot, who
+        assert body["environments"] == n, body
+        print(f"environments in table: {body['environments']:,} (records read {body['records']:,})")
+        print(f"seconds to ready (process start -> /health/ready 200): {to_ready:.2f} s")
+        print(f"replica load time (service start -> caught up): {body['load_seconds']:.2f} s")
+        print(f"peak RSS (VmHWM) at ready: {rss:.0f} MB")
+        return to_ready, rss
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 if __name__ == "__main__":

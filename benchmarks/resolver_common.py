@@ -89,15 +89,16 @@ def produce_environments(
 
 
 def start_resolver_process(
-    kafka: KafkaSettings, port: int, log_path: Path, **env: str
+    kafka: KafkaSettings, port: int, log_path: Path, root: Path = ROOT, **env: str
 ) -> subprocess.Popen[bytes]:
+    """``python -m services.resolver`` from the checkout at ``root`` (another commit's, to compare)."""
     environ = {
         **os.environ,
         "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "STREAMTOKEN_KAFKA_TOPIC": kafka.topic,
         "STREAMTOKEN_RESOLVER_PORT": str(port),
         "STREAMTOKEN_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
         **env,
     }
     with open(log_path, "wb") as log:
@@ -106,7 +107,7 @@ def start_resolver_process(
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=root,
         )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import faust
 
 from services.resolver.metrics import ResolverMetrics
-from services.resolver.records import RecordError, decode_record
+from services.resolver.records import RecordError, decode_record, fast_records
 from services.resolver.table import TokenTable
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from shared.logs import get_logger
@@ -37,8 +37,9 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 OFFSET_BEGINNING = -2
-BULK_BATCH = 20_000
+BULK_BATCH = 10_000  # records per read while loading (two are in memory at once: one read, one applied)
 TAIL_BATCH = 2_000
+RESERVE_LIMIT = 2_000_000  # environments the table is sized for up front, at most (~150 MB of index)
 
 
 class Status(StrEnum):
@@ -144,35 +145,48 @@ class TableReplica(faust.Service):  # type: ignore[misc]
                 await self.sleep(1.0)
         gc_threshold = gc.get_threshold()
         gc.set_threshold(100_000, 50, 100)  # the table holds no GC-tracked objects; batches are short-lived
+        pending: asyncio.Future[tuple[list[Any], list[Any]]] | None = None
         try:
             while not self.should_stop:
                 try:
-                    bulk = self.status is Status.LOADING
-                    messages = await self._in_thread(self._fetch, BULK_BATCH if bulk else TAIL_BATCH)
+                    if pending is None:
+                        pending = self._start_fetch()
+                    messages, positions = await pending
+                    # Read the next batch in the consumer thread while this one is applied.
+                    pending = self._start_fetch()
                     if messages:
                         self._apply(messages)
                     if self.status is Status.LOADING:
-                        await self._check_caught_up()
+                        self._check_caught_up(positions)
                         if self.status is not Status.LOADING:
                             gc.set_threshold(*gc_threshold)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    pending = None
                     self._failure = f"{type(exc).__name__}: {exc}"
                     log.error("replica_error", error=type(exc).__name__, detail=str(exc))
                     await self.sleep(1.0)
         finally:
             gc.set_threshold(*gc_threshold)
+            if pending is not None:
+                pending.cancel()
 
-    def _fetch(self, limit: int) -> list[Any]:
-        """In the consumer thread: wait briefly for one record, then take whatever else is buffered."""
+    def _start_fetch(self) -> asyncio.Future[tuple[list[Any], list[Any]]]:
+        limit = BULK_BATCH if self.status is Status.LOADING else TAIL_BATCH
+        return asyncio.get_running_loop().run_in_executor(self._thread, self._fetch, limit)
+
+    def _fetch(self, limit: int) -> tuple[list[Any], list[Any]]:
+        """In the consumer thread: wait briefly for one record, then take whatever else is buffered.
+
+        Also returns the consumer's positions right after this batch, which is what readiness compares
+        (taken here because the next batch is already being read while this one is applied)."""
         consumer = self._consumer
         if consumer is None:
-            return []
+            return [], []
         first = consumer.poll(0.1)
-        if first is None:
-            return []
-        return [first, *consumer.consume(limit - 1, 0)]
+        messages = [] if first is None else [first, *consumer.consume(limit - 1, 0)]
+        return messages, consumer.position(self._partitions)
 
     async def _assign(self) -> None:
         from confluent_kafka import TopicPartition
@@ -192,11 +206,16 @@ class TableReplica(faust.Service):  # type: ignore[misc]
             await self.sleep(1.0)
             return
         numbers = sorted(described.partitions)
+        records = 0
         for number in numbers:
-            _, high = await self._in_thread(
+            low, high = await self._in_thread(
                 lambda n=number: consumer.get_watermark_offsets(TopicPartition(topic, n), timeout=10)
             )
             self._start_ends[number] = high
+            records += max(high - low, 0)
+        # Size the table once for the topic (at most one environment per record) instead of growing it
+        # step by step while loading: a growth step re-inserts every entry, which would cost seconds.
+        self.table.reserve(min(records, RESERVE_LIMIT))
         partitions = [TopicPartition(topic, n, OFFSET_BEGINNING) for n in numbers]
         await self._in_thread(consumer.assign, partitions)
         self._partitions = [TopicPartition(topic, n) for n in numbers]
@@ -204,48 +223,62 @@ class TableReplica(faust.Service):  # type: ignore[misc]
         log.info("replica_assigned", topic=topic, partitions=len(numbers))
 
     def _apply(self, messages: list[Any]) -> None:
-        apply, decode, loading = self.table.apply, decode_record, self.status is Status.LOADING
-        applied = stale = deleted = invalid = 0
-        for message in messages:
-            if message.error() is not None:
-                invalid += 1
-                log.warning("consumer_error", error=str(message.error()))
-                continue
-            try:
-                environment_id, generation, tokens = decode(message.key(), message.value())
-                result = apply(environment_id, generation, tokens)
-            except (RecordError, ValueError) as exc:
-                invalid += 1
-                log.warning(
-                    "record_skipped", partition=message.partition(), offset=message.offset(), reason=str(exc)
-                )
-                continue
-            if not result.applied:
-                stale += 1
-                continue
-            if result.reason == "deleted":
-                deleted += 1
-            else:
-                applied += 1
-            if not loading:
-                log.info(
-                    "environment_updated",
-                    environment_id=environment_id,
-                    generation=generation,
-                    change=result.reason,
-                )
+        counts = {"applied": 0, "stale": 0, "deleted": 0, "invalid": 0}
+        if self.status is Status.LOADING:
+            self._apply_bulk(messages, counts)
+        else:
+            for message in messages:
+                counts[self._apply_one(message)] += 1
         self.records_read += len(messages)
         records = self.metrics.records
-        for outcome, n in (
-            ("applied", applied),
-            ("stale", stale),
-            ("deleted", deleted),
-            ("invalid", invalid),
-        ):
+        for outcome, n in counts.items():
             if n:
                 records.labels(outcome).inc(n)
 
-    async def _check_caught_up(self) -> None:
+    def _apply_bulk(self, messages: list[Any], counts: dict[str, int]) -> None:
+        """While loading: the whole batch through ``fast_records`` and ``TokenTable.apply_pairs``; the
+        records those do not take (tombstones, grace periods, odd or invalid records) one by one."""
+        kind = type(messages[0])
+        found = fast_records(list(map(kind.key, messages)), list(map(kind.value, messages)))
+        if found is None:
+            for message in messages:
+                counts[self._apply_one(message)] += 1
+            return
+        apply_pairs, start, end = self.table.apply_pairs, 0, len(found)
+        while start < end:
+            start, new, replaced, stale = apply_pairs(found, start)
+            counts["applied"] += new + replaced
+            counts["stale"] += stale
+            if start < end:
+                counts[self._apply_one(messages[start])] += 1
+                start += 1
+
+    def _apply_one(self, message: Any) -> str:
+        """Apply one record; returns its outcome: applied, stale, deleted or invalid."""
+        if message.error() is not None:
+            log.warning("consumer_error", error=str(message.error()))
+            return "invalid"
+        try:
+            environment_id, generation, tokens = decode_record(message.key(), message.value())
+            result = self.table.apply(environment_id, generation, tokens)
+        except (RecordError, ValueError) as exc:
+            log.warning(
+                "record_skipped", partition=message.partition(), offset=message.offset(), reason=str(exc)
+            )
+            return "invalid"
+        if not result.applied:
+            return "stale"
+        if self.status is not Status.LOADING:
+            log.info(
+                "environment_updated",
+                environment_id=environment_id,
+                generation=generation,
+                change=result.reason,
+            )
+        return "deleted" if result.reason == "deleted" else "applied"
+
+    def _check_caught_up(self, positions: list[Any]) -> None:
+        """Ready once every partition's position (after the applied batches) has reached its end offset."""
         consumer = self._consumer
         for tp in self._partitions:
             if tp.partition not in self._targets:
@@ -253,7 +286,6 @@ class TableReplica(faust.Service):  # type: ignore[misc]
                 if high < 0:
                     return  # no fetch response for this partition yet
                 self._targets[tp.partition] = max(high, self._start_ends.get(tp.partition, 0))
-        positions = await self._in_thread(consumer.position, self._partitions)
         for tp in positions:
             target = self._targets[tp.partition]
             if tp.offset >= 0:

@@ -144,3 +144,96 @@ def test_table_equals_a_model_of_newest_generation_wins(ops: list[tuple[int, int
             for slot in (1, 2):
                 fp = _fp(f"e{env_n}-{generation}-{slot}")
                 assert table.lookup(fp, NOW) == expected.get(fp)
+
+
+def _colliding_fingerprint(n: int) -> str:
+    """Fingerprints that share their first 64 bits in groups of four and their low bits across groups,
+    so the hash tables see long probe runs, equal keys and wrap-around at the end of the table."""
+    return ("ab" * 8 if n % 4 else f"{n % 16:02x}" * 8) + f"{n:048x}"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 11), st.integers(0, 6), st.integers(0, 40), st.integers(0, 40), st.booleans()
+        ),
+        max_size=80,
+    )
+)
+def test_hash_tables_with_colliding_fingerprints_equal_a_model(
+    ops: list[tuple[int, int, int, int, bool]],
+) -> None:
+    """Creates, replacements, stale records and tombstones through ``apply`` and the bulk ``apply_pairs``,
+    with fingerprints chosen to collide: every lookup answers exactly like a naive dict model, and a
+    shared 64-bit prefix never authenticates the other token."""
+    table = TokenTable()  # the smallest hash tables: the test also grows them
+    model: dict[str, tuple[int, str, str]] = {}
+    for env_n, generation, a, b, bulk in ops:
+        env = f"env-{env_n}"
+        if generation == 0:
+            table.apply(env, None)
+            model.pop(env, None)
+            continue
+        if a == b:
+            b = (a + 1) % 41
+        fp_1, fp_2 = _colliding_fingerprint(a), _colliding_fingerprint(b)
+        if bulk:
+            record = (env.encode(), str(generation).encode(), b"t1", fp_1.encode(), b"t2", fp_2.encode())
+            stop, new, replaced, stale = table.apply_pairs([record])
+            assert stop == 1
+            assert new + replaced + stale == 1
+        else:
+            table.apply(env, generation, ((1, "t1", fp_1, None), (2, "t2", fp_2, None)))
+        if env not in model or model[env][0] < generation:
+            model[env] = (generation, fp_1, fp_2)
+    expected: dict[str, list[Match]] = {}
+    for env, (generation, fp_1, fp_2) in model.items():
+        expected.setdefault(fp_1, []).append(Match(env, 1, "t1", generation))
+        expected.setdefault(fp_2, []).append(Match(env, 2, "t2", generation))
+    assert len(table) == len(model)
+    assert table.fingerprint_count == 2 * len(model)
+    for n in range(41):
+        fp = _colliding_fingerprint(n)
+        match = table.lookup(fp, NOW)
+        if fp in expected:
+            assert match in expected[fp]  # two environments may hold the same fingerprint in this model
+        else:
+            assert match is None
+    assert {s.environment_id: s.generation for s in table.environments()} == {
+        env: generation for env, (generation, _, _) in model.items()
+    }
+
+
+def test_bulk_records_it_does_not_take_stop_the_batch() -> None:
+    table = TokenTable()
+    good = (b"a-b-c", b"1", b"t1", b"1" * 64, b"t2", b"2" * 64)
+    records = [
+        good,
+        (b"", b"", b"", b"", b"", b""),  # the decoder left it to the slow path
+        (b"d-e-f", b"1", b"t1", b"A" * 64, b"t2", b"2" * 64),  # uppercase hex
+        (b"d-e-f", b"1", b"t1", b"3" * 64, b"t2", b"3" * 64),  # equal fingerprints
+        (b"d-e-f", str(1 << 64).encode(), b"t1", b"3" * 64, b"t2", b"4" * 64),  # generation too large
+        (b"d-e-f", b"1", b"t" * 300, b"3" * 64, b"t2", b"4" * 64),  # token id too long
+        good,
+    ]
+    assert table.apply_pairs(records) == (1, 1, 0, 0)
+    for start in range(1, 6):
+        assert table.apply_pairs(records, start) == (start, 0, 0, 0)
+    assert table.apply_pairs(records, 6) == (7, 0, 0, 1)
+    assert len(table) == 1
+    assert table.lookup("1" * 64, NOW) == Match("a-b-c", 1, "t1", 1)
+
+
+def test_reserve_and_growth_keep_every_entry() -> None:
+    table = TokenTable()
+    table.reserve(10)
+    for i in range(500):
+        table.apply(f"e{i}", 1, ((1, f"a{i}", _fp(f"a{i}"), None), (2, f"b{i}", _fp(f"b{i}"), None)))
+    for i in range(0, 500, 2):
+        table.apply(f"e{i}", None)
+    assert len(table) == 250
+    assert table.fingerprint_count == 500
+    for i in range(500):
+        expected = None if i % 2 == 0 else Match(f"e{i}", 2, f"b{i}", 1)
+        assert table.lookup(_fp(f"b{i}"), NOW) == expected
