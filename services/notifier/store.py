@@ -136,6 +136,10 @@ class Claimed:
     attempts: int
     generation: int
     created_at: float
+    lease_until: float = float("inf")  # sent only while the lease still covers a whole request
+
+
+_ACTIONS = {action.value: action for action in Action}
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,21 +427,36 @@ class Store:
         """Lease up to ``limit`` due deliveries, keeping each environment's restarts within ``restart_limit``.
 
         Restarts held back by the limit are re-checked after ``restart_recheck_seconds`` so they do not
-        block the queue in front of other deliveries.
+        block the queue in front of other deliveries. Two statements in the common case: one reads the due
+        deliveries with their subscription's url and secret, one conditionally moves their lease forward
+        (only what that update returns was won; a concurrent claimer wins the rest).
         """
         lease_until = now + lease_seconds
         with self._tx() as conn:
             query = (
-                select(D.c.id, D.c.environment_id, D.c.action)
+                select(
+                    D.c.id,
+                    D.c.subscription_id,
+                    D.c.environment_id,
+                    D.c.action,
+                    D.c.body,
+                    D.c.attempts,
+                    D.c.generation,
+                    D.c.created_at,
+                    S.c.url,
+                    S.c.secret,
+                )
+                .select_from(D.outerjoin(S, S.c.id == D.c.subscription_id))
                 .where(D.c.status == DeliveryStatus.PENDING.value, D.c.next_attempt_at <= now)
                 .order_by(D.c.next_attempt_at)  # the index order: no sort of every due row
                 .limit(limit)
             )
             if self.is_postgres:
-                query = query.with_for_update(skip_locked=True)
-            candidates = [(r.id, r.environment_id, Action(r.action)) for r in conn.execute(query)]
-            if not candidates:
+                query = query.with_for_update(skip_locked=True, of=D)
+            rows = conn.execute(query).all()
+            if not rows:
                 return []
+            candidates = [(r.id, r.environment_id, _ACTIONS[r.action]) for r in rows]
             restart_envs = sorted({env for _, env, action in candidates if action is Action.RESTART})
             in_flight: dict[str, int] = {}
             if restart_envs and restart_limit > 0:
@@ -447,8 +466,9 @@ class Store:
                         conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(env))))
                 in_flight = self._restarts_in_flight(conn, restart_envs, now)
             chosen = select_within_restart_limit(candidates, in_flight, restart_limit)
-            held_back = [did for did, _, _ in candidates if did not in set(chosen)]
-            if held_back:
+            if len(chosen) < len(candidates):
+                chosen_set = set(chosen)
+                held_back = [did for did, _, _ in candidates if did not in chosen_set]
                 conn.execute(
                     update(D)
                     .where(D.c.id.in_(held_back), D.c.status == DeliveryStatus.PENDING.value)
@@ -471,46 +491,36 @@ class Store:
             }
             if not won:
                 return []
-            rows = conn.execute(
-                select(
-                    D.c.id,
-                    D.c.subscription_id,
-                    D.c.environment_id,
-                    D.c.action,
-                    D.c.body,
-                    D.c.attempts,
-                    D.c.generation,
-                    D.c.created_at,
-                    S.c.url,
-                    S.c.secret,
+            claimed: list[Claimed] = []
+            orphans: list[str] = []
+            for r in rows:  # in due order
+                if r.id not in won:
+                    continue
+                if r.url is None:  # its subscription was deleted between record and claim
+                    orphans.append(r.id)
+                    continue
+                claimed.append(
+                    Claimed(
+                        r.id,
+                        r.subscription_id,
+                        r.environment_id,
+                        _ACTIONS[r.action],
+                        r.url,
+                        r.secret,
+                        r.body,
+                        r.attempts,
+                        r.generation,
+                        r.created_at,
+                        lease_until,
+                    )
                 )
-                .join(S, S.c.id == D.c.subscription_id)
-                .where(D.c.id.in_(won))
-            ).all()
-            order = {did: i for i, did in enumerate(chosen)}
-            claimed = [
-                Claimed(
-                    id=r.id,
-                    subscription_id=r.subscription_id,
-                    environment_id=r.environment_id,
-                    action=Action(r.action),
-                    url=r.url,
-                    secret=r.secret,
-                    body=r.body,
-                    attempts=r.attempts,
-                    generation=r.generation,
-                    created_at=r.created_at,
-                )
-                for r in rows
-            ]
-            orphans = won - {c.id for c in claimed}
-            if orphans:  # their subscription was deleted between record and claim
+            if orphans:
                 conn.execute(
                     update(D)
                     .where(D.c.id.in_(orphans))
                     .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
                 )
-        return sorted(claimed, key=lambda c: order[c.id])
+        return claimed
 
     @staticmethod
     def _restarts_in_flight(conn: Connection, envs: Sequence[str], now: float) -> dict[str, int]:
