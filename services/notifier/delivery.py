@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
+import http.cookiejar
 import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +28,7 @@ from services.notifier.domain import (
     after_failure,
     backoff_seconds,
     classify_status,
+    lease_covers_a_request,
     parse_retry_after,
 )
 from services.notifier.settings import NotifierSettings
@@ -36,12 +38,16 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 USER_AGENT = "streamtoken-notifier/0.1"
+_STATIC_HEADERS = [(b"content-type", b"application/json"), (b"user-agent", USER_AGENT.encode())]
+
+
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    digest = hmac.digest(_key(secret), f"{msg_id}.{timestamp}.{body}".encode(), "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
@@ -53,6 +59,46 @@ def webhook_headers(secret: str, msg_id: str, body: str, timestamp: int) -> dict
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, msg_id, timestamp, body),
     }
+
+
+class Signer:
+    """Signs webhooks like :func:`sign`, keeping decoded keys so a fan-out decodes each secret once."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._keys: dict[str, bytes] = {}
+        self._max_keys = max_keys
+
+    def signature(self, secret: str, msg_id: str, timestamp: int, body: bytes) -> bytes:
+        key = self._keys.get(secret)
+        if key is None:
+            if len(self._keys) >= self._max_keys:
+                self._keys.clear()
+            key = self._keys[secret] = _key(secret)
+        digest = hmac.digest(key, b"%s.%d.%s" % (msg_id.encode(), timestamp, body), "sha256")
+        return b"v1," + base64.b64encode(digest)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A webhook client never keeps cookies: one receiver's cookie must not reach another subscription."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
+def webhook_client(transport: httpx.AsyncBaseTransport, timeout: float, workers: int) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` that sends webhooks: no redirects (a redirect could lead to a host the
+    allow-list refuses), no cookie jar, the given connection pool underneath."""
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        transport=transport,
+        cookies=_NoCookies(),
+    )
 
 
 class NotifierMetrics:
@@ -113,6 +159,10 @@ class DeliveryEngine:
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._signer = Signer()
+        self._timeout = client.timeout.as_dict()
+        self._delivered = metrics.deliveries.labels("delivered")
+        self.lease_expired = 0  # claimed items dropped because their lease no longer covered a request
 
     def wake(self) -> None:
         """Claim now instead of at the next poll (thread-safe: the consumer calls it after recording)."""
@@ -177,8 +227,12 @@ class DeliveryEngine:
             log.warning("queue_depth_failed", error=type(exc).__name__)
 
     async def _worker(self) -> None:
+        timeout = self.settings.request_timeout_seconds
         while True:
             item = await self._queue.get()
+            if not lease_covers_a_request(self.clock(), item.lease_until, timeout):
+                self.lease_expired += 1  # not sending it is safe: it is due again when the lease ends
+                continue
             try:
                 result = await self.attempt(item)
             except Exception as exc:  # never lose the worker; the lease makes the delivery due again
@@ -209,37 +263,41 @@ class DeliveryEngine:
             if any(r.status is not DeliveryStatus.PENDING for r in batch):
                 self._wake.set()
 
+    def request(self, item: Claimed, timestamp: int) -> httpx.Request:
+        """The signed webhook request of one delivery."""
+        body = item.body.encode()
+        headers = [
+            *_STATIC_HEADERS,
+            (b"webhook-id", item.id.encode()),
+            (b"webhook-timestamp", b"%d" % timestamp),
+            (b"webhook-signature", self._signer.signature(item.secret, item.id, timestamp, body)),
+        ]
+        return httpx.Request(
+            "POST", item.url, headers=headers, content=body, extensions={"timeout": self._timeout}
+        )
+
     async def attempt(self, item: Claimed) -> AttemptResult:
         """Send one delivery once and decide its next state (does not write it)."""
-        timestamp = int(self.clock())
-        headers = webhook_headers(item.secret, item.id, item.body, timestamp)
         attempts = item.attempts + 1
         started = time.perf_counter()
         status_code: int | None = None
         retry_after: float | None = None
         error: str | None = None
         try:
-            response = await self.client.post(item.url, content=item.body.encode(), headers=headers)
+            response = await self.client.send(self.request(item, int(self.clock())))
             status_code = response.status_code
             outcome = classify_status(status_code)
             if outcome is Outcome.RETRY:
                 retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
                 error = f"HTTP {status_code}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             outcome = Outcome.RETRY
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
         self.metrics.attempts.inc()
         self.metrics.request_seconds.observe(time.perf_counter() - started)
         now = self.clock()
-        context = {
-            "delivery_id": item.id,
-            "subscription_id": item.subscription_id,
-            "environment_id": item.environment_id,
-            "generation": item.generation,
-            "attempt": attempts,
-        }
         if outcome is Outcome.DELIVERED:
-            self.metrics.deliveries.labels("delivered").inc()
+            self._delivered.inc()
             self.metrics.latency.observe(max(now - item.created_at, 0.0))
             waiting = (
                 now + self.settings.restart_ack_timeout_seconds if item.action is Action.RESTART else 0.0
@@ -254,6 +312,13 @@ class DeliveryEngine:
                 None,
                 waiting,
             )
+        context = {
+            "delivery_id": item.id,
+            "subscription_id": item.subscription_id,
+            "environment_id": item.environment_id,
+            "generation": item.generation,
+            "attempt": attempts,
+        }
         if outcome is Outcome.GONE:
             self.metrics.deliveries.labels("gone").inc()
             log.warning("subscription_gone", status=status_code, **context)

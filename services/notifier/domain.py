@@ -171,6 +171,15 @@ def backoff_seconds(
     return delay
 
 
+def lease_covers_a_request(now: float, lease_until: float, request_timeout: float) -> bool:
+    """Whether a claimed delivery may still be sent: its lease must outlast a whole request.
+
+    A delivery that waited in memory until its lease is (nearly) over is left alone: the lease expiry makes
+    it due again for any claimer, and sending it now could overlap with that claimer's attempt.
+    """
+    return now + request_timeout < lease_until
+
+
 def after_failure(attempts: int, max_attempts: int) -> DeliveryStatus:
     """The status of a delivery whose ``attempts``-th attempt just failed (retryably)."""
     return DeliveryStatus.DEAD if attempts >= max_attempts else DeliveryStatus.PENDING
