@@ -14,9 +14,10 @@ what costs CPU. ``STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT`` selects it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import aiohttp
@@ -198,7 +199,8 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         self._timeout = timeout
         self._keepalive = keepalive_seconds
         self._ssl_context = ssl_context
-        self._slots: asyncio.Semaphore | None = None
+        self._in_use = 0  # requests holding one of the max_connections slots
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._idle: OrderedDict[_Connection, None] = OrderedDict()
         self._by_origin: dict[Origin, list[_Connection]] = {}
         self._active: set[_Connection] = set()
@@ -222,16 +224,43 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             head += (key, b": ", value, b"\r\n")
         head.append(b"\r\n")
         data = b"".join(head) + body
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max_connections)
         try:
-            async with asyncio.timeout(self._timeout), self._slots:
-                status, headers, content = await self._send(origin, data)
+            async with asyncio.timeout(self._timeout):
+                await self._acquire()
+                try:
+                    status, headers, content = await self._send(origin, data)
+                finally:
+                    self._release()
         except TimeoutError:
             raise httpx.TimeoutException("the request timed out", request=request) from None
         except (_ConnectionClosed, OSError) as exc:
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from None
         return httpx.Response(status, headers=headers, content=content, request=request)
+
+    async def _acquire(self) -> None:
+        # A plain counter: cheaper than asyncio.Semaphore on the path where a slot is free.
+        if self._in_use < self._max_connections and not self._slot_waiters:
+            self._in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter  # _release hands its slot over
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # we were handed a slot but will not use it
+            else:
+                with contextlib.suppress(ValueError):  # _release may have dropped it already
+                    self._slot_waiters.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; _in_use stays
+                return
+        self._in_use -= 1
 
     async def _send(self, origin: Origin, data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         for _ in range(2):

@@ -162,6 +162,16 @@ async def test_timeouts_and_refused_connections_are_httpx_errors() -> None:
             await client.post(server.url, content=b"x")  # the server is gone now
 
 
+async def test_requests_waiting_for_a_connection_time_out_without_leaking_it() -> None:
+    async with scripted_server(lambda n, _: None if n <= 1 else OK) as server, _client(1, 0.3) as client:
+        hanging = await asyncio.gather(
+            *(client.post(server.url, content=b"x") for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, httpx.TimeoutException) for r in hanging)
+        assert len(server.requests) == 1  # the others never got the only connection
+        assert (await client.post(server.url, content=b"x")).status_code == 200
+
+
 async def test_garbage_answers_are_connection_errors() -> None:
     async with scripted_server(lambda n, _: b"SMTP ready\r\n\r\n") as server, _client() as client:
         with pytest.raises(httpx.ConnectError):
