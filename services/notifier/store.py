@@ -24,7 +24,6 @@ from sqlalchemy import (
     Index,
     Text,
     UniqueConstraint,
-    bindparam,
     event,
     func,
     insert,
@@ -141,6 +140,12 @@ class Claimed:
 
 _ACTIONS = {action.value: action for action in Action}
 
+# One attempt's result (Store.complete), run through the DB-API's executemany.
+_COMPLETE_SQL = (
+    "UPDATE notifier_delivery SET status = ?, attempts = ?, next_attempt_at = ?, leased_until = 0.0, "
+    "awaiting_ack_until = ?, last_status_code = ?, last_error = ?, delivered_at = ? WHERE id = ?"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
@@ -183,6 +188,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
+        qmark = engine.dialect.paramstyle == "qmark"
+        self._complete_sql = _COMPLETE_SQL if qmark else _COMPLETE_SQL.replace("?", "%s")
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -406,12 +413,16 @@ class Store:
                 for chunk in _chunks(rows, 1000):
                     result = conn.execute(self._insert_ignore(D), chunk)
                     created += max(result.rowcount, 0)
-                conn.execute(
-                    update(S)
-                    .where(S.c.id == bindparam("sid"), S.c.last_notified_generation < ev.generation)
-                    .values(last_notified_generation=ev.generation),
-                    [{"sid": p.subscription_id} for p in planned],
-                )
+                notified = [p.subscription_id for p in planned]
+                for start in range(0, len(notified), 1000):
+                    conn.execute(
+                        update(S)
+                        .where(
+                            S.c.id.in_(notified[start : start + 1000]),
+                            S.c.last_notified_generation < ev.generation,
+                        )
+                        .values(last_notified_generation=ev.generation)
+                    )
         return created
 
     # --- the delivery side -------------------------------------------------------------------------
@@ -537,34 +548,23 @@ class Store:
         """Write a batch of attempt results; a 410 disables the subscription and its pending deliveries."""
         if not results:
             return
-        with self._tx() as conn:
-            conn.execute(
-                update(D)
-                .where(D.c.id == bindparam("did"))
-                .values(
-                    status=bindparam("st"),
-                    attempts=bindparam("att"),
-                    next_attempt_at=bindparam("nxt"),
-                    leased_until=0.0,
-                    awaiting_ack_until=bindparam("ack"),
-                    last_status_code=bindparam("code"),
-                    last_error=bindparam("err"),
-                    delivered_at=bindparam("dat"),
-                ),
-                [
-                    {
-                        "did": r.id,
-                        "st": r.status.value,
-                        "att": r.attempts,
-                        "nxt": r.next_attempt_at,
-                        "ack": r.awaiting_ack_until,
-                        "code": r.status_code,
-                        "err": r.error[:300] if r.error else None,
-                        "dat": now if r.status is DeliveryStatus.DELIVERED else None,
-                    }
-                    for r in results
-                ],
+        delivered = DeliveryStatus.DELIVERED
+        rows = [
+            (
+                r.status.value,
+                r.attempts,
+                r.next_attempt_at,
+                r.awaiting_ack_until,
+                r.status_code,
+                r.error[:300] if r.error else None,
+                now if r.status is delivered else None,
+                r.id,
             )
+            for r in results
+        ]
+        with self._tx() as conn:
+            # The DB-API's own executemany: one prepared statement, no per-row work in SQLAlchemy.
+            conn.exec_driver_sql(self._complete_sql, rows)
             waiting = [r.id for r in results if r.awaiting_ack_until > 0]
             if waiting:  # the deployment may have acknowledged before this result was written
                 acked = select(S.c.acked_generation).where(S.c.id == D.c.subscription_id).scalar_subquery()
