@@ -154,7 +154,12 @@ class DeliveryEngine:
         self.metrics = metrics
         self.clock = clock
         self.jitter = jitter
-        self._queue: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=settings.workers * 2)
+        # Room for two claims, so a claim runs while the workers still have a full one ahead of them. Items
+        # wait here with their lease running; the workers skip any whose lease no longer covers a request.
+        size = max(settings.workers * 2, settings.claim_batch * 2)
+        self._queue: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=size)
+        self._low_water = size // 2  # the workers wake the dispatcher when the queue is down to this
+        self._more_due = False  # the last claim was full: more deliveries may be due right now
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -191,14 +196,14 @@ class DeliveryEngine:
             if now - last_depth > 1.0:
                 last_depth = now
                 await self._update_depth()
-            room = self._queue.maxsize - self._queue.qsize()
+            want = min(self._queue.maxsize - self._queue.qsize(), self.settings.claim_batch)
             claimed: list[Claimed] = []
-            if room >= max(1, self._queue.maxsize // 4):
+            if want > 0 and self._queue.qsize() <= self._low_water:
                 try:
                     claimed = await asyncio.to_thread(
                         self.store.claim_due,
                         now,
-                        min(room, self.settings.claim_batch),
+                        want,
                         self.settings.lease_seconds,
                         self.settings.restart_concurrency,
                         self.settings.poll_interval_seconds,
@@ -206,8 +211,9 @@ class DeliveryEngine:
                 except Exception as exc:
                     log.error("claim_failed", error=type(exc).__name__, detail=str(exc)[:300])
             for item in claimed:
-                await self._queue.put(item)
-            if claimed and len(claimed) >= min(room, self.settings.claim_batch):
+                self._queue.put_nowait(item)  # only this task puts, and it claimed at most the room left
+            self._more_due = bool(claimed) and len(claimed) >= want
+            if self._more_due and self._queue.qsize() <= self._low_water:
                 continue  # more may be due right now
             self._wake.clear()
             stopping = asyncio.ensure_future(stop.wait())
@@ -230,6 +236,8 @@ class DeliveryEngine:
         timeout = self.settings.request_timeout_seconds
         while True:
             item = await self._queue.get()
+            if self._more_due and self._queue.qsize() <= self._low_water:
+                self._wake.set()  # claim the next batch while this one is being sent
             if not lease_covers_a_request(self.clock(), item.lease_until, timeout):
                 self.lease_expired += 1  # not sending it is safe: it is due again when the lease ends
                 continue
