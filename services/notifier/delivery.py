@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import http.cookiejar
 import random
@@ -47,7 +48,7 @@ def _key(secret: str) -> bytes:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
-    digest = hmac.digest(_key(secret), f"{msg_id}.{timestamp}.{body}".encode(), "sha256")
+    digest = hmac.new(_key(secret), f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
@@ -74,7 +75,7 @@ class Signer:
             if len(self._keys) >= self._max_keys:
                 self._keys.clear()
             key = self._keys[secret] = _key(secret)
-        digest = hmac.digest(key, b"%s.%d.%s" % (msg_id.encode(), timestamp, body), "sha256")
+        digest = hmac.new(key, b"%s.%d.%s" % (msg_id.encode(), timestamp, body), hashlib.sha256).digest()
         return b"v1," + base64.b64encode(digest)
 
 

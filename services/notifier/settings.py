@@ -41,7 +41,12 @@ class NotifierSettings(BaseSettings):
     consume: bool = Field(True, description="STREAMTOKEN_NOTIFIER_CONSUME: run the Kafka consumer")
     deliver: bool = Field(True, description="STREAMTOKEN_NOTIFIER_DELIVER: run the delivery workers")
     workers: int = Field(
-        64, ge=1, le=2000, description="STREAMTOKEN_NOTIFIER_WORKERS: concurrent webhook requests"
+        256,
+        ge=1,
+        le=2000,
+        description=(
+            "STREAMTOKEN_NOTIFIER_WORKERS: concurrent webhook requests (and the most connections kept open)"
+        ),
     )
     http_transport: Literal["asyncio", "aiohttp", "httpcore"] = Field(
         "asyncio",
