@@ -13,7 +13,7 @@ import base64
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +139,7 @@ class Claimed:
 
 
 _ACTIONS = {action.value: action for action in Action}
+RECORD_CHUNK = 1000  # subscriptions of one event recorded per transaction
 
 # One attempt's result (Store.complete), run through the DB-API's executemany.
 _COMPLETE_SQL = (
@@ -352,19 +353,41 @@ class Store:
 
     # --- the consumer's side: Kafka records become deliveries ---------------------------------------
 
-    def record_events(self, events: Sequence[TokenStateChanged]) -> int:
-        """Record one delivery per due subscription for each event, in one transaction; how many new.
+    def record_events(
+        self,
+        events: Sequence[TokenStateChanged],
+        on_progress: Callable[[int], None] | None = None,
+        chunk: int = RECORD_CHUNK,
+    ) -> int:
+        """Record one delivery per due subscription for each event; how many new.
 
-        Idempotent: the unique (event_id, subscription_id) and each subscription's last notified generation
-        make re-consuming the same records (after a crash before the offset commit) a no-op.
+        One transaction per ``chunk`` subscriptions of an event: it inserts their deliveries and moves their
+        last notified generation to the event's, so the next chunk (or a re-consumption after a crash before
+        the offset commit) selects only subscriptions not recorded yet. ``on_progress(created)`` runs after
+        each commit, so deliveries can start while a large fan-out is still being recorded. Idempotent: the
+        unique (event_id, subscription_id) and the last notified generation make re-consuming a no-op.
         """
-        now = time.time()
         created = 0
+        for ev in events:
+            event_type = webhook_event_type(ev.change.type)
+            if event_type is None:
+                continue
+            first = True
+            while True:
+                count = self._record_chunk(ev, event_type, chunk, first)
+                first = False
+                if count is None:
+                    break
+                created += count
+                if on_progress is not None and count:
+                    on_progress(count)
+        return created
+
+    def _record_chunk(self, ev: TokenStateChanged, event_type: str, chunk: int, first: bool) -> int | None:
+        """One transaction of :meth:`record_events`; None when no subscription is left to record."""
+        now = time.time()
         with self._tx() as conn:
-            for ev in events:
-                event_type = webhook_event_type(ev.change.type)
-                if event_type is None:
-                    continue
+            if first:
                 conn.execute(
                     self._insert_ignore(R).values(
                         environment_id=ev.environment_id,
@@ -376,54 +399,55 @@ class Store:
                         recorded_at=now,
                     )
                 )
-                query = select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation).where(
+            query = (
+                select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation)
+                .where(
                     S.c.environment_id == ev.environment_id,
                     S.c.enabled.is_(True),
                     S.c.last_notified_generation < ev.generation,
                 )
-                if self.is_postgres:
-                    query = query.with_for_update()
-                targets = [
-                    SubscriptionTarget(r.id, r.deployment_id, Action(r.action), r.last_notified_generation)
-                    for r in conn.execute(query)
-                ]
-                planned = plan_deliveries(ev, targets)
-                if not planned:
-                    continue
-                rows = [
-                    {
-                        "id": p.id,
-                        "event_id": ev.event_id,
-                        "subscription_id": p.subscription_id,
-                        "environment_id": ev.environment_id,
-                        "generation": ev.generation,
-                        "rotation_id": ev.change.rotation_id,
-                        "event_type": event_type,
-                        "action": p.action.value,
-                        "body": p.body,
-                        "status": DeliveryStatus.PENDING.value,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "leased_until": 0.0,
-                        "awaiting_ack_until": 0.0,
-                        "created_at": now,
-                    }
-                    for p in planned
-                ]
-                for chunk in _chunks(rows, 1000):
-                    result = conn.execute(self._insert_ignore(D), chunk)
-                    created += max(result.rowcount, 0)
-                notified = [p.subscription_id for p in planned]
-                for start in range(0, len(notified), 1000):
-                    conn.execute(
-                        update(S)
-                        .where(
-                            S.c.id.in_(notified[start : start + 1000]),
-                            S.c.last_notified_generation < ev.generation,
-                        )
-                        .values(last_notified_generation=ev.generation)
-                    )
-        return created
+                .limit(chunk)
+            )
+            if self.is_postgres:
+                query = query.with_for_update()
+            targets = [
+                SubscriptionTarget(r.id, r.deployment_id, _ACTIONS[r.action], r.last_notified_generation)
+                for r in conn.execute(query)
+            ]
+            planned = plan_deliveries(ev, targets)
+            if not planned:
+                return None
+            rows = [
+                {
+                    "id": p.id,
+                    "event_id": ev.event_id,
+                    "subscription_id": p.subscription_id,
+                    "environment_id": ev.environment_id,
+                    "generation": ev.generation,
+                    "rotation_id": ev.change.rotation_id,
+                    "event_type": event_type,
+                    "action": p.action.value,
+                    "body": p.body,
+                    "status": DeliveryStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "leased_until": 0.0,
+                    "awaiting_ack_until": 0.0,
+                    "created_at": now,
+                }
+                for p in planned
+            ]
+            # RETURNING counts what was new on both databases (rowcount of a batched insert does not).
+            new = len(conn.execute(self._insert_ignore(D).returning(D.c.id), rows).all())
+            conn.execute(
+                update(S)
+                .where(
+                    S.c.id.in_([p.subscription_id for p in planned]),
+                    S.c.last_notified_generation < ev.generation,
+                )
+                .values(last_notified_generation=ev.generation)
+            )
+        return new
 
     # --- the delivery side -------------------------------------------------------------------------
 
@@ -670,8 +694,3 @@ class Store:
             ):
                 by_generation[generation].append((DeliveryStatus(status), acked))
         return [rotation_progress(g, rid, by_generation.get(g, [])) for g, rid in rotations]
-
-
-def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
