@@ -155,9 +155,10 @@ class DeliveryEngine:
         self.metrics = metrics
         self.clock = clock
         self.jitter = jitter
-        # Room for two claims, so a claim runs while the workers still have a full one ahead of them. Items
-        # wait here with their lease running; the workers skip any whose lease no longer covers a request.
-        size = max(settings.workers * 2, settings.claim_batch * 2)
+        # Twice the workers: the next claim runs while the workers still have a full round ahead of them.
+        # Items wait here with their lease running, so the queue stays proportional to what the workers can
+        # send within a lease (the workers also skip any item whose lease no longer covers a request).
+        size = settings.workers * 2
         self._queue: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=size)
         self._low_water = size // 2  # the workers wake the dispatcher when the queue is down to this
         self._more_due = False  # the last claim was full: more deliveries may be due right now
