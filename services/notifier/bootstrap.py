@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from services.notifier.api import build_router
 from services.notifier.auth import ResolverWhoami, TokenVerifier
 from services.notifier.consumer import EventConsumer
-from services.notifier.delivery import DeliveryEngine, NotifierMetrics
+from services.notifier.delivery import DeliveryEngine, NotifierMetrics, webhook_client
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store
 from shared.kafka import KafkaSettings
@@ -31,6 +31,10 @@ log = get_logger(__name__)
 
 
 def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    if settings.http_transport == "asyncio":
+        from services.notifier.transport import AsyncioTransport
+
+        return AsyncioTransport(settings.workers, settings.request_timeout_seconds)
     if settings.http_transport == "aiohttp":
         from services.notifier.transport import AiohttpTransport
 
@@ -60,12 +64,7 @@ def build_app(
         await asyncio.to_thread(store.create_tables)
         limits = httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers)
         transport = webhook_transport or _webhook_transport(settings, limits)
-        client = httpx.AsyncClient(
-            timeout=settings.request_timeout_seconds,
-            limits=limits,
-            follow_redirects=False,  # a redirect could lead to a host the allow-list refuses
-            transport=transport,
-        )
+        client = webhook_client(transport, settings.request_timeout_seconds, settings.workers)
         engine = DeliveryEngine(store, settings, client, metrics)
         app.state.engine = engine
         stop = asyncio.Event()

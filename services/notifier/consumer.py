@@ -133,7 +133,7 @@ class EventConsumer:
         delay = 0.2
         while True:
             try:
-                created = self.store.record_events(events)
+                created = self.store.record_events(events, on_progress=self.on_recorded)
             except Exception as exc:
                 log.error("record_failed", error=type(exc).__name__, detail=str(exc)[:300], retry_in=delay)
                 if self._stop.wait(delay):

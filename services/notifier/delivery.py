@@ -12,10 +12,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import http.cookiejar
 import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +29,7 @@ from services.notifier.domain import (
     after_failure,
     backoff_seconds,
     classify_status,
+    lease_covers_a_request,
     parse_retry_after,
 )
 from services.notifier.settings import NotifierSettings
@@ -36,12 +39,16 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 
 USER_AGENT = "streamtoken-notifier/0.1"
+_STATIC_HEADERS = [(b"content-type", b"application/json"), (b"user-agent", USER_AGENT.encode())]
+
+
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    digest = hmac.new(_key(secret), f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
@@ -53,6 +60,46 @@ def webhook_headers(secret: str, msg_id: str, body: str, timestamp: int) -> dict
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, msg_id, timestamp, body),
     }
+
+
+class Signer:
+    """Signs webhooks like :func:`sign`, keeping decoded keys so a fan-out decodes each secret once."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._keys: dict[str, bytes] = {}
+        self._max_keys = max_keys
+
+    def signature(self, secret: str, msg_id: str, timestamp: int, body: bytes) -> bytes:
+        key = self._keys.get(secret)
+        if key is None:
+            if len(self._keys) >= self._max_keys:
+                self._keys.clear()
+            key = self._keys[secret] = _key(secret)
+        digest = hmac.new(key, b"%s.%d.%s" % (msg_id.encode(), timestamp, body), hashlib.sha256).digest()
+        return b"v1," + base64.b64encode(digest)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A webhook client never keeps cookies: one receiver's cookie must not reach another subscription."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+
+def webhook_client(transport: httpx.AsyncBaseTransport, timeout: float, workers: int) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` that sends webhooks: no redirects (a redirect could lead to a host the
+    allow-list refuses), no cookie jar, the given connection pool underneath."""
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        transport=transport,
+        cookies=_NoCookies(),
+    )
 
 
 class NotifierMetrics:
@@ -108,11 +155,21 @@ class DeliveryEngine:
         self.metrics = metrics
         self.clock = clock
         self.jitter = jitter
-        self._queue: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=settings.workers * 2)
+        # Twice the workers: the next claim runs while the workers still have a full round ahead of them.
+        # Items wait here with their lease running, so the queue stays proportional to what the workers can
+        # send within a lease (the workers also skip any item whose lease no longer covers a request).
+        size = settings.workers * 2
+        self._queue: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=size)
+        self._low_water = size // 2  # the workers wake the dispatcher when the queue is down to this
+        self._more_due = False  # the last claim was full: more deliveries may be due right now
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._signer = Signer()
+        self._timeout = client.timeout.as_dict()
+        self._delivered = metrics.deliveries.labels("delivered")
+        self.lease_expired = 0  # claimed items dropped because their lease no longer covered a request
 
     def wake(self) -> None:
         """Claim now instead of at the next poll (thread-safe: the consumer calls it after recording)."""
@@ -141,14 +198,14 @@ class DeliveryEngine:
             if now - last_depth > 1.0:
                 last_depth = now
                 await self._update_depth()
-            room = self._queue.maxsize - self._queue.qsize()
+            want = min(self._queue.maxsize - self._queue.qsize(), self.settings.claim_batch)
             claimed: list[Claimed] = []
-            if room >= max(1, self._queue.maxsize // 4):
+            if want > 0 and self._queue.qsize() <= self._low_water:
                 try:
                     claimed = await asyncio.to_thread(
                         self.store.claim_due,
                         now,
-                        min(room, self.settings.claim_batch),
+                        want,
                         self.settings.lease_seconds,
                         self.settings.restart_concurrency,
                         self.settings.poll_interval_seconds,
@@ -156,8 +213,9 @@ class DeliveryEngine:
                 except Exception as exc:
                     log.error("claim_failed", error=type(exc).__name__, detail=str(exc)[:300])
             for item in claimed:
-                await self._queue.put(item)
-            if claimed and len(claimed) >= min(room, self.settings.claim_batch):
+                self._queue.put_nowait(item)  # only this task puts, and it claimed at most the room left
+            self._more_due = bool(claimed) and len(claimed) >= want
+            if self._more_due and self._queue.qsize() <= self._low_water:
                 continue  # more may be due right now
             self._wake.clear()
             stopping = asyncio.ensure_future(stop.wait())
@@ -177,8 +235,14 @@ class DeliveryEngine:
             log.warning("queue_depth_failed", error=type(exc).__name__)
 
     async def _worker(self) -> None:
+        timeout = self.settings.request_timeout_seconds
         while True:
             item = await self._queue.get()
+            if self._more_due and self._queue.qsize() <= self._low_water:
+                self._wake.set()  # claim the next batch while this one is being sent
+            if not lease_covers_a_request(self.clock(), item.lease_until, timeout):
+                self.lease_expired += 1  # not sending it is safe: it is due again when the lease ends
+                continue
             try:
                 result = await self.attempt(item)
             except Exception as exc:  # never lose the worker; the lease makes the delivery due again
@@ -209,37 +273,41 @@ class DeliveryEngine:
             if any(r.status is not DeliveryStatus.PENDING for r in batch):
                 self._wake.set()
 
+    def request(self, item: Claimed, timestamp: int) -> httpx.Request:
+        """The signed webhook request of one delivery."""
+        body = item.body.encode()
+        headers = [
+            *_STATIC_HEADERS,
+            (b"webhook-id", item.id.encode()),
+            (b"webhook-timestamp", b"%d" % timestamp),
+            (b"webhook-signature", self._signer.signature(item.secret, item.id, timestamp, body)),
+        ]
+        return httpx.Request(
+            "POST", item.url, headers=headers, content=body, extensions={"timeout": self._timeout}
+        )
+
     async def attempt(self, item: Claimed) -> AttemptResult:
         """Send one delivery once and decide its next state (does not write it)."""
-        timestamp = int(self.clock())
-        headers = webhook_headers(item.secret, item.id, item.body, timestamp)
         attempts = item.attempts + 1
         started = time.perf_counter()
         status_code: int | None = None
         retry_after: float | None = None
         error: str | None = None
         try:
-            response = await self.client.post(item.url, content=item.body.encode(), headers=headers)
+            response = await self.client.send(self.request(item, int(self.clock())))
             status_code = response.status_code
             outcome = classify_status(status_code)
             if outcome is Outcome.RETRY:
                 retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
                 error = f"HTTP {status_code}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             outcome = Outcome.RETRY
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
         self.metrics.attempts.inc()
         self.metrics.request_seconds.observe(time.perf_counter() - started)
         now = self.clock()
-        context = {
-            "delivery_id": item.id,
-            "subscription_id": item.subscription_id,
-            "environment_id": item.environment_id,
-            "generation": item.generation,
-            "attempt": attempts,
-        }
         if outcome is Outcome.DELIVERED:
-            self.metrics.deliveries.labels("delivered").inc()
+            self._delivered.inc()
             self.metrics.latency.observe(max(now - item.created_at, 0.0))
             waiting = (
                 now + self.settings.restart_ack_timeout_seconds if item.action is Action.RESTART else 0.0
@@ -254,6 +322,13 @@ class DeliveryEngine:
                 None,
                 waiting,
             )
+        context = {
+            "delivery_id": item.id,
+            "subscription_id": item.subscription_id,
+            "environment_id": item.environment_id,
+            "generation": item.generation,
+            "attempt": attempts,
+        }
         if outcome is Outcome.GONE:
             self.metrics.deliveries.labels("gone").inc()
             log.warning("subscription_gone", status=status_code, **context)

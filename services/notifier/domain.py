@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
+
+import orjson
 
 from shared.backoff import equal_jitter, exponential
 from shared.events import ChangeType, TokenStateChanged
@@ -85,7 +86,7 @@ def delivery_id(event_id: str, subscription_id: str) -> str:
 def webhook_body(event: TokenStateChanged, subscription: SubscriptionTarget, event_type: str) -> str:
     """The JSON body of the webhook: ids, generation and action, never a token or fingerprint."""
     token_ids = {f"token_{t.slot}": t.token_id for t in event.tokens if t.valid_until is None}
-    return json.dumps(
+    return orjson.dumps(
         {
             "type": event_type,
             "environment_id": event.environment_id,
@@ -96,9 +97,8 @@ def webhook_body(event: TokenStateChanged, subscription: SubscriptionTarget, eve
             "deployment_id": subscription.deployment_id,
             "token_ids": {"token_1": token_ids.get("token_1"), "token_2": token_ids.get("token_2")},
             "occurred_at": event.change.at.isoformat(),
-        },
-        separators=(",", ":"),
-    )
+        }
+    ).decode()
 
 
 def plan_deliveries(
@@ -169,6 +169,15 @@ def backoff_seconds(
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
     return delay
+
+
+def lease_covers_a_request(now: float, lease_until: float, request_timeout: float) -> bool:
+    """Whether a claimed delivery may still be sent: its lease must outlast a whole request.
+
+    A delivery that waited in memory until its lease is (nearly) over is left alone: the lease expiry makes
+    it due again for any claimer, and sending it now could overlap with that claimer's attempt.
+    """
+    return now + request_timeout < lease_until
 
 
 def after_failure(attempts: int, max_attempts: int) -> DeliveryStatus:

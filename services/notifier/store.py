@@ -13,7 +13,7 @@ import base64
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,6 @@ from sqlalchemy import (
     Index,
     Text,
     UniqueConstraint,
-    bindparam,
     event,
     func,
     insert,
@@ -136,6 +135,17 @@ class Claimed:
     attempts: int
     generation: int
     created_at: float
+    lease_until: float = float("inf")  # sent only while the lease still covers a whole request
+
+
+_ACTIONS = {action.value: action for action in Action}
+RECORD_CHUNK = 1000  # subscriptions of one event recorded per transaction
+
+# One attempt's result (Store.complete), run through the DB-API's executemany.
+_COMPLETE_SQL = (
+    "UPDATE notifier_delivery SET status = ?, attempts = ?, next_attempt_at = ?, leased_until = 0.0, "
+    "awaiting_ack_until = ?, last_status_code = ?, last_error = ?, delivered_at = ? WHERE id = ?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
+        qmark = engine.dialect.paramstyle == "qmark"
+        self._complete_sql = _COMPLETE_SQL if qmark else _COMPLETE_SQL.replace("?", "%s")
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -341,19 +353,41 @@ class Store:
 
     # --- the consumer's side: Kafka records become deliveries ---------------------------------------
 
-    def record_events(self, events: Sequence[TokenStateChanged]) -> int:
-        """Record one delivery per due subscription for each event, in one transaction; how many new.
+    def record_events(
+        self,
+        events: Sequence[TokenStateChanged],
+        on_progress: Callable[[int], None] | None = None,
+        chunk: int = RECORD_CHUNK,
+    ) -> int:
+        """Record one delivery per due subscription for each event; how many new.
 
-        Idempotent: the unique (event_id, subscription_id) and each subscription's last notified generation
-        make re-consuming the same records (after a crash before the offset commit) a no-op.
+        One transaction per ``chunk`` subscriptions of an event: it inserts their deliveries and moves their
+        last notified generation to the event's, so the next chunk (or a re-consumption after a crash before
+        the offset commit) selects only subscriptions not recorded yet. ``on_progress(created)`` runs after
+        each commit, so deliveries can start while a large fan-out is still being recorded. Idempotent: the
+        unique (event_id, subscription_id) and the last notified generation make re-consuming a no-op.
         """
-        now = time.time()
         created = 0
+        for ev in events:
+            event_type = webhook_event_type(ev.change.type)
+            if event_type is None:
+                continue
+            first = True
+            while True:
+                count = self._record_chunk(ev, event_type, chunk, first)
+                first = False
+                if count is None:
+                    break
+                created += count
+                if on_progress is not None and count:
+                    on_progress(count)
+        return created
+
+    def _record_chunk(self, ev: TokenStateChanged, event_type: str, chunk: int, first: bool) -> int | None:
+        """One transaction of :meth:`record_events`; None when no subscription is left to record."""
+        now = time.time()
         with self._tx() as conn:
-            for ev in events:
-                event_type = webhook_event_type(ev.change.type)
-                if event_type is None:
-                    continue
+            if first:
                 conn.execute(
                     self._insert_ignore(R).values(
                         environment_id=ev.environment_id,
@@ -365,50 +399,55 @@ class Store:
                         recorded_at=now,
                     )
                 )
-                query = select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation).where(
+            query = (
+                select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation)
+                .where(
                     S.c.environment_id == ev.environment_id,
                     S.c.enabled.is_(True),
                     S.c.last_notified_generation < ev.generation,
                 )
-                if self.is_postgres:
-                    query = query.with_for_update()
-                targets = [
-                    SubscriptionTarget(r.id, r.deployment_id, Action(r.action), r.last_notified_generation)
-                    for r in conn.execute(query)
-                ]
-                planned = plan_deliveries(ev, targets)
-                if not planned:
-                    continue
-                rows = [
-                    {
-                        "id": p.id,
-                        "event_id": ev.event_id,
-                        "subscription_id": p.subscription_id,
-                        "environment_id": ev.environment_id,
-                        "generation": ev.generation,
-                        "rotation_id": ev.change.rotation_id,
-                        "event_type": event_type,
-                        "action": p.action.value,
-                        "body": p.body,
-                        "status": DeliveryStatus.PENDING.value,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "leased_until": 0.0,
-                        "awaiting_ack_until": 0.0,
-                        "created_at": now,
-                    }
-                    for p in planned
-                ]
-                for chunk in _chunks(rows, 1000):
-                    result = conn.execute(self._insert_ignore(D), chunk)
-                    created += max(result.rowcount, 0)
-                conn.execute(
-                    update(S)
-                    .where(S.c.id == bindparam("sid"), S.c.last_notified_generation < ev.generation)
-                    .values(last_notified_generation=ev.generation),
-                    [{"sid": p.subscription_id} for p in planned],
+                .limit(chunk)
+            )
+            if self.is_postgres:
+                query = query.with_for_update()
+            targets = [
+                SubscriptionTarget(r.id, r.deployment_id, _ACTIONS[r.action], r.last_notified_generation)
+                for r in conn.execute(query)
+            ]
+            planned = plan_deliveries(ev, targets)
+            if not planned:
+                return None
+            rows = [
+                {
+                    "id": p.id,
+                    "event_id": ev.event_id,
+                    "subscription_id": p.subscription_id,
+                    "environment_id": ev.environment_id,
+                    "generation": ev.generation,
+                    "rotation_id": ev.change.rotation_id,
+                    "event_type": event_type,
+                    "action": p.action.value,
+                    "body": p.body,
+                    "status": DeliveryStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "leased_until": 0.0,
+                    "awaiting_ack_until": 0.0,
+                    "created_at": now,
+                }
+                for p in planned
+            ]
+            # RETURNING counts what was new on both databases (rowcount of a batched insert does not).
+            new = len(conn.execute(self._insert_ignore(D).returning(D.c.id), rows).all())
+            conn.execute(
+                update(S)
+                .where(
+                    S.c.id.in_([p.subscription_id for p in planned]),
+                    S.c.last_notified_generation < ev.generation,
                 )
-        return created
+                .values(last_notified_generation=ev.generation)
+            )
+        return new
 
     # --- the delivery side -------------------------------------------------------------------------
 
@@ -423,21 +462,36 @@ class Store:
         """Lease up to ``limit`` due deliveries, keeping each environment's restarts within ``restart_limit``.
 
         Restarts held back by the limit are re-checked after ``restart_recheck_seconds`` so they do not
-        block the queue in front of other deliveries.
+        block the queue in front of other deliveries. Two statements in the common case: one reads the due
+        deliveries with their subscription's url and secret, one conditionally moves their lease forward
+        (only what that update returns was won; a concurrent claimer wins the rest).
         """
         lease_until = now + lease_seconds
         with self._tx() as conn:
             query = (
-                select(D.c.id, D.c.environment_id, D.c.action)
+                select(
+                    D.c.id,
+                    D.c.subscription_id,
+                    D.c.environment_id,
+                    D.c.action,
+                    D.c.body,
+                    D.c.attempts,
+                    D.c.generation,
+                    D.c.created_at,
+                    S.c.url,
+                    S.c.secret,
+                )
+                .select_from(D.outerjoin(S, S.c.id == D.c.subscription_id))
                 .where(D.c.status == DeliveryStatus.PENDING.value, D.c.next_attempt_at <= now)
                 .order_by(D.c.next_attempt_at)  # the index order: no sort of every due row
                 .limit(limit)
             )
             if self.is_postgres:
-                query = query.with_for_update(skip_locked=True)
-            candidates = [(r.id, r.environment_id, Action(r.action)) for r in conn.execute(query)]
-            if not candidates:
+                query = query.with_for_update(skip_locked=True, of=D)
+            rows = conn.execute(query).all()
+            if not rows:
                 return []
+            candidates = [(r.id, r.environment_id, _ACTIONS[r.action]) for r in rows]
             restart_envs = sorted({env for _, env, action in candidates if action is Action.RESTART})
             in_flight: dict[str, int] = {}
             if restart_envs and restart_limit > 0:
@@ -447,8 +501,9 @@ class Store:
                         conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(env))))
                 in_flight = self._restarts_in_flight(conn, restart_envs, now)
             chosen = select_within_restart_limit(candidates, in_flight, restart_limit)
-            held_back = [did for did, _, _ in candidates if did not in set(chosen)]
-            if held_back:
+            if len(chosen) < len(candidates):
+                chosen_set = set(chosen)
+                held_back = [did for did, _, _ in candidates if did not in chosen_set]
                 conn.execute(
                     update(D)
                     .where(D.c.id.in_(held_back), D.c.status == DeliveryStatus.PENDING.value)
@@ -471,46 +526,36 @@ class Store:
             }
             if not won:
                 return []
-            rows = conn.execute(
-                select(
-                    D.c.id,
-                    D.c.subscription_id,
-                    D.c.environment_id,
-                    D.c.action,
-                    D.c.body,
-                    D.c.attempts,
-                    D.c.generation,
-                    D.c.created_at,
-                    S.c.url,
-                    S.c.secret,
+            claimed: list[Claimed] = []
+            orphans: list[str] = []
+            for r in rows:  # in due order
+                if r.id not in won:
+                    continue
+                if r.url is None:  # its subscription was deleted between record and claim
+                    orphans.append(r.id)
+                    continue
+                claimed.append(
+                    Claimed(
+                        r.id,
+                        r.subscription_id,
+                        r.environment_id,
+                        _ACTIONS[r.action],
+                        r.url,
+                        r.secret,
+                        r.body,
+                        r.attempts,
+                        r.generation,
+                        r.created_at,
+                        lease_until,
+                    )
                 )
-                .join(S, S.c.id == D.c.subscription_id)
-                .where(D.c.id.in_(won))
-            ).all()
-            order = {did: i for i, did in enumerate(chosen)}
-            claimed = [
-                Claimed(
-                    id=r.id,
-                    subscription_id=r.subscription_id,
-                    environment_id=r.environment_id,
-                    action=Action(r.action),
-                    url=r.url,
-                    secret=r.secret,
-                    body=r.body,
-                    attempts=r.attempts,
-                    generation=r.generation,
-                    created_at=r.created_at,
-                )
-                for r in rows
-            ]
-            orphans = won - {c.id for c in claimed}
-            if orphans:  # their subscription was deleted between record and claim
+            if orphans:
                 conn.execute(
                     update(D)
                     .where(D.c.id.in_(orphans))
                     .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
                 )
-        return sorted(claimed, key=lambda c: order[c.id])
+        return claimed
 
     @staticmethod
     def _restarts_in_flight(conn: Connection, envs: Sequence[str], now: float) -> dict[str, int]:
@@ -527,34 +572,23 @@ class Store:
         """Write a batch of attempt results; a 410 disables the subscription and its pending deliveries."""
         if not results:
             return
-        with self._tx() as conn:
-            conn.execute(
-                update(D)
-                .where(D.c.id == bindparam("did"))
-                .values(
-                    status=bindparam("st"),
-                    attempts=bindparam("att"),
-                    next_attempt_at=bindparam("nxt"),
-                    leased_until=0.0,
-                    awaiting_ack_until=bindparam("ack"),
-                    last_status_code=bindparam("code"),
-                    last_error=bindparam("err"),
-                    delivered_at=bindparam("dat"),
-                ),
-                [
-                    {
-                        "did": r.id,
-                        "st": r.status.value,
-                        "att": r.attempts,
-                        "nxt": r.next_attempt_at,
-                        "ack": r.awaiting_ack_until,
-                        "code": r.status_code,
-                        "err": r.error[:300] if r.error else None,
-                        "dat": now if r.status is DeliveryStatus.DELIVERED else None,
-                    }
-                    for r in results
-                ],
+        delivered = DeliveryStatus.DELIVERED
+        rows = [
+            (
+                r.status.value,
+                r.attempts,
+                r.next_attempt_at,
+                r.awaiting_ack_until,
+                r.status_code,
+                r.error[:300] if r.error else None,
+                now if r.status is delivered else None,
+                r.id,
             )
+            for r in results
+        ]
+        with self._tx() as conn:
+            # The DB-API's own executemany: one prepared statement, no per-row work in SQLAlchemy.
+            conn.exec_driver_sql(self._complete_sql, rows)
             waiting = [r.id for r in results if r.awaiting_ack_until > 0]
             if waiting:  # the deployment may have acknowledged before this result was written
                 acked = select(S.c.acked_generation).where(S.c.id == D.c.subscription_id).scalar_subquery()
@@ -660,8 +694,3 @@ class Store:
             ):
                 by_generation[generation].append((DeliveryStatus(status), acked))
         return [rotation_progress(g, rid, by_generation.get(g, [])) for g, rid in rotations]
-
-
-def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]

@@ -15,6 +15,7 @@ from services.notifier.domain import (
     backoff_seconds,
     classify_status,
     delivery_id,
+    lease_covers_a_request,
     parse_retry_after,
     plan_deliveries,
     rotation_progress,
@@ -214,3 +215,9 @@ def test_listed_hosts_networks_and_public_hosts_under_a_star_are_allowed(
     url: str, allowed: tuple[str, ...]
 ) -> None:
     assert validate_webhook_url(url, allowed) == url
+
+
+def test_a_claimed_delivery_is_sent_only_while_its_lease_outlasts_a_request() -> None:
+    assert lease_covers_a_request(now=100.0, lease_until=130.0, request_timeout=10.0)
+    assert not lease_covers_a_request(now=120.0, lease_until=130.0, request_timeout=10.0)
+    assert not lease_covers_a_request(now=125.0, lease_until=130.0, request_timeout=10.0)
