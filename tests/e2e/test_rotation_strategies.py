@@ -33,6 +33,16 @@ def test_downtime_strategy_restarts_the_deployment_with_the_new_token_1(
     new_1 = old_2
     wait_for("the old Token 1 to be refused", lambda: e2e_stack.whoami(old_1) == 401, timeout=30)
     assert e2e_stack.whoami(new_1) == 200
+    # The notifier checks tokens with the real resolver: once its short whoami cache (5 s) lapses, the
+    # deactivated token is refused there too (a read-only call, so no subscription is made with it).
+    notifier_as_old = e2e_stack.client("notifier", old_1)
+    wait_for(
+        "the notifier to refuse the old Token 1",
+        lambda: notifier_as_old.get("/v1/subscriptions").status_code == 401,
+        timeout=30,
+        every=0.5,
+    )
+    assert old_1 not in notifier_as_old.get("/v1/subscriptions").text
 
     wait_for("the agent to restart the deployment", lambda: deployment.starts() == 2, timeout=90)
     wait_for("the ack of generation 2", lambda: _acknowledged(e2e_stack, new_1, env_id, 2), timeout=60)
