@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -34,6 +35,21 @@ def produced_after_restart(deployment: Deployment, since: int) -> bool:
     output = deployment.output()
     restart = output.find("f1_producer: producing to", since)
     return restart >= 0 and PRODUCED.search(output, restart) is not None
+
+
+def agent_timeline(deployment: Deployment, rotated_wall: float) -> tuple[float, float] | None:
+    """From the agent's own log: seconds from the rotate call to the webhook, and from the webhook to the
+    new child started."""
+    notified = started = None
+    for line in deployment.agent_log():
+        at = datetime.fromisoformat(str(line.get("timestamp"))).timestamp()
+        if line.get("event") == "rotation_notified" and notified is None and at >= rotated_wall:
+            notified = at
+        elif line.get("event") == "child_started" and notified is not None and started is None:
+            started = at
+    if notified is None or started is None:
+        return None
+    return notified - rotated_wall, started - notified
 
 
 def fleet_rss_mb(deployments: list[Deployment]) -> float:
@@ -79,6 +95,7 @@ def run_fleet(stack: RunningStack, size: int, interval: float) -> dict[str, floa
     shown[0] = -1
     offsets = [len(d.output()) for d in deployments]  # a crash restart before this is not counted
     rotated_at = time.monotonic()
+    rotated_wall = time.time()
     response = stack.issuer.post(f"/v1/environments/{env_id}/streaming-tokens/rotate")
     assert response.status_code == 200, response.text
     back: dict[int, float] = {}
@@ -101,7 +118,10 @@ def run_fleet(stack: RunningStack, size: int, interval: float) -> dict[str, floa
         if d.child.process is not None:
             d.child.process.wait(60)
     times = sorted(back.values())
+    timelines = [t for t in (agent_timeline(d, rotated_wall) for d in deployments) if t is not None]
     return {
+        "webhook_s": statistics.median(t[0] for t in timelines) if timelines else float("nan"),
+        "child_restarted_s": statistics.median(t[1] for t in timelines) if timelines else float("nan"),
         "size": size,
         "all_back_s": times[-1],
         "p50_s": statistics.median(times),
@@ -134,11 +154,15 @@ def main() -> int:
                 print(f"fleet of {size}:")
                 results.append(run_fleet(stack, size, args.interval))
     print()
-    print("deployments | all producing again | median | first | fleet RSS (agents + apps) | old Token 1")
+    print(
+        "deployments | all producing again | median | first | fleet RSS (agents + apps) | old Token 1"
+        " | webhook after rotate (median) | child restarted after webhook (median)"
+    )
     for r in results:
         print(
             f"{r['size']:>11} | {r['all_back_s']:>17.2f} s | {r['p50_s']:>5.2f} s | {r['first_s']:>4.2f} s"
             f" | {r['fleet_rss_mb']:>22,.0f} MB | HTTP {r['old_token_status']:.0f}"
+            f" | {r['webhook_s']:.2f} s | {r['child_restarted_s']:.2f} s"
         )
     if len(results) > 1:
         small, large = results[0], results[-1]
