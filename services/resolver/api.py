@@ -7,6 +7,7 @@ and only its fingerprint is ever logged.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from services.resolver.admin import TopicAdmin, TopicAdminError, TopicExists, TopicInfo
+from services.resolver.credentials import PublicBroker
 from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
@@ -40,7 +42,8 @@ KAFKA_DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 class Resolver:
-    """What the routes need: the table, its status, the topic admin, settings, metrics and a clock."""
+    """What the routes need: the table, its status, the topic admin, settings, what clients are told about
+    the broker, metrics and a clock."""
 
     def __init__(
         self,
@@ -48,6 +51,7 @@ class Resolver:
         status: Callable[[], Status],
         admin: TopicAdmin,
         settings: ResolverSettings,
+        broker: PublicBroker,
         metrics: ResolverMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -55,6 +59,7 @@ class Resolver:
         self.status = status
         self.admin = admin
         self.settings = settings
+        self.broker = broker
         self.metrics = metrics
         self.counts = metrics.lookup_counts
         self.clock = clock
@@ -81,8 +86,8 @@ class Resolver:
         return match
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def _resolver(request: Request) -> Resolver:
@@ -132,6 +137,37 @@ async def resolve_topic(name: str, request: Request) -> Response:
     return _json({"topic_id": full, "environment_id": match.environment_id})
 
 
+INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
+
+
+@native.get(
+    "/v1/environments/{environment_id}/generation",
+    tags=["propagation"],
+    summary="The generation of an environment this resolver's table holds (the issuer's propagation view)",
+    description=(
+        "For the issuer's propagation view: which generation of the environment's token state this replica "
+        "has applied (`null` when it holds none, e.g. unknown or deleted), and whether the replica is "
+        "`ready` (caught up, as `/health/ready`). A token of that generation authenticates here once "
+        "`generation` has reached it. Reveals no secret and needs no streaming token; when "
+        f"`STREAMTOKEN_RESOLVER_INTERNAL_KEY` is set, the `{INTERNAL_KEY_HEADER}` header must carry it "
+        "(401 otherwise)."
+    ),
+)
+async def environment_generation(environment_id: str, request: Request, resolver: ResolverDep) -> Response:
+    key = resolver.settings.internal_key
+    if key is not None:
+        given = request.headers.get(INTERNAL_KEY_HEADER, "")
+        if not hmac.compare_digest(given.encode("utf-8"), key.get_secret_value().encode("utf-8")):
+            raise ApiError(401, "unauthorized", f"send the resolver's internal key as {INTERNAL_KEY_HEADER}")
+    return _json(
+        {
+            "environment_id": environment_id,
+            "generation": resolver.table.generation(environment_id),
+            "ready": resolver.status() is Status.READY,
+        }
+    )
+
+
 @native.get("/v1/whoami", summary="The environment, slot and token id of the caller's streaming token")
 async def whoami(caller: Caller) -> Response:
     return _json(
@@ -175,10 +211,27 @@ async def workspace(workspace: str, caller: Caller) -> Response:
     return _json(_workspace_body(_own_workspace(caller, workspace)))
 
 
-@portal.get("/workspaces/{workspace}/broker/librdkafka", summary="librdkafka connection settings")
-async def librdkafka(workspace: str, caller: Caller, resolver: ResolverDep) -> Response:
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+@portal.get(
+    "/workspaces/{workspace}/broker/librdkafka",
+    summary="The caller's own librdkafka connection settings and broker credentials",
+    description=(
+        "A flat librdkafka dict: `bootstrap.servers`, `security.protocol` and, where the broker uses SASL, "
+        "`sasl.mechanism` (SCRAM-SHA-256 by default), `sasl.username` (the caller's token id) and "
+        "`sasl.password` (derived from the caller's token, `shared.broker_access.broker_password`); where "
+        "it uses TLS, `ssl.ca.cert` (the cluster CA, base64 PEM). Never another token's login, never a "
+        "shared one. Answered with `Cache-Control: no-store`. When the broker is PLAINTEXT (the Tansu "
+        "fallback of `streamtoken dev`), only `bootstrap.servers` and `security.protocol` are answered and "
+        "**broker-side enforcement is off**: the broker then checks no token, user or ACL at all."
+    ),
+)
+async def librdkafka(workspace: str, request: Request, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
-    return _json(resolver.settings.public_librdkafka())
+    # The Caller dependency matched this very header; re-reading it gives the token its password derives from.
+    token = bearer_streaming_token(request.headers.get("authorization"))
+    return _json(resolver.broker.for_token(caller.token_id, token), headers=NO_STORE)
 
 
 # Kafka's retention.ms and retention.bytes are 64-bit; JSON answers must stay within them too.

@@ -11,11 +11,15 @@ from fastapi import FastAPI
 
 from services.resolver.admin import KafkaTopicAdmin, TopicAdmin
 from services.resolver.api import Resolver, ResolverAPI, install_routes, ready_detail
+from services.resolver.credentials import PublicBroker
 from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import Status, TableReplica
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import TokenTable
+from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
+
+log = get_logger(__name__)
 
 
 def build_app(
@@ -32,6 +36,19 @@ def build_app(
     """The resolver's ASGI app. With ``start_replica=False`` nothing talks to Kafka for the table (tests
     fill ``table`` themselves and pass ``status``)."""
     settings = settings or ResolverSettings()
+    broker = PublicBroker.from_settings(settings)  # reads the CA file once; a bad one stops the start here
+    if not broker.enforced:
+        log.warning(
+            "broker_enforcement_off",
+            security_protocol=broker.security_protocol,
+            detail="clients get no per-token broker login: the broker checks no token, user or ACL",
+        )
+    elif broker.security_protocol == "SASL_SSL" and broker.ca_pem_base64 is None:
+        log.warning(
+            "public_ca_missing",
+            detail="clients get no ssl.ca.cert: set STREAMTOKEN_RESOLVER_PUBLIC_CA_LOCATION unless the "
+            "broker's certificate is publicly trusted (Telegraf's outputs.quix requires it)",
+        )
     table = table if table is not None else TokenTable()
     metrics = metrics or ResolverMetrics()
     metrics.bind_table(lambda: float(len(table)), lambda: float(table.fingerprint_count))
@@ -81,6 +98,7 @@ def build_app(
         admin
         or KafkaTopicAdmin(settings.kafka, settings.metadata_cache_seconds, settings.admin_timeout_seconds),
         settings,
+        broker,
         metrics,
         clock,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,22 +19,31 @@ class ResolverSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="STREAMTOKEN_RESOLVER_HOST: address to listen on")
     port: int = Field(8002, ge=1, le=65535, description="STREAMTOKEN_RESOLVER_PORT")
 
-    # What clients are told about Kafka (Portal API `broker/librdkafka`); default: the resolver's own.
+    # What clients are told about Kafka (Portal API `broker/librdkafka`, built by `broker.PublicBroker`);
+    # the credentials are always the caller's own token's (shared.broker_access), never configured here.
     public_bootstrap_servers: str | None = Field(
-        None, description="STREAMTOKEN_RESOLVER_PUBLIC_BOOTSTRAP_SERVERS: Kafka bootstrap given to clients"
+        None,
+        description="STREAMTOKEN_RESOLVER_PUBLIC_BOOTSTRAP_SERVERS: Kafka bootstrap given to clients "
+        "(default: the resolver's own)",
     )
     public_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
         None, description="STREAMTOKEN_RESOLVER_PUBLIC_SECURITY_PROTOCOL (default: the resolver's own)"
     )
-    public_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_MECHANISM"
+    public_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None,
+        description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_MECHANISM (default SCRAM-SHA-256 with SASL_*)",
     )
-    public_sasl_username: str | None = Field(None, description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_USERNAME")
-    public_sasl_password: SecretStr | None = Field(
-        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SASL_PASSWORD"
+    public_ca_location: str | None = Field(
+        None,
+        description="STREAMTOKEN_RESOLVER_PUBLIC_CA_LOCATION: PEM file handed to clients as ssl.ca.cert "
+        "(default: STREAMTOKEN_KAFKA_SSL_CA_LOCATION); read once at start",
     )
-    public_ssl_ca_pem_base64: SecretStr | None = Field(
-        None, description="STREAMTOKEN_RESOLVER_PUBLIC_SSL_CA_PEM_BASE64: CA certificate given as ssl.ca.cert"
+
+    # The propagation view (`GET /v1/environments/{id}/generation`); unset = open (docs/resolver.md).
+    internal_key: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_RESOLVER_INTERNAL_KEY: when set, the propagation endpoint requires it in "
+        "the X-Streamtoken-Internal-Key header",
     )
 
     # Replay and readiness.
@@ -67,25 +76,3 @@ class ResolverSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, exclude=True)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, exclude=True)
-
-    def public_librdkafka(self) -> dict[str, Any]:
-        """The flat librdkafka dict the Portal API hands to clients (only keys the client accepts).
-
-        Unset public values fall back to the resolver's own connection - protocol and SASL mechanism
-        together - but never its credentials: clients get only the ``PUBLIC_SASL_*`` ones."""
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.public_bootstrap_servers or self.kafka.bootstrap_servers,
-            "security.protocol": self.public_security_protocol or self.kafka.security_protocol,
-        }
-        mechanism = self.public_sasl_mechanism or (
-            self.kafka.sasl_mechanism if self.public_security_protocol is None else None
-        )
-        if mechanism:
-            config["sasl.mechanism"] = mechanism
-        if self.public_sasl_username is not None:
-            config["sasl.username"] = self.public_sasl_username
-        if self.public_sasl_password is not None:
-            config["sasl.password"] = self.public_sasl_password.get_secret_value()
-        if self.public_ssl_ca_pem_base64 is not None:
-            config["ssl.ca.cert"] = self.public_ssl_ca_pem_base64.get_secret_value()
-        return config

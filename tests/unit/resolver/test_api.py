@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.resolver.admin import TopicAdminError, TopicExists, TopicInfo
+from services.resolver.admin import TopicAdminError, TopicInfo
 from services.resolver.bootstrap import build_app
 from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
@@ -15,29 +15,7 @@ from services.resolver.table import TokenTable
 from shared.kafka import KafkaSettings
 from shared.tokens import generate_token
 from tests.unit.resolver.factories import Env
-
-
-class FakeAdmin:
-    def __init__(self) -> None:
-        self.topics_: dict[str, TopicInfo] = {}
-        self.created: list[tuple[str, int, int, dict[str, str]]] = []
-        self.fail = False
-
-    async def topics(self, prefix: str) -> dict[str, TopicInfo]:
-        return {n: t for n, t in self.topics_.items() if n.startswith(prefix)}
-
-    async def topic(self, name: str) -> TopicInfo | None:
-        if self.fail:
-            raise TopicAdminError("broker down")
-        return self.topics_.get(name)
-
-    async def create(
-        self, name: str, partitions: int, replication_factor: int, config: dict[str, str]
-    ) -> None:
-        if name in self.topics_:
-            raise TopicExists(name)
-        self.created.append((name, partitions, replication_factor, config))
-        self.topics_[name] = TopicInfo(name, partitions, replication_factor, True, dict(config))
+from tests.unit.resolver.fakes import FakeAdmin, bearer
 
 
 @pytest.fixture
@@ -74,10 +52,6 @@ async def client(
     app = build_app(settings, table=table, admin=admin, start_replica=False, status=lambda: status[0])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://resolver") as c:
         yield c
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "X-Version": "2.0"}
 
 
 async def test_resolve_topic_and_whoami(client: httpx.AsyncClient, dev: Env, prod: Env) -> None:
