@@ -5,7 +5,7 @@ The real adapters live in ``adapters/``; tests pass hand-written fakes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -89,6 +89,16 @@ class StoreTx(Protocol):
         self, env_id: str, key: str, result: IdempotentResult, at: datetime
     ) -> None: ...
 
+    def lock_environment_ids(self) -> None:
+        """Serialise environment creation across the database (PostgreSQL: a transaction-scoped advisory
+        lock), so that two concurrent creates cannot both pass the nesting check."""
+
+    def broker_generation(self, env_id: str) -> int | None:
+        """The generation of ``env_id`` the broker was last made to match (None: never)."""
+
+    def record_broker_generation(self, env_id: str, generation: int, at: datetime) -> None:
+        """Remember that the broker matches ``generation`` of ``env_id`` (never lowers a recorded one)."""
+
 
 class IssuerStore(Protocol):
     def transaction(self) -> AbstractContextManager[StoreTx]: ...
@@ -141,3 +151,57 @@ class TopicAdmin(Protocol):
     def is_empty(self) -> bool:
         """True when the topic holds no record, read by a consumer (not ListOffsets, see BROKER.md)."""
         ...
+
+
+@dataclass(frozen=True)
+class EnvironmentAccess:
+    """Who may reach one environment on the broker now: its valid tokens as ``(token_id, broker password)``.
+
+    ``tokens`` is empty for a deleted (or unknown) environment; ``expires_at`` is the earliest end of a grace
+    period among them, when the environment must be synced again."""
+
+    environment_id: str
+    generation: int
+    tokens: tuple[tuple[str, str], ...] = field(repr=False)
+    expires_at: datetime | None = None
+
+    def __repr__(self) -> str:  # never print a password
+        ids = [token_id for token_id, _ in self.tokens]
+        return (
+            f"EnvironmentAccess({self.environment_id!r}, generation={self.generation}, tokens={ids}, "
+            f"expires_at={self.expires_at})"
+        )
+
+
+class AccessSource(Protocol):
+    """The relay's view of the store for broker access: current valid tokens, and where the broker is."""
+
+    def current(self, env_ids: Sequence[str]) -> dict[str, EnvironmentAccess]: ...
+
+    def everything(self) -> dict[str, EnvironmentAccess]:
+        """Every existing environment (deleted ones are absent: reconcile removes what is not listed)."""
+        ...
+
+    def record_applied(self, applied: Sequence[EnvironmentAccess]) -> None: ...
+
+
+class BrokerAccess(Protocol):
+    """Makes the broker's SCRAM users and ACLs match the valid tokens (``shared.broker_access``).
+
+    ``tokens`` are ``(token_id, broker_password)``. Both calls are idempotent and raise when the broker
+    refuses or cannot be reached; a message never carries a password."""
+
+    enforcing: bool  # False: this broker cannot enforce anything (Tansu), the calls do nothing
+
+    def sync_environment(self, environment_id: str, tokens: Sequence[tuple[str, str]]) -> None:
+        """Exactly these tokens reach the environment: missing users and ACLs are created, every tenant
+        principal holding ACLs on the ``{environment_id}-`` prefix that is not one of them is removed.
+        An empty ``tokens``: the environment was deleted."""
+        ...
+
+    def reconcile_all(self, desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        """Like :meth:`sync_environment` for every environment at once, and every ``tid_…`` user and
+        ``User:tid_…`` ACL not in ``desired`` is deleted."""
+        ...
+
+    def close(self) -> None: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -70,6 +72,19 @@ class IssuerSettings(BaseSettings):
         24,
         gt=0,
         description="STREAMTOKEN_ISSUER_IDEMPOTENCY_TTL_HOURS: how long an Idempotency-Key replays a result",
+    )
+    broker_access: Literal["auto", "scram", "off"] = Field(
+        "auto",
+        description="STREAMTOKEN_ISSUER_BROKER_ACCESS: who makes the broker enforce streaming tokens. scram: "
+        "the issuer keeps one SCRAM user and prefixed ACLs per valid token (needs Apache Kafka or another "
+        "broker with SCRAM and an authorizer); off: nothing is enforced at the broker (Tansu); auto: scram "
+        "when STREAMTOKEN_KAFKA_SECURITY_PROTOCOL is SASL_*, off otherwise",
+    )
+    broker_access_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="STREAMTOKEN_ISSUER_BROKER_ACCESS_TIMEOUT_S: how long one user/ACL admin call waits",
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)

@@ -1,0 +1,380 @@
+"""The broker's tenants on confluent-kafka's ``AdminClient``: SCRAM users and prefixed ACLs per valid token.
+
+:class:`KafkaBrokerAccess` reads what the broker holds (``describe_acls``,
+``describe_user_scram_credentials``), lets :mod:`services.issuer.broker_plan` compute the difference, and
+applies it: SCRAM upserts (librdkafka salts and hashes the password itself and sends only salt and salted
+password), ACL creation, then user and ACL deletion. Every call is idempotent. :class:`NoBrokerAccess` is
+for a broker that cannot enforce anything (Tansu): it does nothing. :func:`make_broker_access` picks one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from services.issuer.broker_plan import (
+    BrokerPlan,
+    BrokerSnapshot,
+    environment_scope,
+    is_tenant_user,
+    plan_all,
+    plan_environment,
+)
+from services.issuer.settings import IssuerSettings
+from shared.broker_access import (
+    SCRAM_ITERATIONS,
+    Grant,
+    Operation,
+    Pattern,
+    Resource,
+    is_tenant_principal,
+    tenant_prefix,
+)
+from shared.kafka import KafkaSettings
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+_quiet = logging.getLogger("streamtoken.issuer.librdkafka")
+_CHUNK = 1000  # alterations / bindings per admin request
+_T = TypeVar("_T")
+
+
+class BrokerAccessError(RuntimeError):
+    """The broker refused a change of users or ACLs, or did not answer. The message names the call and the
+    broker's error, never a password."""
+
+
+def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _error_callback(error: Any) -> None:
+    log.debug("kafka_admin_client_error", error=str(error))
+
+
+class _Mapping:
+    """Our ``shared.broker_access`` values ↔ confluent-kafka's enums (imported lazily)."""
+
+    def __init__(self) -> None:
+        from confluent_kafka.admin import (
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+            ScramMechanism,
+        )
+
+        self.resource = {
+            Resource.TOPIC: ResourceType.TOPIC,
+            Resource.GROUP: ResourceType.GROUP,
+            Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID,
+            Resource.CLUSTER: ResourceType.BROKER,
+        }
+        self.pattern = {
+            Pattern.LITERAL: ResourcePatternType.LITERAL,
+            Pattern.PREFIXED: ResourcePatternType.PREFIXED,
+        }
+        self.operation = {
+            Operation.READ: AclOperation.READ,
+            Operation.WRITE: AclOperation.WRITE,
+            Operation.CREATE: AclOperation.CREATE,
+            Operation.DESCRIBE: AclOperation.DESCRIBE,
+            Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
+            Operation.ALTER: AclOperation.ALTER,
+        }
+        self.mechanism = {
+            "SCRAM-SHA-256": ScramMechanism.SCRAM_SHA_256,
+            "SCRAM-SHA-512": ScramMechanism.SCRAM_SHA_512,
+        }
+        self.back_resource = {v: k for k, v in self.resource.items()}
+        self.back_pattern = {v: k for k, v in self.pattern.items()}
+        self.back_operation = {v: k for k, v in self.operation.items()}
+        self.back_mechanism = {v: k for k, v in self.mechanism.items()}
+        self.allow = AclPermissionType.ALLOW
+
+    def binding(self, grant: Grant) -> Any:
+        from confluent_kafka.admin import AclBinding
+
+        return AclBinding(
+            self.resource[grant.resource],
+            grant.name,
+            self.pattern[grant.pattern],
+            grant.principal,
+            "*",
+            self.operation[grant.operation],
+            self.allow,
+        )
+
+    def exact_filter(self, binding: Any) -> Any:
+        from confluent_kafka.admin import AclBindingFilter
+
+        return AclBindingFilter(
+            binding.restype,
+            binding.name,
+            binding.resource_pattern_type,
+            binding.principal,
+            binding.host,
+            binding.operation,
+            binding.permission_type,
+        )
+
+    def grant(self, binding: Any) -> Grant | None:
+        """The grant a binding is, or None when it is not one we could have made (DENY, a host, ...)."""
+        if binding.permission_type != self.allow or binding.host != "*":
+            return None
+        try:
+            return Grant(
+                binding.principal,
+                self.back_resource[binding.restype],
+                binding.name,
+                self.back_pattern[binding.resource_pattern_type],
+                self.back_operation[binding.operation],
+            )
+        except KeyError:
+            return None
+
+
+def _kafka_error(exc: BaseException) -> Any:
+    return exc.args[0] if exc.args and hasattr(exc.args[0], "code") else None
+
+
+def _describe(exc: BaseException) -> str:
+    error = _kafka_error(exc)
+    if error is not None:
+        return f"{error.name()}: {error.str()}"[:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+class KafkaBrokerAccess:
+    """:class:`~services.issuer.ports.BrokerAccess` on an ``AdminClient`` with the issuer's own principal
+    (it needs ALTER and DESCRIBE on the cluster, ``shared.broker_access.service_grants``)."""
+
+    enforcing = True
+
+    def __init__(self, settings: KafkaSettings, timeout_s: float = 10.0) -> None:
+        self._settings = settings
+        self._timeout = timeout_s
+        self._admin: Any = None
+        self._map: _Mapping | None = None
+
+    # -- the port ----------------------------------------------------------------------------------------
+
+    def sync_environment(self, environment_id: str, tokens: Sequence[tuple[str, str]]) -> None:
+        prefix_grants = self._grants(self._filter(name=tenant_prefix(environment_id), pattern="prefixed"))
+        principals, users = environment_scope(environment_id, tokens, prefix_grants[0])
+        grants: set[Grant] = {g for g in prefix_grants[0] if g.principal in principals}
+        odd: list[Any] = [b for b in prefix_grants[1] if b.principal in principals]
+        for who in sorted(principals):
+            found, unknown = self._grants(self._filter(principal=who))
+            grants |= set(found)
+            odd.extend(unknown)
+        snapshot = BrokerSnapshot(self._users(sorted(users)), frozenset(grants))
+        changes = plan_environment(environment_id, tokens, snapshot)
+        self._apply(changes, odd)
+        log.info(
+            "broker_environment_synced",
+            environment_id=environment_id,
+            tokens=[token_id for token_id, _ in tokens],
+            **changes.summary(),
+        )
+
+    def reconcile_all(self, desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        grants, odd = self._grants(self._filter())
+        tenant_grants = frozenset(g for g in grants if is_tenant_principal(g.principal))
+        odd = [b for b in odd if is_tenant_principal(b.principal)]
+        snapshot = BrokerSnapshot(self._all_tenant_users(), tenant_grants)
+        changes = plan_all(desired, snapshot)
+        self._apply(changes, odd)
+        log.info("broker_reconciled", environments=len(desired), **changes.summary())
+
+    def close(self) -> None:
+        self._admin = None
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient(
+                {**self._settings.librdkafka(), "error_cb": _error_callback}, logger=_quiet
+            )
+        return self._admin
+
+    def _mapping(self) -> _Mapping:
+        if self._map is None:
+            self._map = _Mapping()
+        return self._map
+
+    def _filter(self, *, name: str | None = None, pattern: str = "any", principal: str | None = None) -> Any:
+        from confluent_kafka.admin import (
+            AclBindingFilter,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        kind = ResourcePatternType.PREFIXED if pattern == "prefixed" else ResourcePatternType.ANY
+        return AclBindingFilter(
+            ResourceType.ANY, name, kind, principal, None, AclOperation.ANY, AclPermissionType.ANY
+        )
+
+    def _grants(self, acl_filter: Any) -> tuple[list[Grant], list[Any]]:
+        """The bindings matching a filter: as grants, and the ones that are no grant of ours."""
+        try:
+            bindings = (
+                self._client()
+                .describe_acls(acl_filter, request_timeout=self._timeout)
+                .result(self._timeout + 1)
+            )
+        except Exception as exc:
+            raise BrokerAccessError(f"describe_acls failed ({_describe(exc)})") from None
+        m = self._mapping()
+        grants: list[Grant] = []
+        odd: list[Any] = []
+        for binding in bindings:
+            grant = m.grant(binding)
+            if grant is None:
+                odd.append(binding)
+            else:
+                grants.append(grant)
+        return grants, odd
+
+    def _credentials(self, description: Any) -> frozenset[tuple[str, int]]:
+        m = self._mapping()
+        return frozenset(
+            (m.back_mechanism[info.mechanism], int(info.iterations))
+            for info in description.scram_credential_infos
+            if info.mechanism in m.back_mechanism
+        )
+
+    def _users(self, users: Sequence[str]) -> dict[str, frozenset[tuple[str, int]]]:
+        if not users:
+            return {}
+        from confluent_kafka import KafkaError
+
+        found: dict[str, frozenset[tuple[str, int]]] = {}
+        try:
+            futures = self._client().describe_user_scram_credentials(
+                list(users), request_timeout=self._timeout
+            )
+        except Exception as exc:
+            raise BrokerAccessError(f"describe_user_scram_credentials failed ({_describe(exc)})") from None
+        for user, future in futures.items():
+            try:
+                found[user] = self._credentials(future.result(self._timeout + 1))
+            except Exception as exc:
+                error = _kafka_error(exc)
+                if error is not None and error.code() == KafkaError.RESOURCE_NOT_FOUND:
+                    continue
+                raise BrokerAccessError(
+                    f"describe_user_scram_credentials failed ({_describe(exc)})"
+                ) from None
+        return found
+
+    def _all_tenant_users(self) -> dict[str, frozenset[tuple[str, int]]]:
+        try:
+            described = (
+                self._client()
+                .describe_user_scram_credentials(request_timeout=self._timeout)
+                .result(self._timeout + 1)
+            )
+        except Exception as exc:
+            raise BrokerAccessError(f"describe_user_scram_credentials failed ({_describe(exc)})") from None
+        return {user: self._credentials(d) for user, d in described.items() if is_tenant_user(user)}
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def _apply(self, changes: BrokerPlan, odd_bindings: Iterable[Any]) -> None:
+        from confluent_kafka.admin import (
+            ScramCredentialInfo,
+            UserScramCredentialDeletion,
+            UserScramCredentialUpsertion,
+        )
+
+        m = self._mapping()
+        client = self._client()
+        # The broker refuses two alterations of one user in a request: one request per mechanism.
+        for mechanism in m.mechanism:
+            upserts = [
+                UserScramCredentialUpsertion(
+                    u.user, ScramCredentialInfo(m.mechanism[mechanism], SCRAM_ITERATIONS), u.password.encode()
+                )
+                for u in changes.upserts
+                if u.mechanism == mechanism
+            ]
+            for chunk in _chunks(upserts):
+                self._wait(
+                    "alter_user_scram_credentials",
+                    client.alter_user_scram_credentials(list(chunk), request_timeout=self._timeout),
+                )
+        bindings = [m.binding(g) for g in changes.create_grants]
+        for chunk in _chunks(bindings):
+            self._wait("create_acls", client.create_acls(list(chunk), request_timeout=self._timeout))
+        for mechanism in m.mechanism:
+            deletions = [
+                UserScramCredentialDeletion(user, m.mechanism[mechanism])
+                for user, mech in changes.delete_users
+                if mech == mechanism
+            ]
+            for chunk in _chunks(deletions):
+                self._wait(
+                    "alter_user_scram_credentials",
+                    client.alter_user_scram_credentials(list(chunk), request_timeout=self._timeout),
+                    missing_ok=True,
+                )
+        filters = {m.exact_filter(m.binding(g)) for g in changes.delete_grants}
+        filters |= {m.exact_filter(b) for b in odd_bindings}
+        for chunk in _chunks(list(filters)):
+            self._wait("delete_acls", client.delete_acls(list(chunk), request_timeout=self._timeout))
+
+    def _wait(self, call: str, futures: Mapping[Any, Any], *, missing_ok: bool = False) -> None:
+        from confluent_kafka import KafkaError
+
+        first: BaseException | None = None
+        for future in futures.values():
+            try:
+                future.result(self._timeout + 1)
+            except Exception as exc:
+                error = _kafka_error(exc)
+                if missing_ok and error is not None and error.code() == KafkaError.RESOURCE_NOT_FOUND:
+                    continue
+                first = first or exc
+        if first is not None:
+            raise BrokerAccessError(f"{call} failed ({_describe(first)})")
+
+
+class NoBrokerAccess:
+    """For a broker that cannot enforce anything (Tansu, or ``STREAMTOKEN_ISSUER_BROKER_ACCESS=off``)."""
+
+    enforcing = False
+
+    def sync_environment(self, environment_id: str, tokens: Sequence[tuple[str, str]]) -> None:
+        return None
+
+    def reconcile_all(self, desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def broker_access_mode(settings: IssuerSettings) -> str:
+    """``scram`` or ``off``: ``auto`` means scram when Kafka is reached over SASL_*."""
+    if settings.broker_access == "auto":
+        return "scram" if settings.kafka.security_protocol.startswith("SASL_") else "off"
+    return settings.broker_access
+
+
+def make_broker_access(settings: IssuerSettings) -> KafkaBrokerAccess | NoBrokerAccess:
+    if broker_access_mode(settings) == "scram":
+        return KafkaBrokerAccess(settings.kafka, timeout_s=settings.broker_access_timeout_s)
+    log.warning(
+        "broker_access_off",
+        detail="the broker does not enforce streaming tokens: any client reaching it can use every "
+        "environment (STREAMTOKEN_ISSUER_BROKER_ACCESS=off, or auto without SASL)",
+    )
+    return NoBrokerAccess()
