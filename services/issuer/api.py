@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -65,6 +65,19 @@ class GraceTokenPublic(BaseModel):
     valid_until: datetime | None
 
 
+class PropagationPublic(BaseModel):
+    broker: Literal["applied", "pending", "off"] = Field(
+        description="applied: the broker's users and ACLs match this generation; pending: not yet (the "
+        "relay retries); off: this deployment's broker does not enforce streaming tokens"
+    )
+    broker_generation: int | None = Field(description="the generation the broker was last made to match")
+
+
+class PropagationState(PropagationPublic):
+    environment_id: str
+    generation: int
+
+
 class StreamingTokens(BaseModel):
     environment_id: str
     generation: int
@@ -72,6 +85,7 @@ class StreamingTokens(BaseModel):
     token_2: TokenPublic
     grace_tokens: list[GraceTokenPublic]
     rotation_id: str | None
+    propagation: PropagationPublic | None = None
 
 
 class AuditEntryPublic(BaseModel):
@@ -179,6 +193,21 @@ def build_router(deps: Deps) -> APIRouter:
         """Display Token 1 and Token 2 (every display is audit-logged)."""
         view = call(handlers.reveal_tokens, environment_id, actor=who.actor)
         return dict(view.to_json())
+
+    @router.get(
+        "/environments/{environment_id}/streaming-tokens/propagation",
+        response_model=PropagationState,
+        tags=["tokens"],
+    )
+    def token_propagation(environment_id: str, _: Member) -> PropagationState:
+        """Whether the broker accepts the current tokens yet (no token is shown; not audit-logged)."""
+        state = call(handlers.propagation, environment_id)
+        return PropagationState(
+            environment_id=environment_id,
+            generation=state.generation,
+            broker=state.broker,
+            broker_generation=state.broker_generation,
+        )
 
     @router.post(
         "/environments/{environment_id}/streaming-tokens/rotate",

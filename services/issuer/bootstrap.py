@@ -1,7 +1,8 @@
 """Wire the issuer: settings → secrets, database, Kafka, relay, handlers and the FastAPI app.
 
 ``build_app(settings, **overrides)`` builds everything from settings; tests override single parts
-(``publisher``, ``topic_admin``, ``clock``, ``token_factory``, ``relay_observer``, ``start_relay``).
+(``publisher``, ``topic_admin``, ``broker_access``, ``clock``, ``token_factory``, ``relay_observer``,
+``start_relay``).
 Nothing talks to the database or Kafka until the app starts (its lifespan runs the migrations and the relay).
 """
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from services.issuer import handlers
 from services.issuer.adapters import migrate
+from services.issuer.adapters.broker import make_broker_access
 from services.issuer.adapters.db import SqlStore, make_engine
 from services.issuer.adapters.kafka import KafkaTopicAdmin, QuixPublisher
 from services.issuer.adapters.relay import OutboxRelay
@@ -30,7 +32,16 @@ from shared.web import health_router, install_error_handlers
 log = get_logger(__name__)
 
 _OVERRIDES = frozenset(
-    {"publisher", "topic_admin", "clock", "token_factory", "relay_observer", "start_relay", "metrics"}
+    {
+        "publisher",
+        "topic_admin",
+        "broker_access",
+        "clock",
+        "token_factory",
+        "relay_observer",
+        "start_relay",
+        "metrics",
+    }
 )
 
 
@@ -49,6 +60,8 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     topic_admin = overrides.get(
         "topic_admin", KafkaTopicAdmin(settings.kafka, timeout_s=min(settings.relay_delivery_timeout_s, 5.0))
     )
+    broker_access = overrides.get("broker_access") or make_broker_access(settings)
+    access = handlers.StoreAccessSource(store, cipher, lambda: deps.clock())
     relay = OutboxRelay(
         store,
         publisher,
@@ -59,11 +72,21 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         poll_interval_s=settings.relay_poll_interval_s,
         observer=overrides.get("relay_observer"),
         housekeeping=lambda: housekeeping(),
-        republish=(lambda: handlers.republish_all(deps, actor="system:relay"))
+        republish=(lambda: handlers.republish_all(deps, actor="system:relay", reconcile_broker=False))
         if settings.republish_on_start
         else None,
+        broker=broker_access,
+        access=access,
+        clock=lambda: deps.clock(),
     )
-    deps = handlers.Deps(store=store, cipher=cipher, wakeup=relay, metrics=metrics)
+    deps = handlers.Deps(
+        store=store,
+        cipher=cipher,
+        wakeup=relay,
+        metrics=metrics,
+        broker_enforced=relay.broker_enforced,
+        broker_reconcile=relay.request_reconcile,
+    )
     if "clock" in overrides:
         deps.clock = overrides["clock"]
     if "token_factory" in overrides:
@@ -101,10 +124,17 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             engine.dispose()
 
     def ready() -> tuple[bool, dict[str, Any]]:
+        kafka_ok = relay.healthy or relay.broker_error is not None
+        if not relay.broker_enforced:
+            broker = "off"
+        else:
+            broker = "ok" if relay.broker_error is None else f"retrying ({relay.broker_error})"
         detail = {
             "database": "migrated" if state["migrated"] else "starting",
             "relay": ("running" if relay.running else "stopped") if start_relay else "disabled",
-            "kafka": "ok" if relay.healthy else f"retrying ({relay.last_error})",
+            "kafka": "ok" if kafka_ok else f"retrying ({relay.last_error})",
+            "broker_access": broker,
+            "status": "ok" if relay.healthy else "degraded",
         }
         return state["migrated"] and (relay.running or not start_relay), detail
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +20,14 @@ from services.issuer.domain import Environment, TokenRecord, Transition
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.ports import (
     AuditEntry,
+    EnvironmentAccess,
     IdempotentResult,
     IssuerStore,
     StoreConflict,
     StoreTx,
     Wakeup,
 )
+from shared.broker_access import broker_password
 from shared.events import encode_event
 from shared.ids import environment_id, validate_environment_id
 from shared.logs import get_logger
@@ -64,6 +66,10 @@ class _NoWakeup:
         return None
 
 
+def _no_reconcile() -> None:
+    return None
+
+
 @dataclass
 class Deps:
     """What the handlers use; :func:`services.issuer.bootstrap.build_app` wires the real ones."""
@@ -74,6 +80,20 @@ class Deps:
     clock: Callable[[], datetime] = _utcnow
     token_factory: domain.TokenFactory = domain.default_token_factory
     metrics: IssuerMetrics = field(default_factory=IssuerMetrics)
+    broker_enforced: bool = False  # the relay keeps the broker's users and ACLs (else propagation "off")
+    broker_reconcile: Callable[[], None] = _no_reconcile  # asks the relay to reconcile the whole broker
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """How far an environment's current generation has reached: the broker's users and ACLs."""
+
+    generation: int
+    broker: str  # applied | pending | off
+    broker_generation: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"broker": self.broker, "broker_generation": self.broker_generation}
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,7 @@ class TokenView:
     token_2: RevealedToken
     grace_tokens: tuple[TokenRecord, ...] = ()
     rotation_id: str | None = None
+    propagation: Propagation | None = None  # current, never stored with an idempotent result
 
     def to_json(self) -> dict[str, Any]:
         def token(t: RevealedToken) -> dict[str, Any]:
@@ -122,6 +143,7 @@ class TokenView:
                 for t in self.grace_tokens
             ],
             "rotation_id": self.rotation_id,
+            **({"propagation": self.propagation.to_json()} if self.propagation is not None else {}),
         }
 
     @staticmethod
@@ -202,6 +224,17 @@ def _view(deps: Deps, tx: StoreTx, env: Environment, issued: dict[str, str] | No
     )
 
 
+def _propagation(deps: Deps, tx: StoreTx, env_id: str, generation: int) -> Propagation:
+    applied = tx.broker_generation(env_id)
+    if not deps.broker_enforced:
+        state = "off"
+    elif applied is not None and applied >= generation:
+        state = "applied"
+    else:
+        state = "pending"
+    return Propagation(generation=generation, broker=state, broker_generation=applied)
+
+
 def _log_change(event: str, transition: Transition) -> None:
     after = transition.after
     log.info(
@@ -229,6 +262,7 @@ def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: 
         raise Invalid(str(exc)) from None
     try:
         with deps.store.transaction() as tx:
+            tx.lock_environment_ids()  # the nesting check below reads other rows: one creation at a time
             existing = tx.environment(env_id, for_update=True)
             if existing is not None:
                 if (existing.org, existing.project, existing.name) != (org, project, name):
@@ -276,7 +310,7 @@ def get_environment(deps: Deps, env_id: str) -> Environment:
 def reveal_tokens(deps: Deps, env_id: str, *, actor: str) -> TokenView:
     with deps.store.transaction() as tx:
         env = _require(tx, env_id)
-        view = _view(deps, tx, env)
+        view = replace(_view(deps, tx, env), propagation=_propagation(deps, tx, env.id, env.generation))
         tx.add_audit(
             AuditEntry(
                 at=deps.clock(),
@@ -318,7 +352,8 @@ def _change_tokens(
                         "send a new key for a new request"
                     )
                 log.info("idempotent_replay", environment_id=env_id, operation=operation)
-                return TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
+                replayed = TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
+                return replace(replayed, propagation=_propagation(deps, tx, env_id, replayed.generation))
         rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
         try:
             if operation == "rotate":
@@ -343,6 +378,7 @@ def _change_tokens(
             tx.save_idempotent_result(
                 env_id, idempotency_key, IdempotentResult(request_hash, ciphertext), now
             )
+        view = replace(view, propagation=_propagation(deps, tx, env_id, transition.after.generation))
     deps.wakeup.wake()
     deps.metrics.changes.labels("rotated" if operation == "rotate" else "revoked").inc()
     if operation == "rotate":
@@ -385,8 +421,9 @@ def delete_environment(deps: Deps, env_id: str, *, actor: str) -> None:
     log.info("environment_deleted", environment_id=env_id, actor=actor, ended=list(ended))
 
 
-def republish_all(deps: Deps, *, actor: str) -> dict[str, int]:
-    """Queue the current state of every environment (and a tombstone for every deleted one) again."""
+def republish_all(deps: Deps, *, actor: str, reconcile_broker: bool = True) -> dict[str, int]:
+    """Queue the current state of every environment (and a tombstone for every deleted one) again, and
+    (unless ``reconcile_broker`` is False) have the relay reconcile the broker's users and ACLs first."""
     now = deps.clock()
     with deps.store.transaction() as tx:
         envs = tx.environments(for_update=True)
@@ -404,6 +441,8 @@ def republish_all(deps: Deps, *, actor: str) -> dict[str, int]:
                 detail={"environments": len(envs), "tombstones": len(deleted)},
             )
         )
+    if reconcile_broker:
+        deps.broker_reconcile()
     deps.wakeup.wake()
     log.info("republish_queued", actor=actor, environments=len(envs), tombstones=len(deleted))
     return {"environments": len(envs), "tombstones": len(deleted)}
@@ -411,3 +450,56 @@ def republish_all(deps: Deps, *, actor: str) -> dict[str, int]:
 
 def audit_log(deps: Deps, environment_id: str | None, limit: int) -> list[AuditEntry]:
     return deps.store.audit_entries(environment_id, limit)
+
+
+def propagation(deps: Deps, env_id: str) -> Propagation:
+    """Whether the broker matches the environment's current generation yet (no token is read)."""
+    with deps.store.transaction() as tx:
+        env = _require(tx, env_id)
+        return _propagation(deps, tx, env.id, env.generation)
+
+
+# -- broker access: what the relay makes the broker match -------------------------------------------------
+
+
+class StoreAccessSource:
+    """:class:`~services.issuer.ports.AccessSource` on the issuer's store: the tokens valid now (grace
+    tokens until their ``valid_until``) with their broker passwords, decrypted only here."""
+
+    def __init__(self, store: IssuerStore, cipher: TokenCipher, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._cipher = cipher
+        self._clock = clock
+
+    def _access(self, tx: StoreTx, env: Environment, now: datetime) -> EnvironmentAccess:
+        valid = env.valid_at(now)
+        ciphertexts = tx.ciphertexts([t.token_id for t in valid])
+        tokens = tuple(
+            (t.token_id, broker_password(self._cipher.decrypt(ciphertexts[t.token_id]))) for t in valid
+        )
+        ends = [t.valid_until for t in valid if t.valid_until is not None]
+        return EnvironmentAccess(env.id, env.generation, tokens, min(ends) if ends else None)
+
+    def current(self, env_ids: Sequence[str]) -> dict[str, EnvironmentAccess]:
+        now = self._clock()
+        found: dict[str, EnvironmentAccess] = {}
+        with self._store.transaction() as tx:
+            for env_id in dict.fromkeys(env_ids):
+                env = tx.environment(env_id)
+                if env is None:  # deleted (or never created): nobody may reach it
+                    found[env_id] = EnvironmentAccess(env_id, tx.deleted_generation(env_id) or 0, ())
+                else:
+                    found[env_id] = self._access(tx, env, now)
+        return found
+
+    def everything(self) -> dict[str, EnvironmentAccess]:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            return {env.id: self._access(tx, env, now) for env in tx.environments()}
+
+    def record_applied(self, applied: Sequence[EnvironmentAccess]) -> None:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            for access in applied:
+                if access.generation > 0:
+                    tx.record_broker_generation(access.environment_id, access.generation, now)

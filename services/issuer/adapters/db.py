@@ -1,8 +1,10 @@
 """The issuer's store: SQLModel tables on SQLite or PostgreSQL, one transaction per command.
 
 Writers of one environment are serialised: on PostgreSQL by ``SELECT ... FOR UPDATE`` on the environment
-row, on SQLite by ``BEGIN IMMEDIATE`` (one writer at a time for the whole file). Tokens are stored as
-fingerprint and Fernet ciphertext only. The outbox table holds every event until Kafka acknowledged it.
+row, on SQLite by ``BEGIN IMMEDIATE`` (one writer at a time for the whole file). Creating an environment
+checks other rows (ids must not nest), so on PostgreSQL creations also take one advisory lock.
+Tokens are stored as fingerprint and Fernet ciphertext only. The outbox table holds every event until
+Kafka acknowledged it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ TOKEN_GRACE = "grace"
 TOKEN_ENDED = "ended"
 
 _TZ = sa.DateTime(timezone=True)
+# pg_advisory_xact_lock key that serialises environment creation (the nesting check reads other rows).
+ENVIRONMENT_IDS_LOCK = 727275
 
 
 def _utc(moment: datetime) -> datetime:
@@ -83,6 +87,16 @@ class AuditRow(SQLModel, table=True):
     environment_id: str | None = Field(default=None, max_length=98, index=True)
     token_ids: str = "[]"
     detail: str = "{}"
+
+
+class BrokerSyncRow(SQLModel, table=True):
+    """The generation of an environment the broker's users and ACLs were last made to match."""
+
+    __tablename__ = "broker_sync"
+
+    environment_id: str = Field(primary_key=True, max_length=98)
+    generation: int
+    applied_at: datetime = Field(sa_type=_TZ)
 
 
 class IdempotencyRow(SQLModel, table=True):
@@ -311,6 +325,39 @@ class SqlTx:
                 request_hash=result.request_hash,
                 response_ciphertext=result.response_ciphertext,
                 created_at=at,
+            )
+        )
+
+    # -- environment creation, broker propagation ---------------------------------------------------------
+
+    def lock_environment_ids(self) -> None:
+        # SQLite: BEGIN IMMEDIATE already makes every write transaction of the file one at a time.
+        if self._postgres:
+            self.session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ENVIRONMENT_IDS_LOCK})
+
+    def broker_generation(self, env_id: str) -> int | None:
+        row = self.session.get(BrokerSyncRow, env_id)
+        return row.generation if row is not None else None
+
+    def record_broker_generation(self, env_id: str, generation: int, at: datetime) -> None:
+        if self._postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            insert: Any = pg_insert(BrokerSyncRow)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            insert = sqlite_insert(BrokerSyncRow)
+        statement = insert.values(environment_id=env_id, generation=generation, applied_at=at)
+        table = BrokerSyncRow.__table__  # type: ignore[attr-defined]
+        self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.environment_id],
+                set_={
+                    "generation": statement.excluded.generation,
+                    "applied_at": statement.excluded.applied_at,
+                },
+                where=table.c.generation < statement.excluded.generation,
             )
         )
 

@@ -7,19 +7,34 @@ environment in the batch stay pending too, so the environment's newest state is 
 topic. While Kafka is unreachable the relay retries with capped exponential back-off and jitter. When it
 (re)connects and finds the topic missing or empty (a broker that lost its data), it queues a republish of
 every environment.
+
+Broker access (``ports.BrokerAccess``): before a batch is published, each of its environments' current
+valid tokens are made the broker's users and ACLs for that environment. When that fails nothing of the batch
+is published (the rows stay pending) and the relay backs off and retries as for a Kafka failure. On its
+first pass, and when asked (``admin republish``), the relay reconciles the whole broker. It remembers the
+earliest end of a grace period among the environments it synced and syncs those again when it is due.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 import structlog
 
 from services.issuer.metrics import IssuerMetrics
-from services.issuer.ports import Delivery, OutboxMessage, OutboxStore, Publisher, TopicAdmin
+from services.issuer.ports import (
+    AccessSource,
+    BrokerAccess,
+    Delivery,
+    EnvironmentAccess,
+    OutboxMessage,
+    OutboxStore,
+    Publisher,
+    TopicAdmin,
+)
 from shared.backoff import equal_jitter, exponential
 from shared.logs import get_logger
 
@@ -30,6 +45,19 @@ PublishObserver = Callable[[Sequence[OutboxMessage], Sequence[Delivery]], None]
 
 class PublishFailed(RuntimeError):
     pass
+
+
+class BrokerSyncFailed(RuntimeError):
+    """The broker's users and ACLs could not be made to match (the message is one line, no secret)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text[:200]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def acknowledged_prefix(messages: Sequence[OutboxMessage], deliveries: Sequence[Delivery]) -> list[int]:
@@ -67,6 +95,9 @@ class OutboxRelay:
         observer: PublishObserver | None = None,
         housekeeping: Callable[[], object] | None = None,
         housekeeping_interval_s: float = 3600.0,
+        broker: BrokerAccess | None = None,
+        access: AccessSource | None = None,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -86,6 +117,22 @@ class OutboxRelay:
         self._topic_checked = topic_admin is None
         self.failures = 0
         self.last_error: str | None = None
+        self._broker = broker if broker is not None and broker.enforcing and access is not None else None
+        self._access = access
+        self._clock = clock
+        self._reconcile_needed = self._broker is not None
+        self._expiry: dict[str, datetime] = {}  # environment → earliest end of a grace period synced
+        self.broker_error: str | None = None  # the last broker-access failure, while it lasts
+
+    @property
+    def broker_enforced(self) -> bool:
+        return self._broker is not None
+
+    def request_reconcile(self) -> None:
+        """Reconcile every environment's users and ACLs on the broker before the next publish."""
+        if self._broker is not None:
+            self._reconcile_needed = True
+            self._wake.set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -104,6 +151,8 @@ class OutboxRelay:
             self._thread.join(timeout)
             self._thread = None
         self._publisher.close()
+        if self._broker is not None:
+            self._broker.close()
 
     @property
     def running(self) -> bool:
@@ -118,11 +167,14 @@ class OutboxRelay:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
+                self.reconcile_if_needed()
                 self.check_topic()
                 self.drain()
+                self.resync_expired()
             except Exception as exc:
                 self.failures += 1
                 self.last_error = type(exc).__name__
+                self.broker_error = str(exc) if isinstance(exc, BrokerSyncFailed) else None
                 self._metrics.publish_failures.inc()
                 self._publisher.reset()
                 self._topic_checked = self._topic_admin is None
@@ -141,6 +193,7 @@ class OutboxRelay:
                 log.info("outbox_relay_recovered", after_attempts=self.failures)
             self.failures = 0
             self.last_error = None
+            self.broker_error = None
             self._housekeep()
             self._wake.wait(self._poll_interval_s)
 
@@ -174,6 +227,7 @@ class OutboxRelay:
                 messages = claim.messages
                 if not messages:
                     break
+                self._sync_environments([m.environment_id for m in messages])
                 deliveries = self._publisher.publish(messages)
                 ok = acknowledged_prefix(messages, deliveries)
                 claim.mark_published(ok, datetime.now(UTC))
@@ -186,6 +240,68 @@ class OutboxRelay:
                 )
         self._update_depth()
         return total
+
+    # -- broker access -------------------------------------------------------------------------------------
+
+    def _sync_environments(self, env_ids: Iterable[str], *, verify: bool = False) -> None:
+        """Make the broker match the current tokens of ``env_ids``; raises :class:`BrokerSyncFailed`.
+
+        ``verify``: read the environments again afterwards and sync those that changed meanwhile (a sync
+        outside the outbox claim may race with another replica's change of the same environment)."""
+        if self._broker is None or self._access is None:
+            return
+        pending = list(dict.fromkeys(env_ids))
+        for _ in range(3 if verify else 1):
+            if not pending:
+                return
+            try:
+                current = self._access.current(pending)
+                for access in current.values():
+                    self._broker.sync_environment(access.environment_id, access.tokens)
+                self._access.record_applied(list(current.values()))
+                if verify:
+                    again = self._access.current(pending)
+                    pending = [e for e in pending if again[e].generation != current[e].generation]
+                else:
+                    pending = []
+            except Exception as exc:
+                raise BrokerSyncFailed(_one_line(exc)) from None
+            self._remember_expiry(current.values())
+
+    def _remember_expiry(self, synced: Iterable[EnvironmentAccess]) -> None:
+        for access in synced:
+            if access.expires_at is None:
+                self._expiry.pop(access.environment_id, None)
+            else:
+                self._expiry[access.environment_id] = access.expires_at
+
+    def reconcile_if_needed(self) -> None:
+        """Reconcile every environment on the broker when due (first pass, or asked to)."""
+        if self._broker is None or self._access is None or not self._reconcile_needed:
+            return
+        try:
+            desired = self._access.everything()
+            self._broker.reconcile_all({e: a.tokens for e, a in desired.items()})
+            self._access.record_applied(list(desired.values()))
+            after = self._access.everything()
+        except Exception as exc:
+            raise BrokerSyncFailed(_one_line(exc)) from None
+        self._expiry = {}
+        self._remember_expiry(desired.values())
+        changed = [e for e in after if e not in desired or after[e].generation != desired[e].generation]
+        changed += [e for e in desired if e not in after]
+        self._sync_environments(changed, verify=True)
+        self._reconcile_needed = False
+        log.info("broker_reconcile_done", environments=len(desired), resynced=len(changed))
+
+    def resync_expired(self) -> list[str]:
+        """Sync again the environments whose earliest grace period has ended; their ids."""
+        now = self._clock()
+        due = sorted(e for e, at in self._expiry.items() if at <= now)
+        if due:
+            self._sync_environments(due, verify=True)
+            log.info("broker_grace_expired_resynced", environments=due)
+        return due
 
     def _update_depth(self) -> None:
         try:

@@ -21,6 +21,8 @@ class State:
     outbox: list[tuple[str, int, bytes | None]] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
     keys: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
+    broker_generations: dict[str, int] = field(default_factory=dict)
+    creation_locks: int = 0
 
 
 class FakeTx:
@@ -67,6 +69,16 @@ class FakeTx:
 
     def save_idempotent_result(self, env_id: str, key: str, result: IdempotentResult, at: datetime) -> None:
         self.state.keys[(env_id, key)] = result
+
+    def lock_environment_ids(self) -> None:
+        self.state.creation_locks += 1  # the fake store runs one transaction at a time anyway
+
+    def broker_generation(self, env_id: str) -> int | None:
+        return self.state.broker_generations.get(env_id)
+
+    def record_broker_generation(self, env_id: str, generation: int, at: datetime) -> None:
+        known = self.state.broker_generations.get(env_id, 0)
+        self.state.broker_generations[env_id] = max(known, generation)
 
 
 class FakeStore:
