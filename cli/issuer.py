@@ -7,6 +7,7 @@ on errors; ``admin pat`` mints locally with the issuer's JWT secret (same settin
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any, NoReturn
 
@@ -268,6 +269,12 @@ def tokens_rotate(
     ),
     idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="default: a fresh random key"),
     reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
+    wait: bool = typer.Option(
+        False, "--wait", help="wait until the broker accepts the new tokens and refuses the old one"
+    ),
+    wait_timeout: float = typer.Option(
+        60.0, "--wait-timeout", min=0.0, help="seconds --wait waits before it fails (exit 1)"
+    ),
     issuer_url: str = IssuerUrl,
     pat: str | None = Pat,
     as_json: bool = JsonOut,
@@ -281,11 +288,48 @@ def tokens_rotate(
         json_body={"grace_period_seconds": grace_period_seconds},
         headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
     )
+    if wait:
+        data["propagation"] = _wait_for_propagation(
+            environment_id, data["generation"], wait_timeout, issuer_url, pat
+        )
     if as_json:
         _print_json(data)
         return
     typer.echo("rotated:")
     _print_tokens(data, reveal)
+
+
+def _wait_for_propagation(
+    environment_id: str, generation: int, timeout_s: float, issuer_url: str, pat: str | None
+) -> dict[str, Any]:
+    """Poll ``.../streaming-tokens/propagation`` until the broker matches ``generation`` (or is off);
+    progress on stderr; exit 1 on timeout."""
+    path = _env_path(environment_id, "/streaming-tokens/propagation")
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    last = None
+    while True:
+        state = _request("GET", issuer_url, path, pat)
+        broker, applied = state["broker"], state["broker_generation"]
+        if broker == "off":
+            typer.echo("broker: off (this broker does not enforce streaming tokens)", err=True)
+            return dict(state)
+        if broker == "applied" or (applied is not None and applied >= generation):
+            typer.echo(f"broker: applied (generation {applied})", err=True)
+            return dict(state)
+        if (broker, applied) != last:
+            typer.echo(
+                f"broker: pending (broker at generation {applied}, waiting for {generation})", err=True
+            )
+            last = (broker, applied)
+        if time.monotonic() >= deadline:
+            _fail(
+                f"rotated, but the broker did not apply generation {generation} of {environment_id} "
+                f"within {timeout_s:g} s (it is at {applied}); the issuer keeps retrying: see "
+                "broker_access in its /health/ready"
+            )
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+        delay = min(delay * 2, 1.0)
 
 
 @tokens_app.command("revoke")
