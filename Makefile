@@ -27,9 +27,14 @@ install: $(VENV)/.installed ## create .venv and install the locked dependencies
 run: install ## run the whole local stack (embedded broker, issuer, resolver, notifier) with demo data
 	$(VENV)/bin/streamtoken dev --demo
 
+.PHONY: test-deps
+test-deps: ## Java 17 + Maven (Apache Kafka) and PostgreSQL on 127.0.0.1:5432, installed from Debian when missing
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash .ci/java && bash .ci/postgres; \
+	else echo "note: not root - install Java 17+, Maven and PostgreSQL (trust auth on 127.0.0.1) yourself"; fi
+
 .PHONY: test
-test: install ## run every test: unit, integration (broker, SQLite, PostgreSQL) and end-to-end
-	$(PY) -m pytest tests
+test: install test-deps ## run every test: unit, integration (Apache Kafka, SQLite, PostgreSQL) and end-to-end
+	$(PY) -m pytest tests --durations=25
 
 .PHONY: test-fast
 test-fast: install ## the unit tests only (no network, seconds)

@@ -147,7 +147,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp, EmbeddedBroker(port=free_port()) as broker:
         settings = {"STREAMTOKEN_NOTIFIER_RESTART_CONCURRENCY": str(args.restart_concurrency)}
-        with running_stack(broker.bootstrap_servers, Path(tmp), **settings) as stack:
+        with running_stack(broker, Path(tmp), **settings) as stack:
             print(f"stack up; notifier restart concurrency {args.restart_concurrency or 'unlimited'}")
             results = []
             for size in args.sizes:

@@ -30,6 +30,9 @@ from typing import IO, Any
 import typer
 
 from shared.broker import DEFAULT_PORT, BrokerError, EmbeddedBroker, port_is_free
+from shared.broker_access import ISSUER_USER, NOTIFIER_USER, RESOLVER_USER
+from shared.kafka_broker import ApacheKafkaBroker, java_available
+from shared.topics import STREAMING_TOKENS
 
 SERVICE_PORTS = {"issuer": 8001, "resolver": 8002, "notifier": 8003}
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +40,44 @@ SAMPLE_APP = REPO_ROOT / "examples" / "f1_producer.py"
 DEMO_ORG, DEMO_PROJECT, DEMO_ENVIRONMENTS = "acme", "telemetry", ("dev", "prod")
 DEMO_DEPLOYMENT = "demo-f1-producer"
 _JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
+
+
+SERVICE_USERS = {"issuer": ISSUER_USER, "resolver": RESOLVER_USER, "notifier": NOTIFIER_USER}
+NO_ENFORCEMENT = (
+    "WARNING: the embedded Tansu broker enforces nothing - no TLS, no SASL, no ACLs: any client can read and "
+    "write every environment's topics and the control topic. Use --broker kafka (Java 17+) for a broker "
+    "that scopes each token."
+)
+Broker = EmbeddedBroker | ApacheKafkaBroker
+
+
+def default_broker_kind() -> str:
+    """``kafka`` where Java 17+ runs, else the Tansu fallback ``embedded``."""
+    return "kafka" if java_available() else "embedded"
+
+
+def start_broker(
+    kind: str, port: int, data_dir: Path, log: Path | None, progress: Callable[[str], None] | None = None
+) -> Broker:
+    """Start Apache Kafka (data kept in ``data_dir/kafka``) or the Tansu fallback; raises BrokerError."""
+    if kind == "kafka":
+        return ApacheKafkaBroker(data_dir / "kafka", port=port, progress=progress).start()
+    return EmbeddedBroker(port=port, log_path=log).start()
+
+
+def service_environments(broker: Broker, topic: str = STREAMING_TOKENS) -> dict[str, dict[str, str]]:
+    """Each service's ``STREAMTOKEN_KAFKA_*`` variables: its own principal on Apache Kafka (after granting
+    the services their ACLs on ``topic``), the open PLAINTEXT listener on Tansu."""
+    if isinstance(broker, ApacheKafkaBroker):
+        broker.grant_services(topic)
+        return {name: broker.environment_for(user, topic=topic) for name, user in SERVICE_USERS.items()}
+    return {
+        name: {
+            "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "STREAMTOKEN_KAFKA_TOPIC": topic,
+        }
+        for name in SERVICE_USERS
+    }
 
 
 class Interrupted(Exception):
@@ -57,9 +98,7 @@ class Child:
 class Stack:
     """Children started in order, each in its own process group, all stopped together."""
 
-    def __init__(
-        self, broker: EmbeddedBroker | None, should_stop: Callable[[], bool] = lambda: False
-    ) -> None:
+    def __init__(self, broker: Broker | None, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.broker = broker
         self.children: list[Child] = []
         self.should_stop = should_stop
@@ -312,7 +351,14 @@ def register(app: typer.Typer) -> None:
 
 
 def dev(
-    kafka_port: int = typer.Option(DEFAULT_PORT, help="port of the embedded broker"),
+    kafka_port: int = typer.Option(DEFAULT_PORT, help="port of the broker"),
+    broker_kind: str = typer.Option(
+        None,
+        "--broker",
+        help="kafka (Apache Kafka from Maven jars: TLS, SCRAM, ACLs) or embedded (Tansu: enforces nothing); "
+        "default kafka where Java 17+ is installed",
+        show_default=False,
+    ),
     issuer_port: int = typer.Option(SERVICE_PORTS["issuer"], help="port of the issuer"),
     resolver_port: int = typer.Option(SERVICE_PORTS["resolver"], help="port of the resolver"),
     notifier_port: int = typer.Option(SERVICE_PORTS["notifier"], help="port of the notifier"),
@@ -327,7 +373,11 @@ def dev(
     ),
     ready_timeout: float = typer.Option(60.0, help="seconds to wait for each service to be ready"),
 ) -> None:
-    """Run the embedded broker and every service in the foreground until Ctrl-C."""
+    """Run the broker and every service in the foreground until Ctrl-C."""
+    kind = broker_kind or default_broker_kind()
+    if kind not in {"kafka", "embedded"}:
+        typer.echo(f"error: --broker must be kafka or embedded, not {kind!r}", err=True)
+        raise typer.Exit(2)
     ports = {"issuer": issuer_port, "resolver": resolver_port, "notifier": notifier_port}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     stopping = False
@@ -349,17 +399,26 @@ def dev(
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
 
-    typer.echo("starting the embedded broker ...")
-    broker = EmbeddedBroker(port=kafka_port, log_path=None if verbose else _fresh(logs / "broker.log"))
+    typer.echo("starting Apache Kafka ..." if kind == "kafka" else "starting the embedded broker ...")
+    began = time.monotonic()
     try:
-        broker.start()
+        broker = start_broker(
+            kind, kafka_port, data_dir, None if verbose else _fresh(logs / "broker.log"), typer.echo
+        )
+        kafka_env = service_environments(broker)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     stack = Stack(broker, lambda: stopping)
-    typer.echo(f"  kafka     {broker.bootstrap_servers} (embedded, memory storage)")
+    if isinstance(broker, ApacheKafkaBroker):
+        typer.echo(
+            f"  kafka     {broker.bootstrap_servers} ready in {time.monotonic() - began:.1f} s (Apache Kafka "
+            f"{broker.version}, SASL_SSL + SCRAM + ACLs; CA {broker.ca_path}; data {broker.data_dir})"
+        )
+    else:
+        typer.echo(f"  kafka     {broker.bootstrap_servers} (embedded Tansu, memory storage)")
+        typer.echo(NO_ENFORCEMENT, err=True)
     common = {
-        "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "STREAMTOKEN_ENV": "dev",
         "STREAMTOKEN_DATA_DIR": str(data_dir),
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
@@ -371,7 +430,7 @@ def dev(
     try:
         for name in services:
             log_path = None if verbose else _fresh(logs / f"{name}.log")
-            child = service_child(name, ports[name], common, log_path)
+            child = service_child(name, ports[name], {**common, **kafka_env[name]}, log_path)
             typer.echo(f"starting {name} ...")
             began = time.monotonic()
             try:
@@ -486,6 +545,8 @@ def _start_demo(
     typer.echo(f"  dev Token 1  {token_1['token']}  ({token_1.get('token_id')})")
     typer.echo(f"  dev Token 2  {token_2['token']}  ({token_2.get('token_id')})")
     typer.echo(f"  deployment   {deployment}")
+    if isinstance(stack.broker, EmbeddedBroker):
+        typer.echo(f"  broker       {NO_ENFORCEMENT}")
     typer.echo("")
     typer.echo(
         "Rotate dev's tokens and watch the deployment restart with the new Token 1 (in another terminal):"

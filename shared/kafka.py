@@ -53,6 +53,22 @@ class KafkaSettings(BaseSettings):
             config["ssl.ca.location"] = self.ssl_ca_location
         return config
 
+    def environment(self) -> dict[str, str]:
+        """These settings as the ``STREAMTOKEN_KAFKA_*`` variables of a child process."""
+        values = {
+            "BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "SECURITY_PROTOCOL": self.security_protocol,
+            "SASL_MECHANISM": self.sasl_mechanism,
+            "SASL_USERNAME": self.sasl_username,
+            "SASL_PASSWORD": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "SSL_CA_LOCATION": self.ssl_ca_location,
+            "TOPIC": self.topic,
+            "TOPIC_PARTITIONS": str(self.topic_partitions),
+            "REPLICATION_FACTOR": str(self.replication_factor),
+            "SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
+        }
+        return {f"STREAMTOKEN_KAFKA_{k}": v for k, v in values.items() if v is not None}
+
     def consumer_group_tuning(self) -> dict[str, Any]:
         return {
             "session.timeout.ms": self.session_timeout_ms,

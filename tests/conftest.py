@@ -1,7 +1,9 @@
 """Fixtures every suite shares: the broker, databases, loopback HTTP servers and unique names.
 
-The broker is, in order: ``$STREAMTOKEN_TEST_KAFKA_BOOTSTRAP`` (an external cluster), testcontainers'
-Kafka when a Docker engine answers, else the embedded Tansu broker started for the session.
+The broker is Apache Kafka (KRaft, SASL_SSL + SCRAM + ACLs) started once for the session from the cached
+Maven jars (``shared.kafka_broker``); tests connect as its super user ``streamtoken-admin`` unless they test
+a principal's rights. Without Java 17+ or Maven the broker tests skip, except in CI, where that is a
+failure. ``embedded_broker_factory`` starts the Tansu fallback for the small smoke set that runs on it.
 PostgreSQL is 127.0.0.1:5432: each test gets a database of its own; when the server is unreachable the
 tests skip, except in CI (``CI=true``) or with ``STREAMTOKEN_REQUIRE_POSTGRES=1``, where they fail.
 """
@@ -21,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from shared.broker import EmbeddedBroker, free_port
+from shared.broker import BrokerError, EmbeddedBroker, free_port
 from shared.kafka import KafkaSettings
+from shared.kafka_broker import ApacheKafkaBroker
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "STREAMTOKEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -52,32 +55,30 @@ def _unique(request: pytest.FixtureRequest, prefix: str) -> str:
 # --- Kafka -----------------------------------------------------------------------------------------------
 
 
-def _docker_reachable() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=2).ping()
-    except Exception:
-        return False
-    return True
+def _required_in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of the session's real Kafka-protocol broker."""
-    external = os.environ.get("STREAMTOKEN_TEST_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
-        return
-    if _docker_reachable():
-        from testcontainers.kafka import KafkaContainer
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaBroker]:
+    """The session's Apache Kafka: one KRaft node on loopback, SASL_SSL + SCRAM, StandardAuthorizer."""
+    broker = ApacheKafkaBroker(tmp_path_factory.mktemp("kafka"), port=free_port(), heap="768m")
+    try:
+        broker.start()
+    except BrokerError as exc:
+        if _required_in_ci():
+            pytest.fail(f"Apache Kafka is required in CI: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
-        with KafkaContainer().with_kraft() as container:
-            yield container.get_bootstrap_server()
-        return
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(port=free_port(), log_path=log) as broker:
-        yield broker.bootstrap_servers
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: ApacheKafkaBroker) -> str:
+    """Bootstrap address of the session's Apache Kafka (connect with ``kafka_settings`` credentials)."""
+    return kafka_broker.bootstrap_servers
 
 
 @pytest.fixture
@@ -93,9 +94,9 @@ def topic_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str, topic_name: str) -> KafkaSettings:
-    """Kafka settings on the session broker with a ``streaming-tokens`` topic of this test's own."""
-    return KafkaSettings(bootstrap_servers=kafka_bootstrap, topic=topic_name, topic_partitions=3)
+def kafka_settings(kafka_broker: ApacheKafkaBroker, topic_name: str) -> KafkaSettings:
+    """Admin settings on the session broker with a ``streaming-tokens`` topic of this test's own."""
+    return kafka_broker.admin_settings(topic=topic_name, topic_partitions=3)
 
 
 @pytest.fixture

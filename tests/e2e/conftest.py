@@ -6,10 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.kafka_broker import ApacheKafkaBroker
 from tests.e2e.harness import RunningStack, running_stack
 
 
 @pytest.fixture(scope="module")
-def e2e_stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("stack")) as stack:
+def e2e_stack(
+    kafka_broker: ApacheKafkaBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    with running_stack(kafka_broker, tmp_path_factory.mktemp("stack")) as stack:
         yield stack

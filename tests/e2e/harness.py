@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from cli.dev import SAMPLE_APP, Child, Stack, mint_admin_pat, service_child
+from cli.dev import SAMPLE_APP, Broker, Child, Stack, mint_admin_pat, service_child, service_environments
 from shared.broker import free_port
+from shared.kafka_broker import ApacheKafkaBroker
 from tests.support import read_records, wait_until
 
 PRODUCED = re.compile(r"f1_producer: (\d+) messages produced to (\S+)")
@@ -114,15 +115,15 @@ class RunningStack:
 
 
 @contextmanager
-def running_stack(kafka_bootstrap: str, tmp: Path, **settings: str) -> Iterator[RunningStack]:
-    """Issuer, resolver and notifier as processes on ``kafka_bootstrap`` with a token topic of their own."""
+def running_stack(broker: Broker, tmp: Path, **settings: str) -> Iterator[RunningStack]:
+    """Issuer, resolver and notifier as processes on ``broker``, each as its own principal (Apache Kafka),
+    with a token topic of their own."""
     ports = {name: free_port() for name in ("issuer", "resolver", "notifier")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    kafka_env = service_environments(broker, f"streaming-tokens-e2e-{uuid.uuid4().hex[:8]}")
     env = {
         "STREAMTOKEN_ENV": "dev",
         "STREAMTOKEN_DATA_DIR": str(tmp / "data"),
-        "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "STREAMTOKEN_KAFKA_TOPIC": f"streaming-tokens-e2e-{uuid.uuid4().hex[:8]}",
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
         "STREAMTOKEN_NOTIFIER_RETRY_BASE_SECONDS": "0.2",
         "STREAMTOKEN_NOTIFIER_RETRY_MAX_SECONDS": "2",
@@ -133,7 +134,7 @@ def running_stack(kafka_bootstrap: str, tmp: Path, **settings: str) -> Iterator[
     running: RunningStack | None = None
     try:
         for name in ("issuer", "resolver", "notifier"):
-            child = service_child(name, ports[name], env, tmp / f"{name}.log")
+            child = service_child(name, ports[name], {**env, **kafka_env[name]}, tmp / f"{name}.log")
             stack.start_child(child, timeout=120)
         running = RunningStack(urls, env, stack, mint_admin_pat(env), tmp)
         yield running
@@ -144,7 +145,12 @@ def running_stack(kafka_bootstrap: str, tmp: Path, **settings: str) -> Iterator[
         stack.stop()
 
 
-def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Every record of ``topic`` (JSON values), read from the beginning of every partition."""
-    records = read_records({"bootstrap.servers": bootstrap}, topic, at_least, timeout, settle=2.0)
+def read_topic(broker: Broker, topic: str, at_least: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Every record of ``topic`` (JSON values), read from the beginning of every partition (as admin)."""
+    connection = (
+        broker.admin_settings().librdkafka()
+        if isinstance(broker, ApacheKafkaBroker)
+        else {"bootstrap.servers": broker.bootstrap_servers}
+    )
+    records = read_records(connection, topic, at_least, timeout, settle=2.0)
     return [json.loads(r.value) for r in records if r.value is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
+from shared.kafka_broker import ApacheKafkaBroker
 from tests.e2e.harness import STOPPED, RunningStack, read_topic, wait_for
 
 
@@ -17,7 +18,7 @@ def _acknowledged(stack: RunningStack, token: str, environment_id: str, generati
 
 
 def test_downtime_strategy_restarts_the_deployment_with_the_new_token_1(
-    e2e_stack: RunningStack, kafka_bootstrap: str
+    e2e_stack: RunningStack, kafka_broker: ApacheKafkaBroker
 ) -> None:
     env_id = e2e_stack.create_environment("dev")
     before = e2e_stack.tokens(env_id)
@@ -62,7 +63,7 @@ def test_downtime_strategy_restarts_the_deployment_with_the_new_token_1(
     assert output.count(f"producing to {topic}") == 2  # both runs resolved f1-data to the same topic id
     runs = [int(n) for n in STOPPED.findall(output)]
     assert len(runs) == 2, output[-2000:]
-    records = read_topic(kafka_bootstrap, topic, at_least=sum(runs))
+    records = read_topic(kafka_broker, topic, at_least=sum(runs))
     # Nothing a run reported as flushed is missing: each run numbers its messages from 0.
     sequences = Counter(r["sequence"] for r in records)
     for i in range(max(runs)):
@@ -78,7 +79,7 @@ def test_downtime_strategy_restarts_the_deployment_with_the_new_token_1(
 
 
 def test_zero_downtime_strategy_keeps_running_on_token_2_without_a_restart(
-    e2e_stack: RunningStack, kafka_bootstrap: str
+    e2e_stack: RunningStack, kafka_broker: ApacheKafkaBroker
 ) -> None:
     env_id = e2e_stack.create_environment("prod")
     token_2 = e2e_stack.tokens(env_id)["token_2"]["token"]
@@ -107,7 +108,7 @@ def test_zero_downtime_strategy_keeps_running_on_token_2_without_a_restart(
     assert deployment.starts() == 1  # never restarted
     runs = [int(n) for n in STOPPED.findall(output)]
     assert len(runs) == 1
-    records = read_topic(kafka_bootstrap, f"{env_id}-f1-data", at_least=runs[0])
+    records = read_topic(kafka_broker, f"{env_id}-f1-data", at_least=runs[0])
     # No gap: one unbroken run of messages across the rotation.
     assert sorted({r["sequence"] for r in records}) == list(range(runs[0]))
     assert "child_started" in [e.get("event") for e in deployment.agent_log()]

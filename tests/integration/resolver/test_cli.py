@@ -25,8 +25,7 @@ def test_service_process_cli_and_token_free_logs(kafka_settings: KafkaSettings, 
     log_path = tmp_path / "resolver.log"
     environ = {
         **os.environ,
-        "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "STREAMTOKEN_KAFKA_TOPIC": kafka_settings.topic,
+        **kafka_settings.environment(),
         "STREAMTOKEN_RESOLVER_PORT": str(port),
         "STREAMTOKEN_RESOLVER_PUBLIC_BOOTSTRAP_SERVERS": "kafka.example.com:9093",
         "STREAMTOKEN_DATA_DIR": str(tmp_path),

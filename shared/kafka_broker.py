@@ -1,0 +1,466 @@
+"""Apache Kafka, the broker of record, from Maven jars: fetch, configure, format, start, stop (BROKER.md).
+
+One combined KRaft node on loopback with SASL_SSL + SCRAM on its client listener and the StandardAuthorizer
+(no ACL, no access). The jars come from Maven Central through ``shared/kafka_dist/pom.xml`` into a cache
+outside the repository (``~/.cache/streamtoken/kafka-<version>``); the configuration is rendered from
+``shared/kafka_dist/server.properties.tmpl`` (the same template compose uses). The data directory keeps
+the log dirs, the development TLS material and the generated passwords of our own principals, so a restart
+keeps the topics, users and ACLs.
+
+Ready means an authenticated admin call answered, not an open port. Missing Java 17+ or Maven is one
+sentence saying what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from shared.broker import BrokerError, free_port, port_is_free
+from shared.broker_access import (
+    ADMIN_USER,
+    BROKER_USER,
+    SERVICE_USERS,
+    Grant,
+    Operation,
+    Pattern,
+    Resource,
+    service_grants,
+)
+from shared.kafka import KafkaSettings
+from shared.tls import BrokerTls, ensure_dev_tls
+
+KAFKA_VERSION = "4.1.1"
+DIST_DIR = Path(__file__).with_name("kafka_dist")
+POM = DIST_DIR / "pom.xml"
+TEMPLATE = DIST_DIR / "server.properties.tmpl"
+CONTROLLER_USER = "streamtoken-controller"
+CACHE_ENV = "STREAMTOKEN_KAFKA_CACHE"
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def cache_dir(version: str = KAFKA_VERSION) -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "streamtoken"
+    )
+    return Path(root) / f"kafka-{version}"
+
+
+def java_binary() -> str:
+    """The ``java`` to run the broker with (``$JAVA_HOME/bin/java`` or PATH), checked to be 17 or newer."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not os.access(java, os.X_OK):
+        raise BrokerError(
+            "Apache Kafka needs Java 17 or newer and none was found: install it (apt-get install "
+            "openjdk-17-jre-headless) or run the Tansu fallback with --broker embedded."
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):
+        major = int(match.group(2))
+    if major < 17:
+        raise BrokerError(
+            f"Apache Kafka needs Java 17 or newer, {java} is Java {major or 'of unknown version'}: install "
+            "openjdk-17-jre-headless (or set JAVA_HOME) or run the Tansu fallback with --broker embedded."
+        )
+    return java
+
+
+def java_available() -> bool:
+    try:
+        java_binary()
+    except BrokerError:
+        return False
+    return True
+
+
+def ensure_jars(version: str = KAFKA_VERSION, progress: Any = None) -> Path:
+    """The directory holding Kafka's runtime classpath, fetched with Maven the first time."""
+    lib = cache_dir(version) / "lib"
+    marker = lib / ".complete"
+    if marker.is_file():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            f"Apache Kafka {version} is not in {lib} yet and Maven is missing to fetch it: install maven "
+            "(apt-get install maven) or run the Tansu fallback with --broker embedded."
+        )
+    if progress:
+        progress(f"fetching Apache Kafka {version} from Maven Central into {lib} (once)")
+    tmp = lib.with_name("lib.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        raise BrokerError(
+            f"Maven could not fetch Apache Kafka {version} ({' / '.join(tail) or 'no output'}); check the "
+            "connection to Maven Central and retry."
+        )
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp.rename(lib)
+    marker.touch()
+    return lib
+
+
+def render_config(values: Mapping[str, object], template: Path = TEMPLATE) -> str:
+    """The broker's ``server.properties`` from the template; every placeholder must be given."""
+    text = template.read_text()
+    missing = sorted({m for m in _PLACEHOLDER.findall(text) if m not in values})
+    if missing:
+        raise KeyError(f"template values missing: {missing}")
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+
+
+@dataclass
+class BrokerCredentials:
+    """Passwords of our own principals (SCRAM users) and of the controller listener, kept 0600."""
+
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> BrokerCredentials:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            creds = cls(dict(data["passwords"]))
+        else:
+            creds = cls()
+        changed = False
+        for user in (*SERVICE_USERS, CONTROLLER_USER):
+            if user not in creds.passwords:
+                creds.passwords[user] = secrets.token_urlsafe(24)
+                changed = True
+        if changed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"passwords": creds.passwords}, handle)
+        return creds
+
+    def password(self, user: str) -> str:
+        return self.passwords[user]
+
+
+def _kafka_admin_config(settings: KafkaSettings) -> dict[str, Any]:
+    return {**settings.librdkafka(), "socket.timeout.ms": 5000, "log_level": 0}
+
+
+def acl_binding(grant: Grant) -> Any:
+    """The confluent-kafka ``AclBinding`` of a grant."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    resource = {
+        Resource.TOPIC: ResourceType.TOPIC,
+        Resource.GROUP: ResourceType.GROUP,
+        Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID,
+        Resource.CLUSTER: ResourceType.BROKER,
+    }[grant.resource]
+    pattern = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}[
+        grant.pattern
+    ]
+    operation = {
+        Operation.READ: AclOperation.READ,
+        Operation.WRITE: AclOperation.WRITE,
+        Operation.CREATE: AclOperation.CREATE,
+        Operation.DESCRIBE: AclOperation.DESCRIBE,
+        Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
+        Operation.ALTER: AclOperation.ALTER,
+    }[grant.operation]
+    return AclBinding(resource, grant.name, pattern, grant.principal, "*", operation, AclPermissionType.ALLOW)
+
+
+def create_grants(settings: KafkaSettings, grants: Iterable[Grant], timeout: float = 15.0) -> None:
+    """Create ALLOW bindings (creating an existing one is a no-op) with the given (admin) connection."""
+    from confluent_kafka.admin import AdminClient
+
+    bindings = [acl_binding(g) for g in grants]
+    if not bindings:
+        return
+    admin = AdminClient(_kafka_admin_config(settings))
+    for future in admin.create_acls(bindings, request_timeout=timeout).values():
+        future.result(timeout)
+
+
+class ApacheKafkaBroker:
+    """One Apache Kafka node (KRaft, broker + controller) on loopback, SASL_SSL + SCRAM + ACLs."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 9092,
+        host: str = "127.0.0.1",
+        controller_port: int | None = None,
+        version: str = KAFKA_VERSION,
+        heap: str = "512m",
+        offsets_partitions: int = 5,
+        reauth_ms: int = 60_000,
+        progress: Any = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.controller_port = controller_port
+        self.version = version
+        self.heap = heap
+        self.offsets_partitions = offsets_partitions
+        self.reauth_ms = reauth_ms
+        self._progress = progress
+        self._process: subprocess.Popen[bytes] | None = None
+        self.credentials = BrokerCredentials.load_or_create(self.data_dir / "credentials.json")
+        self.tls: BrokerTls | None = None
+        self.ready_after_s: float | None = None
+
+    # -- what clients need -----------------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def settings_for(self, user: str, **overrides: Any) -> KafkaSettings:
+        """Kafka settings of one of our principals (``shared.broker_access``) on this broker."""
+        values: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": user,
+            "sasl_password": self.credentials.password(user),
+            "ssl_ca_location": str(self.ca_path),
+        }
+        values.update(overrides)
+        return KafkaSettings(**values)
+
+    def admin_settings(self, **overrides: Any) -> KafkaSettings:
+        return self.settings_for(ADMIN_USER, **overrides)
+
+    def environment_for(self, user: str, **overrides: Any) -> dict[str, str]:
+        """``STREAMTOKEN_KAFKA_*`` variables for a service process running as ``user``."""
+        return self.settings_for(user, **overrides).environment()
+
+    def grant_services(self, control_topic: str, notifier_group: str = "notifier") -> None:
+        """Give our services their least-privilege ACLs for ``control_topic`` (idempotent)."""
+        create_grants(self.admin_settings(), service_grants(control_topic, notifier_group))
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def _config_values(self, lib: Path) -> dict[str, object]:
+        assert self.tls is not None
+        assert self.controller_port is not None
+        return {
+            "node_id": 1,
+            "listen_host": self.host,
+            "advertised_host": self.host,
+            "port": self.port,
+            "controller_host": self.host,
+            "controller_port": self.controller_port,
+            "controller_user": CONTROLLER_USER,
+            "controller_password": self.credentials.password(CONTROLLER_USER),
+            "broker_user": BROKER_USER,
+            "broker_password": self.credentials.password(BROKER_USER),
+            "admin_user": ADMIN_USER,
+            "reauth_ms": self.reauth_ms,
+            "keystore": self.tls.keystore,
+            "truststore": self.tls.ca_cert,
+            "log_dirs": self.data_dir / "logs",
+            "offsets_partitions": self.offsets_partitions,
+        }
+
+    def _say(self, message: str) -> None:
+        if self._progress:
+            self._progress(message)
+
+    def start(self, timeout: float = 120.0) -> ApacheKafkaBroker:
+        started = time.monotonic()
+        java = java_binary()
+        lib = ensure_jars(self.version, self._progress)
+        if not port_is_free(self.host, self.port):
+            raise BrokerError(
+                f"Port {self.port} on {self.host} is already in use; stop whatever listens there or pick "
+                "another port (--port)."
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        state_path = self.data_dir / "ports.json"
+        if self.controller_port is None and state_path.is_file():
+            self.controller_port = int(json.loads(state_path.read_text())["controller_port"])
+        if self.controller_port is None or not port_is_free(self.host, self.controller_port):
+            self.controller_port = free_port(self.host)
+        state_path.write_text(json.dumps({"controller_port": self.controller_port}))
+        self.tls = ensure_dev_tls(self.data_dir / "tls", ("localhost", self.host))
+        config = self.data_dir / "server.properties"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(render_config(self._config_values(lib)))
+        classpath = f"{lib}/*"
+        if not (self.data_dir / "logs" / "meta.properties").is_file():
+            self._format(java, classpath, config)
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                [
+                    java,
+                    f"-Xms{min(256, _megabytes(self.heap))}m",
+                    f"-Xmx{self.heap}",
+                    "-XX:+UseG1GC",
+                    "-XX:TieredStopAtLevel=1",
+                    "-Djava.awt.headless=true",
+                    "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                    "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BrokerError(f"Could not run {java}: {exc.strerror}.") from None
+        finally:
+            log.close()
+        self._wait_ready(started + timeout)
+        self.ready_after_s = time.monotonic() - started
+        return self
+
+    def _format(self, java: str, classpath: str, config: Path) -> None:
+        self._say(f"formatting a new Kafka log directory in {self.data_dir / 'logs'}")
+        cluster_id = _random_cluster_id()
+        command = [
+            java,
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+            "--standalone",
+        ]
+        for user in SERVICE_USERS:
+            password = self.credentials.password(user)
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                command += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            lines = [line for line in (result.stdout + result.stderr).splitlines() if "SLF4J" not in line]
+            raise BrokerError(f"Formatting the Kafka log directory failed: {' / '.join(lines[-3:])}.")
+
+    def _wait_ready(self, deadline: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(_kafka_admin_config(self.admin_settings()))
+        last = "no answer"
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._process = None
+                raise BrokerError(
+                    f"Apache Kafka exited at start with status {code}; its log is {self.log_path}."
+                )
+            try:
+                admin.describe_cluster(request_timeout=2).result(3)
+                return
+            except Exception as exc:
+                last = str(exc)[:200]
+                time.sleep(0.2)
+        self.stop()
+        raise BrokerError(
+            f"Apache Kafka did not answer an authenticated admin call on {self.bootstrap_servers} in time "
+            f"({last}); its log is {self.log_path}."
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def wait(self) -> int:
+        assert self._process is not None
+        return self._process.wait()
+
+    def poll(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
+    def __enter__(self) -> ApacheKafkaBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _megabytes(size: str) -> int:
+    match = re.fullmatch(r"(\d+)([mMgG])", size)
+    if not match:
+        return 256
+    value = int(match.group(1))
+    return value * 1024 if match.group(2) in "gG" else value
+
+
+def _random_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what ``random-uuid`` prints)."""
+    import base64
+
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
