@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,3 +106,40 @@ class CountingWakeup:
 
     def wake(self) -> None:
         self.count += 1
+
+
+class FakeBrokerAccess:
+    """A broker that keeps, per environment, the tokens it was told; ``fail`` makes the next calls raise."""
+
+    enforcing = True
+
+    def __init__(self, fail: int = 0, error: str = "KafkaException: _TRANSPORT: broker down") -> None:
+        self.fail = fail
+        self.error = error
+        self.environments: dict[str, dict[str, str]] = {}  # environment → token id → password
+        self.calls: list[tuple[str, str]] = []  # ("sync", env) | ("reconcile", "*")
+        self.closed = False
+
+    def _maybe_fail(self) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError(self.error)
+
+    def sync_environment(self, environment_id: str, tokens: Sequence[tuple[str, str]]) -> None:
+        self.calls.append(("sync", environment_id))
+        self._maybe_fail()
+        if tokens:
+            self.environments[environment_id] = dict(tokens)
+        else:
+            self.environments.pop(environment_id, None)
+
+    def reconcile_all(self, desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        self.calls.append(("reconcile", "*"))
+        self._maybe_fail()
+        self.environments = {env: dict(tokens) for env, tokens in desired.items() if tokens}
+
+    def users(self) -> set[str]:
+        return {token_id for tokens in self.environments.values() for token_id in tokens}
+
+    def close(self) -> None:
+        self.closed = True
