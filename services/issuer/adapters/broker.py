@@ -243,6 +243,28 @@ class KafkaBrokerAccess:
                 grants.append(grant)
         return grants, odd
 
+    def _check_cluster_rights(self) -> None:
+        """Refuse before ``describe_user_scram_credentials`` when our principal lacks DESCRIBE or ALTER on
+        the cluster: librdkafka 2.12 aborts the whole process (``munmap_chunk(): invalid pointer``) when
+        that call gets an error answer from the broker, so it must only be made when it can succeed."""
+        from confluent_kafka.admin import AclOperation
+
+        try:
+            cluster = (
+                self._client()
+                .describe_cluster(include_authorized_operations=True, request_timeout=self._timeout)
+                .result(self._timeout + 1)
+            )
+        except Exception as exc:
+            raise BrokerAccessError(f"describe_cluster failed ({_describe(exc)})") from None
+        allowed = set(cluster.authorized_operations or ())
+        if not allowed & {AclOperation.ALL} and not {AclOperation.DESCRIBE, AclOperation.ALTER} <= allowed:
+            user = self._settings.sasl_username or "ANONYMOUS"
+            raise BrokerAccessError(
+                f"CLUSTER_AUTHORIZATION_FAILED: principal User:{user} may not manage SCRAM users and ACLs "
+                "(it needs ALTER and DESCRIBE on the cluster; see shared.broker_access.service_grants)"
+            )
+
     def _credentials(self, description: Any) -> frozenset[tuple[str, int]]:
         m = self._mapping()
         return frozenset(
@@ -257,6 +279,7 @@ class KafkaBrokerAccess:
         from confluent_kafka import KafkaError
 
         found: dict[str, frozenset[tuple[str, int]]] = {}
+        self._check_cluster_rights()
         try:
             futures = self._client().describe_user_scram_credentials(
                 list(users), request_timeout=self._timeout
@@ -276,6 +299,7 @@ class KafkaBrokerAccess:
         return found
 
     def _all_tenant_users(self) -> dict[str, frozenset[tuple[str, int]]]:
+        self._check_cluster_rights()
         try:
             described = (
                 self._client()
