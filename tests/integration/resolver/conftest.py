@@ -10,9 +10,11 @@ import pytest
 
 from services.resolver.bootstrap import build_app
 from services.resolver.settings import ResolverSettings
+from shared.broker_access import broker_password
 from shared.events import TokenStateChanged, encode_event, encode_key
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from tests.support import wait_until
+from tests.unit.resolver.factories import Env
 
 Record = tuple[str, TokenStateChanged | None]
 
@@ -44,6 +46,20 @@ def produce(kafka: KafkaSettings, records: Iterable[Record], linger_ms: int = 5)
     assert producer.flush(60) == 0, "records not delivered in time"
     assert not failures, failures
     return count
+
+
+def grant_broker_access(kafka: KafkaSettings, *envs: Env) -> None:
+    """Make the broker's SCRAM users and ACLs match these environments' tokens, as the issuer's relay does
+    before it publishes their state (the tests here produce that state themselves)."""
+    from services.issuer.adapters.broker import KafkaBrokerAccess
+
+    access = KafkaBrokerAccess(kafka)
+    try:
+        for env in envs:
+            tokens = [(env.id_1, broker_password(env.token_1)), (env.id_2, broker_password(env.token_2))]
+            access.sync_environment(env.environment_id, tokens)
+    finally:
+        access.close()
 
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:

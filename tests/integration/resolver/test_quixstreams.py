@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.kafka import KafkaSettings
-from tests.integration.resolver.conftest import produce, wait_ready
+from tests.integration.resolver.conftest import grant_broker_access, produce, wait_ready
 from tests.support import read_records
 from tests.unit.resolver.factories import Env
 
@@ -65,6 +65,7 @@ def test_same_code_runs_in_dev_and_prod(
     suffix = uuid.uuid4().hex[:6]
     dev, prod = Env(f"acme{suffix}-telemetry-dev"), Env(f"acme{suffix}-telemetry-prod")
     produce(kafka_settings, [(dev.environment_id, dev.event()), (prod.environment_id, prod.event())])
+    grant_broker_access(kafka_settings, dev, prod)
     url = start_resolver()
     wait_ready(url)
     monkeypatch.delenv("Quix__Broker__Address", raising=False)
@@ -89,6 +90,7 @@ def test_stateful_app_with_changelog_topic_runs(
 ) -> None:
     env = Env(f"acme{uuid.uuid4().hex[:6]}-telemetry-dev")
     produce(kafka_settings, [(env.environment_id, env.event())])
+    grant_broker_access(kafka_settings, env)
     url = start_resolver()
     wait_ready(url)
     monkeypatch.delenv("Quix__Broker__Address", raising=False)
