@@ -167,8 +167,8 @@ class OutboxRelay:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                self.reconcile_if_needed()
                 self.check_topic()
+                self.reconcile_if_needed()
                 self.drain()
                 self.resync_expired()
             except Exception as exc:
