@@ -65,7 +65,10 @@ def postgres_database() -> Iterator[str | None]:
 
 
 @contextmanager
-def issuer_process(database_url: str, bootstrap: str, data_dir: Path) -> Iterator[tuple[str, str]]:
+def issuer_process(
+    database_url: str, bootstrap: str, data_dir: Path, **extra_env: str
+) -> Iterator[tuple[str, str]]:
+    """The issuer as a process; ``extra_env`` (e.g. a broker principal's ``STREAMTOKEN_KAFKA_*``) last."""
     port = free_port()
     jwt_secret = secrets.token_urlsafe(48)
     env = {
@@ -78,6 +81,7 @@ def issuer_process(database_url: str, bootstrap: str, data_dir: Path) -> Iterato
         "STREAMTOKEN_ISSUER_JWT_SECRET": jwt_secret,
         "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMTOKEN_KAFKA_TOPIC": f"bench-{uuid.uuid4().hex[:8]}",
+        **extra_env,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "services.issuer"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
