@@ -39,6 +39,7 @@ from shared.broker_access import (
     service_grants,
 )
 from shared.kafka import KafkaSettings
+from shared.process import die_with_parent
 from shared.tls import BrokerTls, ensure_dev_tls
 
 KAFKA_VERSION = "4.1.1"
@@ -215,6 +216,86 @@ def create_grants(settings: KafkaSettings, grants: Iterable[Grant], timeout: flo
         future.result(timeout)
 
 
+def config_values(
+    credentials: BrokerCredentials,
+    tls: BrokerTls,
+    log_dirs: Path | str,
+    *,
+    port: int,
+    controller_port: int,
+    host: str = "127.0.0.1",
+    listen_host: str | None = None,
+    advertised_host: str | None = None,
+    reauth_ms: int = 60_000,
+    offsets_partitions: int = 5,
+) -> dict[str, object]:
+    """Every value of the template: the local stack and the tests (loopback) and compose (``kafka``)."""
+    return {
+        "node_id": 1,
+        "listen_host": listen_host or host,
+        "advertised_host": advertised_host or host,
+        "port": port,
+        "controller_host": host,
+        "controller_port": controller_port,
+        "controller_user": CONTROLLER_USER,
+        "controller_password": credentials.password(CONTROLLER_USER),
+        "broker_user": BROKER_USER,
+        "broker_password": credentials.password(BROKER_USER),
+        "admin_user": ADMIN_USER,
+        "reauth_ms": reauth_ms,
+        "keystore": tls.keystore,
+        "truststore": tls.ca_cert,
+        "log_dirs": log_dirs,
+        "offsets_partitions": offsets_partitions,
+    }
+
+
+def scram_arguments(credentials: BrokerCredentials) -> list[str]:
+    """``--add-scram`` arguments of ``kafka-storage format``: our principals, SHA-256 and SHA-512 each."""
+    arguments: list[str] = []
+    for user in SERVICE_USERS:
+        password = credentials.password(user)
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            arguments += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+    return arguments
+
+
+def render_compose_config(
+    out: Path, host: str = "kafka", port: int = 9092, controller_port: int = 9093
+) -> Path:
+    """What compose's ``kafka`` container runs, rendered from the same template into ``out``:
+    ``server.properties``, the development TLS material for ``host``, ``cluster-id``, ``scram-args`` for the
+    format step, ``admin.properties`` for health checks, and ``credentials.json`` (0600). Passwords come
+    from ``STREAMTOKEN_BROKER_PASSWORD_<USER>`` variables where set (``USER`` upper-cased, ``-`` as
+    ``_``), else are generated once."""
+    out.mkdir(parents=True, exist_ok=True)
+    credentials = BrokerCredentials.load_or_create(out / "credentials.json")
+    for user in (*SERVICE_USERS, CONTROLLER_USER):
+        given = os.environ.get("STREAMTOKEN_BROKER_PASSWORD_" + user.upper().replace("-", "_"))
+        if given:
+            credentials.passwords[user] = given
+    tls = ensure_dev_tls(out / "tls", (host, "localhost", "127.0.0.1"))
+    values = config_values(
+        credentials, tls, "/var/lib/kafka/data", port=port, controller_port=controller_port,
+        host=host, listen_host="0.0.0.0",  # every interface of the container
+    )  # fmt: skip
+    (out / "server.properties").write_text(render_config(values))
+    cluster_id = out / "cluster-id"
+    if not cluster_id.is_file():
+        cluster_id.write_text(_random_cluster_id())
+    (out / "scram-args").write_text(" ".join(scram_arguments(credentials)))
+    admin = (
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{ADMIN_USER}" password="{credentials.password(ADMIN_USER)}";\n'
+        f"ssl.truststore.type=PEM\nssl.truststore.location={tls.ca_cert}\n"
+    )
+    (out / "admin.properties").write_text(admin)
+    for secret in ("server.properties", "scram-args", "admin.properties"):
+        os.chmod(out / secret, 0o600)
+    return out / "server.properties"
+
+
 class ApacheKafkaBroker:
     """One Apache Kafka node (KRaft, broker + controller) on loopback, SASL_SSL + SCRAM + ACLs."""
 
@@ -288,27 +369,19 @@ class ApacheKafkaBroker:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def _config_values(self, lib: Path) -> dict[str, object]:
+    def _config_values(self) -> dict[str, object]:
         assert self.tls is not None
         assert self.controller_port is not None
-        return {
-            "node_id": 1,
-            "listen_host": self.host,
-            "advertised_host": self.host,
-            "port": self.port,
-            "controller_host": self.host,
-            "controller_port": self.controller_port,
-            "controller_user": CONTROLLER_USER,
-            "controller_password": self.credentials.password(CONTROLLER_USER),
-            "broker_user": BROKER_USER,
-            "broker_password": self.credentials.password(BROKER_USER),
-            "admin_user": ADMIN_USER,
-            "reauth_ms": self.reauth_ms,
-            "keystore": self.tls.keystore,
-            "truststore": self.tls.ca_cert,
-            "log_dirs": self.data_dir / "logs",
-            "offsets_partitions": self.offsets_partitions,
-        }
+        return config_values(
+            self.credentials,
+            self.tls,
+            self.data_dir / "logs",
+            port=self.port,
+            controller_port=self.controller_port,
+            host=self.host,
+            reauth_ms=self.reauth_ms,
+            offsets_partitions=self.offsets_partitions,
+        )
 
     def _say(self, message: str) -> None:
         if self._progress:
@@ -335,7 +408,7 @@ class ApacheKafkaBroker:
         config = self.data_dir / "server.properties"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(render_config(self._config_values(lib)))
+            handle.write(render_config(self._config_values()))
         classpath = f"{lib}/*"
         if not (self.data_dir / "logs" / "meta.properties").is_file():
             self._format(java, classpath, config)
@@ -359,6 +432,7 @@ class ApacheKafkaBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # a test session or dev stack killed hard takes it along
             )
         except OSError as exc:
             raise BrokerError(f"Could not run {java}: {exc.strerror}.") from None
@@ -383,10 +457,7 @@ class ApacheKafkaBroker:
             str(config),
             "--standalone",
         ]
-        for user in SERVICE_USERS:
-            password = self.credentials.password(user)
-            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
-                command += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+        command += scram_arguments(self.credentials)
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             lines = [line for line in (result.stdout + result.stderr).splitlines() if "SLF4J" not in line]

@@ -57,7 +57,11 @@ def test_cli_broker_on_taken_port_prints_one_sentence_and_exits_non_zero() -> No
 def test_cli_broker_without_binary_prints_one_sentence_and_exits_non_zero(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "STREAMTOKEN_TANSU_BIN": str(tmp_path / "missing-tansu")}
     result = subprocess.run(
-        [*CLI, "broker", "--port", str(free_port())], capture_output=True, text=True, env=env, timeout=60
+        [*CLI, "broker", "--broker", "embedded", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]

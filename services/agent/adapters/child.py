@@ -7,21 +7,18 @@ OOM killer), the kernel tells the child to stop instead of leaving it running, o
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import os
 import signal
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+
+from shared.process import die_with_parent
 
 # The agent's own configuration (PAT, and whatever else of streamtoken's runs in the same environment:
 # STREAMTOKEN_ISSUER_JWT_SECRET, STREAMTOKEN_KAFKA_SASL_PASSWORD, ...) never reaches the child.
 PROTECTED_PREFIX = "STREAMTOKEN_"
-_PR_SET_PDEATHSIG = 1
 
 
 def child_environment(
@@ -109,28 +106,3 @@ class Child:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         return returncode, time.monotonic() - self.started
-
-
-def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking the kernel to send ``signum`` to the child when the agent dies (Linux).
-
-    ``None`` where ``prctl`` is not available. Runs in the forked child before ``exec``: no allocation-heavy
-    work, no locks. If the agent died between ``fork`` and ``prctl``, the child stops itself at once.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        prctl = ctypes.CDLL(name, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signum)
-
-    return preexec
