@@ -7,6 +7,7 @@ token that slips into an exception message or a field never reaches the log.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -15,10 +16,11 @@ import structlog
 from shared.tokens import TOKEN_PATTERN
 
 REDACTED = "stk_[REDACTED]"
+BROKER_PASSWORD_PATTERN = re.compile(r"bkp_[0-9A-Za-z_-]{20,}")  # shared.broker_access.broker_password
 
 
 def scrub(text: str) -> str:
-    return TOKEN_PATTERN.sub(REDACTED, text)
+    return BROKER_PASSWORD_PATTERN.sub("bkp_[REDACTED]", TOKEN_PATTERN.sub(REDACTED, text))
 
 
 def scrub_value(value: Any) -> Any:

@@ -35,6 +35,26 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.topic == "tokens-x"
 
 
+def test_scrub_removes_broker_passwords_from_text() -> None:
+    from shared.broker_access import broker_password
+
+    password = broker_password(generate_token())
+    assert password not in scrub(f"sasl.password={password}")
+    assert "bkp_[REDACTED]" in scrub(password)
+
+
+def test_environment_round_trips_the_connection_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = KafkaSettings(
+        bootstrap_servers="k:1", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u", sasl_password="p", ssl_ca_location="/ca.pem", topic="t",
+    )  # fmt: skip
+    env = settings.environment()
+    assert env["STREAMTOKEN_KAFKA_SASL_PASSWORD"] == "p"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert KafkaSettings().librdkafka() == settings.librdkafka()
+
+
 def test_scrub_removes_tokens_from_text() -> None:
     token = generate_token()
     assert token not in scrub(f"bad token {token} seen")
