@@ -270,7 +270,9 @@ def tokens_rotate(
     idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="default: a fresh random key"),
     reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
     wait: bool = typer.Option(
-        False, "--wait", help="wait until the broker accepts the new tokens and refuses the old one"
+        False,
+        "--wait",
+        help="wait until the broker and every resolver accept the new tokens and refuse the old one",
     ),
     wait_timeout: float = typer.Option(
         60.0, "--wait-timeout", min=0.0, help="seconds --wait waits before it fails (exit 1)"
@@ -299,34 +301,65 @@ def tokens_rotate(
     _print_tokens(data, reveal)
 
 
+def _broker_line(state: dict[str, Any], generation: int) -> tuple[bool, str]:
+    broker, applied = state["broker"], state["broker_generation"]
+    if broker == "off":
+        return True, "broker: off (this broker does not enforce streaming tokens)"
+    if broker == "applied" or (applied is not None and applied >= generation):
+        return True, f"broker: applied (generation {applied})"
+    return False, f"broker: pending (broker at generation {applied}, waiting for {generation})"
+
+
+def _resolvers_line(state: dict[str, Any], generation: int) -> tuple[bool, str]:
+    resolvers = state.get("resolvers", "unknown")
+    if resolvers == "unknown":
+        return True, "resolvers: unknown (the issuer has no STREAMTOKEN_ISSUER_RESOLVER_URLS)"
+    detail = state.get("resolver_detail") or []
+    done = sum(1 for r in detail if r.get("applied"))
+    if resolvers == "applied":
+        return True, f"resolvers: applied ({done} of {len(detail)} at generation {generation} or newer)"
+    waiting = []
+    for r in detail:
+        if r.get("applied"):
+            continue
+        if r.get("error"):
+            waiting.append(f"{r['url']}: {r['error']}")
+        elif not r.get("ready"):
+            waiting.append(f"{r['url']}: not ready (at {r.get('generation')})")
+        else:
+            waiting.append(f"{r['url']}: at generation {r.get('generation')}")
+    return False, f"resolvers: pending ({done} of {len(detail)} applied; " + "; ".join(waiting) + ")"
+
+
 def _wait_for_propagation(
     environment_id: str, generation: int, timeout_s: float, issuer_url: str, pat: str | None
 ) -> dict[str, Any]:
-    """Poll ``.../streaming-tokens/propagation`` until the broker matches ``generation`` (or is off);
-    progress on stderr; exit 1 on timeout."""
+    """Poll ``.../streaming-tokens/propagation`` until the broker matches ``generation`` (or is off) and
+    every resolver replica serves it (or none is configured); progress on stderr; exit 1 on timeout."""
     path = _env_path(environment_id, "/streaming-tokens/propagation")
     deadline = time.monotonic() + timeout_s
     delay = 0.1
-    last = None
+    printed: set[str] = set()
     while True:
         state = _request("GET", issuer_url, path, pat)
-        broker, applied = state["broker"], state["broker_generation"]
-        if broker == "off":
-            typer.echo("broker: off (this broker does not enforce streaming tokens)", err=True)
+        lines = [_broker_line(state, generation), _resolvers_line(state, generation)]
+        for _, line in lines:
+            if line not in printed:
+                typer.echo(line, err=True)
+                printed.add(line)
+        if all(done for done, _ in lines):
             return dict(state)
-        if broker == "applied" or (applied is not None and applied >= generation):
-            typer.echo(f"broker: applied (generation {applied})", err=True)
-            return dict(state)
-        if (broker, applied) != last:
-            typer.echo(
-                f"broker: pending (broker at generation {applied}, waiting for {generation})", err=True
-            )
-            last = (broker, applied)
         if time.monotonic() >= deadline:
+            missing = " and ".join(
+                part
+                for part, (done, _) in zip(("the broker", "the resolvers"), lines, strict=True)
+                if not done
+            )
             _fail(
-                f"rotated, but the broker did not apply generation {generation} of {environment_id} "
-                f"within {timeout_s:g} s (it is at {applied}); the issuer keeps retrying: see "
-                "broker_access in its /health/ready"
+                f"rotated, but {missing} did not apply generation {generation} of {environment_id} "
+                f"within {timeout_s:g} s ({'; '.join(line for done, line in lines if not done)}); the "
+                "issuer keeps retrying the broker (see broker_access in its /health/ready) and the "
+                "resolvers follow the topic"
             )
         time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
         delay = min(delay * 2, 1.0)

@@ -65,12 +65,29 @@ class GraceTokenPublic(BaseModel):
     valid_until: datetime | None
 
 
+class ResolverPublic(BaseModel):
+    url: str = Field(description="the resolver replica's base URL (STREAMTOKEN_ISSUER_RESOLVER_URLS)")
+    generation: int | None = Field(description="the generation its table holds (null: none, or no answer)")
+    applied: bool = Field(description="it is ready and holds this generation or a newer one")
+    ready: bool = Field(description="the replica is caught up (its /health/ready)")
+    error: str | None = Field(None, description="why it gave no usable answer (unreachable, 401, ...)")
+
+
 class PropagationPublic(BaseModel):
     broker: Literal["applied", "pending", "off"] = Field(
         description="applied: the broker's users and ACLs match this generation; pending: not yet (the "
         "relay retries); off: this deployment's broker does not enforce streaming tokens"
     )
     broker_generation: int | None = Field(description="the generation the broker was last made to match")
+    resolvers: Literal["applied", "pending", "unknown"] = Field(
+        "unknown",
+        description="applied: every configured resolver replica serves this generation; pending: not all "
+        "yet, or not polled (rotate and revoke answers do not poll: ask GET .../streaming-tokens/"
+        "propagation); unknown: no resolver is configured (STREAMTOKEN_ISSUER_RESOLVER_URLS)",
+    )
+    resolver_detail: list[ResolverPublic] = Field(
+        default_factory=list, description="one entry per configured replica when polled"
+    )
 
 
 class PropagationState(PropagationPublic):
@@ -200,14 +217,11 @@ def build_router(deps: Deps) -> APIRouter:
         tags=["tokens"],
     )
     def token_propagation(environment_id: str, _: Member) -> PropagationState:
-        """Whether the broker accepts the current tokens yet (no token is shown; not audit-logged)."""
+        """Whether the broker and every resolver replica accept the current tokens yet (the resolvers are
+        polled now, each for at most STREAMTOKEN_ISSUER_RESOLVER_TIMEOUT_S; no token is shown; not
+        audit-logged)."""
         state = call(handlers.propagation, environment_id)
-        return PropagationState(
-            environment_id=environment_id,
-            generation=state.generation,
-            broker=state.broker,
-            broker_generation=state.broker_generation,
-        )
+        return PropagationState(environment_id=environment_id, generation=state.generation, **state.to_json())
 
     @router.post(
         "/environments/{environment_id}/streaming-tokens/rotate",

@@ -2,7 +2,7 @@
 
 ``build_app(settings, **overrides)`` builds everything from settings; tests override single parts
 (``publisher``, ``topic_admin``, ``broker_access``, ``clock``, ``token_factory``, ``relay_observer``,
-``start_relay``).
+``start_relay``, ``resolver_probe``).
 Nothing talks to the database or Kafka until the app starts (its lifespan runs the migrations and the relay).
 """
 
@@ -21,6 +21,7 @@ from services.issuer.adapters.broker import make_broker_access
 from services.issuer.adapters.db import SqlStore, make_engine
 from services.issuer.adapters.kafka import KafkaTopicAdmin, QuixPublisher
 from services.issuer.adapters.relay import OutboxRelay
+from services.issuer.adapters.resolvers import HttpResolverProbe
 from services.issuer.api import build_router
 from services.issuer.crypto import TokenCipher
 from services.issuer.metrics import IssuerMetrics
@@ -41,6 +42,7 @@ _OVERRIDES = frozenset(
         "relay_observer",
         "start_relay",
         "metrics",
+        "resolver_probe",
     }
 )
 
@@ -72,12 +74,27 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         poll_interval_s=settings.relay_poll_interval_s,
         observer=overrides.get("relay_observer"),
         housekeeping=lambda: housekeeping(),
-        republish=(lambda: handlers.republish_all(deps, actor="system:relay", reconcile_broker=False))
+        republish=(
+            lambda: handlers.republish_all(
+                deps, actor="system:relay", reconcile_broker=False, skip_pending=True
+            )
+        )
         if settings.republish_on_start
         else None,
         broker=broker_access,
         access=access,
         clock=lambda: deps.clock(),
+    )
+    resolver_urls = settings.resolver_url_list()
+    internal_key = settings.resolver_internal_key
+    resolver_probe = overrides.get("resolver_probe") or (
+        HttpResolverProbe(
+            resolver_urls,
+            internal_key=internal_key.get_secret_value() if internal_key else None,
+            timeout_s=settings.resolver_timeout_s,
+        )
+        if resolver_urls
+        else None
     )
     deps = handlers.Deps(
         store=store,
@@ -86,6 +103,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         metrics=metrics,
         broker_enforced=relay.broker_enforced,
         broker_reconcile=relay.request_reconcile,
+        resolvers=resolver_probe,
     )
     if "clock" in overrides:
         deps.clock = overrides["clock"]
@@ -121,6 +139,8 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             yield
         finally:
             relay.stop()
+            if resolver_probe is not None:
+                resolver_probe.close()
             engine.dispose()
 
     def ready() -> tuple[bool, dict[str, Any]]:

@@ -23,6 +23,8 @@ from services.issuer.ports import (
     EnvironmentAccess,
     IdempotentResult,
     IssuerStore,
+    ResolverGeneration,
+    ResolverProbe,
     StoreConflict,
     StoreTx,
     Wakeup,
@@ -82,18 +84,36 @@ class Deps:
     metrics: IssuerMetrics = field(default_factory=IssuerMetrics)
     broker_enforced: bool = False  # the relay keeps the broker's users and ACLs (else propagation "off")
     broker_reconcile: Callable[[], None] = _no_reconcile  # asks the relay to reconcile the whole broker
+    resolvers: ResolverProbe | None = None  # polled for the propagation view (None: "unknown")
 
 
 @dataclass(frozen=True)
 class Propagation:
-    """How far an environment's current generation has reached: the broker's users and ACLs."""
+    """How far an environment's current generation has reached: the broker's users and ACLs, and the
+    resolver replicas' tables."""
 
     generation: int
     broker: str  # applied | pending | off
     broker_generation: int | None
+    resolvers: str = "unknown"  # applied | pending | unknown (no resolver configured)
+    resolver_detail: tuple[ResolverGeneration, ...] = ()  # empty when not polled
 
     def to_json(self) -> dict[str, Any]:
-        return {"broker": self.broker, "broker_generation": self.broker_generation}
+        return {
+            "broker": self.broker,
+            "broker_generation": self.broker_generation,
+            "resolvers": self.resolvers,
+            "resolver_detail": [
+                {
+                    "url": r.url,
+                    "generation": r.generation,
+                    "applied": r.applied(self.generation),
+                    "ready": r.ready,
+                    "error": r.error,
+                }
+                for r in self.resolver_detail
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -225,6 +245,7 @@ def _view(deps: Deps, tx: StoreTx, env: Environment, issued: dict[str, str] | No
 
 
 def _propagation(deps: Deps, tx: StoreTx, env_id: str, generation: int) -> Propagation:
+    """The broker's part (from the store); resolvers "pending" (not polled here) or "unknown"."""
     applied = tx.broker_generation(env_id)
     if not deps.broker_enforced:
         state = "off"
@@ -232,7 +253,17 @@ def _propagation(deps: Deps, tx: StoreTx, env_id: str, generation: int) -> Propa
         state = "applied"
     else:
         state = "pending"
-    return Propagation(generation=generation, broker=state, broker_generation=applied)
+    resolvers = "unknown" if deps.resolvers is None or not deps.resolvers.urls else "pending"
+    return Propagation(generation=generation, broker=state, broker_generation=applied, resolvers=resolvers)
+
+
+def _poll_resolvers(deps: Deps, env_id: str, propagation: Propagation) -> Propagation:
+    """Ask every resolver replica (outside any transaction: a slow replica must not hold the database)."""
+    if deps.resolvers is None or not deps.resolvers.urls:
+        return propagation
+    answers = tuple(deps.resolvers.generations(env_id))
+    applied = bool(answers) and all(a.applied(propagation.generation) for a in answers)
+    return replace(propagation, resolvers="applied" if applied else "pending", resolver_detail=answers)
 
 
 def _log_change(event: str, transition: Transition) -> None:
@@ -310,7 +341,8 @@ def get_environment(deps: Deps, env_id: str) -> Environment:
 def reveal_tokens(deps: Deps, env_id: str, *, actor: str) -> TokenView:
     with deps.store.transaction() as tx:
         env = _require(tx, env_id)
-        view = replace(_view(deps, tx, env), propagation=_propagation(deps, tx, env.id, env.generation))
+        view = _view(deps, tx, env)
+        broker_state = _propagation(deps, tx, env.id, env.generation)
         tx.add_audit(
             AuditEntry(
                 at=deps.clock(),
@@ -322,7 +354,7 @@ def reveal_tokens(deps: Deps, env_id: str, *, actor: str) -> TokenView:
             )
         )
     log.info("tokens_revealed", environment_id=env.id, actor=actor, generation=env.generation)
-    return view
+    return replace(view, propagation=_poll_resolvers(deps, env.id, broker_state))
 
 
 def _request_hash(operation: str, **fields: Any) -> str:
@@ -421,16 +453,36 @@ def delete_environment(deps: Deps, env_id: str, *, actor: str) -> None:
     log.info("environment_deleted", environment_id=env_id, actor=actor, ended=list(ended))
 
 
-def republish_all(deps: Deps, *, actor: str, reconcile_broker: bool = True) -> dict[str, int]:
+def republish_all(
+    deps: Deps, *, actor: str, reconcile_broker: bool = True, skip_pending: bool = False
+) -> dict[str, int]:
     """Queue the current state of every environment (and a tombstone for every deleted one) again, and
-    (unless ``reconcile_broker`` is False) have the relay reconcile the broker's users and ACLs first."""
+    (unless ``reconcile_broker`` is False) have the relay reconcile the broker's users and ACLs first.
+
+    ``skip_pending`` (the relay's republish when it found the topic missing or empty): an environment whose
+    newest state is already the newest unpublished outbox row of its key gets no second record, since that
+    row will put the same state last on the topic anyway. Every other environment is queued as usual, so
+    the topic still ends with every environment's newest state; an admin's republish queues everything."""
     now = deps.clock()
+    skipped = 0
     with deps.store.transaction() as tx:
         envs = tx.environments(for_update=True)
         deleted = tx.deleted_environment_ids()
-        for env in envs:
+        heads = tx.pending_outbox_heads() if skip_pending else {}
+
+        def already_pending(env_id: str, generation: int | None) -> bool:
+            head = heads.get(env_id)
+            if head is None:
+                return False
+            head_generation, tombstone = head
+            return tombstone if generation is None else not tombstone and head_generation >= generation
+
+        queued_envs = [e for e in envs if not already_pending(e.id, e.generation)]
+        queued_deleted = [e for e in deleted if not already_pending(e, None)]
+        skipped = len(envs) - len(queued_envs) + len(deleted) - len(queued_deleted)
+        for env in queued_envs:
             tx.add_outbox(env.id, env.generation, encode_event(domain.to_event(env, now=now)), now)
-        for env_id in deleted:
+        for env_id in queued_deleted:
             tx.add_outbox(env_id, 0, None, now)
         tx.add_audit(
             AuditEntry(
@@ -438,14 +490,24 @@ def republish_all(deps: Deps, *, actor: str, reconcile_broker: bool = True) -> d
                 actor=actor,
                 action="republish",
                 environment_id=None,
-                detail={"environments": len(envs), "tombstones": len(deleted)},
+                detail={
+                    "environments": len(queued_envs),
+                    "tombstones": len(queued_deleted),
+                    **({"already_pending": skipped} if skip_pending else {}),
+                },
             )
         )
     if reconcile_broker:
         deps.broker_reconcile()
     deps.wakeup.wake()
-    log.info("republish_queued", actor=actor, environments=len(envs), tombstones=len(deleted))
-    return {"environments": len(envs), "tombstones": len(deleted)}
+    log.info(
+        "republish_queued",
+        actor=actor,
+        environments=len(queued_envs),
+        tombstones=len(queued_deleted),
+        already_pending=skipped,
+    )
+    return {"environments": len(queued_envs), "tombstones": len(queued_deleted)}
 
 
 def audit_log(deps: Deps, environment_id: str | None, limit: int) -> list[AuditEntry]:
@@ -453,10 +515,12 @@ def audit_log(deps: Deps, environment_id: str | None, limit: int) -> list[AuditE
 
 
 def propagation(deps: Deps, env_id: str) -> Propagation:
-    """Whether the broker matches the environment's current generation yet (no token is read)."""
+    """Whether the broker and every resolver replica hold the environment's current generation yet (no
+    token is read; the resolvers are polled now)."""
     with deps.store.transaction() as tx:
         env = _require(tx, env_id)
-        return _propagation(deps, tx, env.id, env.generation)
+        state = _propagation(deps, tx, env.id, env.generation)
+    return _poll_resolvers(deps, env.id, state)
 
 
 # -- broker access: what the relay makes the broker match -------------------------------------------------

@@ -81,6 +81,11 @@ class StoreTx(Protocol):
         self, environment_id: str, generation: int, payload: bytes | None, at: datetime
     ) -> None: ...
 
+    def pending_outbox_heads(self) -> dict[str, tuple[int, bool]]:
+        """For each environment with unpublished outbox rows: ``(generation, is_tombstone)`` of the newest
+        of them (the state its publication will leave last on the topic)."""
+        ...
+
     def add_audit(self, entry: AuditEntry) -> None: ...
 
     def idempotent_result(self, env_id: str, key: str) -> IdempotentResult | None: ...
@@ -202,6 +207,39 @@ class BrokerAccess(Protocol):
     def reconcile_all(self, desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
         """Like :meth:`sync_environment` for every environment at once, and every ``tid_…`` user and
         ``User:tid_…`` ACL not in ``desired`` is deleted."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResolverGeneration:
+    """What one resolver replica answered about one environment (``error``: why it answered nothing usable;
+    one line, never a secret)."""
+
+    url: str
+    generation: int | None
+    ready: bool
+    error: str | None = None
+
+    def applied(self, generation: int) -> bool:
+        """This replica serves ``generation`` (or newer) of the environment now."""
+        return (
+            self.error is None
+            and self.ready
+            and self.generation is not None
+            and self.generation >= generation
+        )
+
+
+class ResolverProbe(Protocol):
+    """Asks every configured resolver replica which generation of an environment it holds."""
+
+    @property
+    def urls(self) -> Sequence[str]: ...
+
+    def generations(self, environment_id: str) -> list[ResolverGeneration]:
+        """One answer per URL, in the order of ``urls``; never raises for an unreachable replica."""
         ...
 
     def close(self) -> None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka import KafkaSettings
@@ -86,8 +86,44 @@ class IssuerSettings(BaseSettings):
         le=300,
         description="STREAMTOKEN_ISSUER_BROKER_ACCESS_TIMEOUT_S: how long one user/ACL admin call waits",
     )
+    resolver_urls: str = Field(
+        "",
+        description="STREAMTOKEN_ISSUER_RESOLVER_URLS: comma-separated base URLs of the resolver replicas "
+        "(http://host:port) whose GET /v1/environments/{id}/generation the propagation view polls; empty: "
+        "the resolvers' state is 'unknown'",
+    )
+    resolver_internal_key: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_ISSUER_RESOLVER_INTERNAL_KEY: sent as X-Streamtoken-Internal-Key to the "
+        "resolvers (their STREAMTOKEN_RESOLVER_INTERNAL_KEY)",
+    )
+    resolver_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="STREAMTOKEN_ISSUER_RESOLVER_TIMEOUT_S: how long one poll of one resolver waits",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
+    @field_validator("resolver_urls")
+    @classmethod
+    def _check_resolver_urls(cls, value: str) -> str:
+        for url in _split_urls(value):
+            if not url.startswith(("http://", "https://")) or url in {"http://", "https://"}:
+                raise ValueError(
+                    f"STREAMTOKEN_ISSUER_RESOLVER_URLS: {url!r} is not an http(s) URL; give base URLs "
+                    "separated by commas, e.g. http://127.0.0.1:8002,http://10.0.0.2:8002"
+                )
+        return value
+
+    def resolver_url_list(self) -> list[str]:
+        """The configured resolver base URLs, without trailing slashes or duplicates."""
+        return _split_urls(self.resolver_urls)
+
     def resolved_database_url(self) -> str:
         return self.database_url or self.runtime.sqlite_url("issuer")
+
+
+def _split_urls(value: str) -> list[str]:
+    return list(dict.fromkeys(u.strip().rstrip("/") for u in value.split(",") if u.strip()))

@@ -301,6 +301,19 @@ class SqlTx:
             OutboxRow(environment_id=environment_id, generation=generation, payload=payload, created_at=at)
         )
 
+    def pending_outbox_heads(self) -> dict[str, tuple[int, bool]]:
+        newest = (
+            sa.select(sa.func.max(OutboxRow.id))
+            .where(col(OutboxRow.published_at).is_(None))
+            .group_by(col(OutboxRow.environment_id))
+        )
+        rows = self.session.execute(
+            sa.select(
+                col(OutboxRow.environment_id), col(OutboxRow.generation), col(OutboxRow.payload).is_(None)
+            ).where(col(OutboxRow.id).in_(newest))
+        ).all()
+        return {env_id: (int(generation), bool(tombstone)) for env_id, generation, tombstone in rows}
+
     def add_audit(self, entry: AuditEntry) -> None:
         self.session.add(
             AuditRow(

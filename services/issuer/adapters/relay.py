@@ -6,7 +6,8 @@ only after the broker acknowledged it; when a record of an environment fails, th
 environment in the batch stay pending too, so the environment's newest state is always the last one on the
 topic. While Kafka is unreachable the relay retries with capped exponential back-off and jitter. When it
 (re)connects and finds the topic missing or empty (a broker that lost its data), it queues a republish of
-every environment.
+every environment (the republish skips an environment whose newest state is already pending in the
+outbox: that row puts it on the topic anyway, and a second record would only repeat it).
 
 Broker access (``ports.BrokerAccess``): before a batch is published, each of its environments' current
 valid tokens are made the broker's users and ACLs for that environment. When that fails nothing of the batch

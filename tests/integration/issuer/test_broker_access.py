@@ -265,9 +265,21 @@ def test_rotation_reaches_the_broker_and_the_answers_say_so(
     create_topics(admin, f"{env_id}-x")
     propagation = f"/v1/environments/{env_id}/streaming-tokens/propagation"
     state = _wait(lambda: (s := issuer.member.get(propagation).json())["broker"] == "applied" and s)
-    assert state == {"environment_id": env_id, "generation": 1, "broker": "applied", "broker_generation": 1}
+    assert state == {
+        "environment_id": env_id,
+        "generation": 1,
+        "broker": "applied",
+        "broker_generation": 1,
+        "resolvers": "unknown",  # no resolver configured
+        "resolver_detail": [],
+    }
     before = issuer.admin.get(f"/v1/environments/{env_id}/streaming-tokens").json()
-    assert before["propagation"] == {"broker": "applied", "broker_generation": 1}
+    assert before["propagation"] == {
+        "broker": "applied",
+        "broker_generation": 1,
+        "resolvers": "unknown",
+        "resolver_detail": [],
+    }
     old = before["token_1"]
 
     rotated = issuer.admin.post(f"/v1/environments/{env_id}/streaming-tokens/rotate").json()
@@ -341,7 +353,12 @@ def test_off_says_so_in_the_answers(
         "id"
     ]
     answer = issuer.admin.post(f"/v1/environments/{env_id}/streaming-tokens/rotate").json()
-    assert answer["propagation"] == {"broker": "off", "broker_generation": None}
+    assert answer["propagation"] == {
+        "broker": "off",
+        "broker_generation": None,
+        "resolvers": "unknown",
+        "resolver_detail": [],
+    }
     assert issuer.anonymous.get("/health/ready").json()["broker_access"] == "off"
     missing = issuer.member.get("/v1/environments/no-such-env/streaming-tokens/propagation")
     assert missing.status_code == 404

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.issuer.domain import Environment, Transition
-from services.issuer.ports import AuditEntry, IdempotentResult
+from services.issuer.ports import AuditEntry, IdempotentResult, ResolverGeneration
 from shared.ids import hyphen_prefixes
 
 
@@ -19,6 +19,7 @@ class State:
     deleted: dict[str, int] = field(default_factory=dict)
     ciphertexts: dict[str, str] = field(default_factory=dict)
     outbox: list[tuple[str, int, bytes | None]] = field(default_factory=list)
+    published: int = 0  # the first ``published`` outbox rows went to the topic; the others are pending
     audit: list[AuditEntry] = field(default_factory=list)
     keys: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
     broker_generations: dict[str, int] = field(default_factory=dict)
@@ -61,6 +62,12 @@ class FakeTx:
     def add_outbox(self, environment_id: str, generation: int, payload: bytes | None, at: datetime) -> None:
         self.state.outbox.append((environment_id, generation, payload))
 
+    def pending_outbox_heads(self) -> dict[str, tuple[int, bool]]:
+        heads: dict[str, tuple[int, bool]] = {}
+        for env_id, generation, payload in self.state.outbox[self.state.published :]:
+            heads[env_id] = (generation, payload is None)  # a later row of the key replaces an earlier one
+        return heads
+
     def add_audit(self, entry: AuditEntry) -> None:
         self.state.audit.append(entry)
 
@@ -87,11 +94,16 @@ class FakeStore:
     def __init__(self) -> None:
         self.state = State()
         self.commits = 0
+        self.open_transactions = 0
 
     @contextmanager
     def transaction(self) -> Iterator[FakeTx]:
         working = copy.deepcopy(self.state)
-        yield FakeTx(working)
+        self.open_transactions += 1
+        try:
+            yield FakeTx(working)
+        finally:
+            self.open_transactions -= 1
         self.state = working
         self.commits += 1
 
@@ -140,6 +152,39 @@ class FakeBrokerAccess:
 
     def users(self) -> set[str]:
         return {token_id for tokens in self.environments.values() for token_id in tokens}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeResolvers:
+    """Resolver replicas answering what ``answers`` says: url → ``(generation, ready)`` or an error string.
+
+    ``during`` is called with each poll (e.g. to check that no transaction is open meanwhile)."""
+
+    def __init__(
+        self, answers: dict[str, tuple[int | None, bool] | str], during: Callable[[], None] | None = None
+    ):
+        self.answers = answers
+        self.during = during
+        self.polls: list[str] = []
+        self.closed = False
+
+    @property
+    def urls(self) -> Sequence[str]:
+        return list(self.answers)
+
+    def generations(self, environment_id: str) -> list[ResolverGeneration]:
+        self.polls.append(environment_id)
+        if self.during is not None:
+            self.during()
+        out = []
+        for url, answer in self.answers.items():
+            if isinstance(answer, str):
+                out.append(ResolverGeneration(url, None, False, answer))
+            else:
+                out.append(ResolverGeneration(url, answer[0], answer[1]))
+        return out
 
     def close(self) -> None:
         self.closed = True

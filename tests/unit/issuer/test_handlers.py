@@ -10,7 +10,7 @@ from cryptography.fernet import Fernet
 from services.issuer import handlers
 from services.issuer.crypto import TokenCipher
 from shared.events import ChangeType, decode_event
-from tests.unit.issuer.fakes import CountingWakeup, FakeStore
+from tests.unit.issuer.fakes import CountingWakeup, FakeStore, State
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -93,6 +93,69 @@ def test_delete_publishes_a_tombstone_and_republish_covers_everything(deps: hand
     again = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
     assert again.generation == 2
     assert [e.action for e in handlers.audit_log(deps, prod.id, 10)] == ["create", "delete", "create"]
+
+
+def topic_after_publishing(state: State, topic: dict[str, tuple[int, bool]]) -> dict[str, tuple[int, bool]]:
+    """What each key's last record is once the pending outbox rows went out on top of ``topic``."""
+    last = dict(topic)
+    for env_id, generation, payload in state.outbox[state.published :]:
+        last[env_id] = (generation, payload is None)
+    return last
+
+
+def test_the_relays_republish_skips_environments_whose_newest_state_is_already_pending(
+    deps: handlers.Deps,
+) -> None:
+    for name in ("published", "rotated", "gone", "deleting"):
+        handlers.create_environment(deps, "acme", "telemetry", name, actor="a")
+    handlers.delete_environment(deps, "acme-telemetry-gone", actor="a")
+    state = store_of(deps).state
+    state.published = len(state.outbox)  # all of that reached the topic ... which the broker then lost
+    handlers.rotate_tokens(deps, "acme-telemetry-rotated", actor="a")  # pending: generation 2
+    handlers.delete_environment(deps, "acme-telemetry-deleting", actor="a")  # pending: a tombstone
+    handlers.create_environment(deps, "acme", "telemetry", "other", actor="a")  # pending: generation 1
+    before = len(store_of(deps).state.outbox)
+
+    queued = handlers.republish_all(deps, actor="system:relay", reconcile_broker=False, skip_pending=True)
+
+    state = store_of(deps).state
+    assert queued == {"environments": 1, "tombstones": 1}
+    assert [(k, g, p is None) for k, g, p in state.outbox[before:]] == [
+        ("acme-telemetry-published", 1, False),
+        ("acme-telemetry-gone", 0, True),
+    ]
+    assert state.audit[-1].detail == {"environments": 1, "tombstones": 1, "already_pending": 3}
+    # The topic (empty: it was lost) ends with every environment's newest state once the outbox drained.
+    current = {e.id: (e.generation, False) for e in handlers.list_environments(deps)}
+    gone = {e: (0, True) for e in ("acme-telemetry-gone", "acme-telemetry-deleting")}
+    last = topic_after_publishing(state, {})
+    assert {k: (g, t) for k, (g, t) in last.items() if not t} == current
+    assert {k for k, (_, t) in last.items() if t} == set(gone)
+
+    # The relay checking the topic again before anything went out (a retry) queues nothing more.
+    assert handlers.republish_all(deps, actor="system:relay", skip_pending=True) == {
+        "environments": 0,
+        "tombstones": 0,
+    }
+    assert len(store_of(deps).state.outbox) == before + 2
+
+
+def test_a_republish_after_the_pending_rows_went_out_queues_them_again(deps: handlers.Deps) -> None:
+    handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    handlers.rotate_tokens(deps, "acme-telemetry-prod", actor="a")
+    state = store_of(deps).state
+    assert handlers.republish_all(deps, actor="r", skip_pending=True) == {"environments": 0, "tombstones": 0}
+    store_of(deps).state.published = len(state.outbox)  # generation 2 reached the topic, then it was lost
+    assert handlers.republish_all(deps, actor="r", skip_pending=True) == {"environments": 1, "tombstones": 0}
+    assert store_of(deps).state.outbox[-1][:2] == ("acme-telemetry-prod", 2)
+
+
+def test_an_admins_republish_queues_everything_even_when_pending(deps: handlers.Deps) -> None:
+    handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    handlers.create_environment(deps, "acme", "telemetry", "dev", actor="a")
+    handlers.delete_environment(deps, "acme-telemetry-dev", actor="a")
+    assert handlers.republish_all(deps, actor="pat:alice") == {"environments": 1, "tombstones": 1}
+    assert "already_pending" not in store_of(deps).state.audit[-1].detail
 
 
 def test_idempotent_replay_of_a_rotation_with_grace_is_identical(deps: handlers.Deps) -> None:

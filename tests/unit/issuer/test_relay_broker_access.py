@@ -108,8 +108,9 @@ def test_the_broker_is_synced_before_the_batch_is_published(world: World) -> Non
 
     view = handlers.rotate_tokens(world.deps, env.id, actor="a")
     assert view.propagation is not None
-    assert view.propagation.to_json() == {"broker": "pending", "broker_generation": 1}
-    assert view.to_json()["propagation"] == {"broker": "pending", "broker_generation": 1}
+    unpolled = {"broker": "pending", "broker_generation": 1, "resolvers": "unknown", "resolver_detail": []}
+    assert view.propagation.to_json() == unpolled
+    assert view.to_json()["propagation"] == unpolled
     world.feed()
     world.relay.drain()
     assert set(world.broker.environments[env.id]) == {view.token_1.token_id, view.token_2.token_id}
