@@ -126,6 +126,7 @@ def running_stack(broker: Broker, tmp: Path, **settings: str) -> Iterator[Runnin
         "STREAMTOKEN_DATA_DIR": str(tmp / "data"),
         "STREAMTOKEN_KAFKA_TOPIC": kafka_env["issuer"]["STREAMTOKEN_KAFKA_TOPIC"],
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
+        "STREAMTOKEN_ISSUER_RESOLVER_URLS": urls["resolver"],
         "STREAMTOKEN_NOTIFIER_RETRY_BASE_SECONDS": "0.2",
         "STREAMTOKEN_NOTIFIER_RETRY_MAX_SECONDS": "2",
         "STREAMTOKEN_LOG_JSON": "true",
