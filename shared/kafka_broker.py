@@ -27,6 +27,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from shared.broker import BrokerError, free_port, port_is_free
 from shared.broker_access import (
     ADMIN_USER,
@@ -40,6 +43,7 @@ from shared.broker_access import (
 )
 from shared.kafka import KafkaSettings
 from shared.process import die_with_parent
+from shared.settings import RuntimeSettings
 from shared.tls import BrokerTls, ensure_dev_tls
 
 KAFKA_VERSION = "4.1.1"
@@ -274,7 +278,7 @@ def render_compose_config(
         given = os.environ.get("STREAMTOKEN_BROKER_PASSWORD_" + user.upper().replace("-", "_"))
         if given:
             credentials.passwords[user] = given
-    tls = ensure_dev_tls(out / "tls", (host, "localhost", "127.0.0.1"))
+    tls = broker_tls(out / "tls", (host, "localhost", "127.0.0.1"))
     values = config_values(
         credentials, tls, "/var/lib/kafka/data", port=port, controller_port=controller_port,
         host=host, listen_host="0.0.0.0",  # every interface of the container
@@ -294,6 +298,36 @@ def render_compose_config(
     for secret in ("server.properties", "scram-args", "admin.properties"):
         os.chmod(out / secret, 0o600)
     return out / "server.properties"
+
+
+class BrokerTlsSettings(BaseSettings):
+    """The broker's TLS material outside dev: ``STREAMTOKEN_BROKER_TLS_CA`` (the CA certificate clients trust,
+    PEM) and ``STREAMTOKEN_BROKER_TLS_KEYSTORE`` (the broker's private key and certificate chain, PEM)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMTOKEN_BROKER_TLS_", extra="ignore")
+
+    ca: Path | None = Field(None, description="STREAMTOKEN_BROKER_TLS_CA")
+    keystore: Path | None = Field(None, description="STREAMTOKEN_BROKER_TLS_KEYSTORE")
+
+
+def broker_tls(
+    directory: Path, hostnames: tuple[str, ...], runtime: RuntimeSettings | None = None
+) -> BrokerTls:
+    """The TLS material from settings; in ``dev``/``test`` without settings, a generated development CA.
+    Outside dev a missing CA or key store is a one-sentence ``BrokerError``."""
+    configured = BrokerTlsSettings()
+    if configured.ca is not None and configured.keystore is not None:
+        for path in (configured.ca, configured.keystore):
+            if not path.is_file():
+                raise BrokerError(f"{path} (STREAMTOKEN_BROKER_TLS_*) is not a readable file.")
+        return BrokerTls(ca_cert=configured.ca, keystore=configured.keystore)
+    if not (runtime or RuntimeSettings()).is_dev:
+        raise BrokerError(
+            "Outside dev the broker needs its own TLS material: set STREAMTOKEN_BROKER_TLS_CA (CA "
+            "certificate) and STREAMTOKEN_BROKER_TLS_KEYSTORE (key + certificate chain, PEM); development "
+            "certificates are generated only with STREAMTOKEN_ENV=dev."
+        )
+    return ensure_dev_tls(directory, hostnames)
 
 
 class ApacheKafkaBroker:
@@ -337,7 +371,7 @@ class ApacheKafkaBroker:
 
     @property
     def ca_path(self) -> Path:
-        return self.data_dir / "tls" / "ca.pem"
+        return self.tls.ca_cert if self.tls is not None else self.data_dir / "tls" / "ca.pem"
 
     @property
     def log_path(self) -> Path:
@@ -404,7 +438,7 @@ class ApacheKafkaBroker:
         if self.controller_port is None or not port_is_free(self.host, self.controller_port):
             self.controller_port = free_port(self.host)
         state_path.write_text(json.dumps({"controller_port": self.controller_port}))
-        self.tls = ensure_dev_tls(self.data_dir / "tls", ("localhost", self.host))
+        self.tls = broker_tls(self.data_dir / "tls", ("localhost", self.host))
         config = self.data_dir / "server.properties"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
