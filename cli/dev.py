@@ -422,6 +422,7 @@ def dev(
         "STREAMTOKEN_ENV": "dev",
         "STREAMTOKEN_DATA_DIR": str(data_dir),
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
+        "STREAMTOKEN_ISSUER_RESOLVER_URLS": urls["resolver"],  # the propagation view polls it
     }
     for name in missing:
         typer.echo(f"  {name:<9} missing (services/{name}/__main__.py not found); starting without it")
