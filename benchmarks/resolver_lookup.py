@@ -1,29 +1,41 @@
 """Lookup throughput and latency of `GET /v1/topics/{name}` against a bare ASGI hello-world app.
 
     .venv/bin/python benchmarks/resolver_lookup.py [--duration 10] [--connections 32] [--rounds 2]
+        [--broker kafka|embedded|none]
 
 Both apps run in their own process under uvicorn with the same settings (one worker, uvloop, httptools,
 no access log) on loopback, one after the other, loaded by `wrk` (apt-get install wrk). The resolver's
 table holds 100,000 environments and the request carries a real streaming token (so each request does
 the checksum check, a SHA-256 and the table lookup). Target: resolver >= 0.5x the bare app's requests/s.
+
+Where the table comes from (``--broker``): ``kafka`` (default) starts Apache Kafka (SASL_SSL + SCRAM),
+produces the 100,000 environments to its control topic as the broker's admin, and the resolver process
+runs its real replica on it as its own principal (``streamtoken-resolver``), caught up before the load;
+``embedded`` does the same on the Tansu fallback (PLAINTEXT); ``none`` fills the table in-process with no
+replica (how the figures before issue 9 were taken). The request path is the same in all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+from broker_common import load_average
 
-from shared.broker import free_port
+from shared.broker import EmbeddedBroker, free_port
 
 ENVIRONMENTS = 100_000
+TOPIC = "streaming-tokens"
 
 
 async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -61,10 +73,19 @@ def resolver_app(token: str) -> Any:
     return build_app(ResolverSettings(), table=table, start_replica=False, status=lambda: Status.READY)
 
 
+def replica_app() -> Any:
+    """The resolver as ``python -m services.resolver`` builds it: its replica reads the broker named by the
+    ``STREAMTOKEN_KAFKA_*`` variables."""
+    from services.resolver.bootstrap import build_app
+    from services.resolver.settings import ResolverSettings
+
+    return build_app(ResolverSettings())
+
+
 def serve(kind: str, port: int, token: str) -> None:
     import uvicorn
 
-    app = hello_app if kind == "hello" else resolver_app(token)
+    app = hello_app if kind == "hello" else replica_app() if kind == "replica" else resolver_app(token)
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -119,21 +140,26 @@ def _wrk(url: str, token: str, duration: int, connections: int) -> dict[str, flo
     return {"rps": rps, "p50": ms("50"), "p99": ms("99")}
 
 
-def run(kind: str, token: str, duration: int, connections: int) -> dict[str, float]:
+def run(
+    kind: str,
+    token: str,
+    duration: int,
+    connections: int,
+    env: dict[str, str] | None = None,
+    environment: str = "acme-telemetry-prod",
+) -> dict[str, float]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--token", token]
+        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--token", token],
+        env={**os.environ, "STREAMTOKEN_LOG_LEVEL": "WARNING", **(env or {})},
     )
     try:
-        path = "/v1/topics/f1-data" if kind == "resolver" else "/"
+        path = "/" if kind == "hello" else "/v1/topics/f1-data"
         url = f"http://127.0.0.1:{port}{path}"
         _wait(url, {"Authorization": f"Bearer {token}"})
-        if kind == "resolver":
+        if kind != "hello":
             body = httpx.get(url, headers={"Authorization": f"Bearer {token}"}).json()
-            assert body == {
-                "topic_id": "acme-telemetry-prod-f1-data",
-                "environment_id": "acme-telemetry-prod",
-            }
+            assert body == {"topic_id": f"{environment}-f1-data", "environment_id": environment}, body
         _wrk(url, token, 2, connections)  # warm-up
         return _wrk(url, token, duration, connections)
     finally:
@@ -143,12 +169,13 @@ def run(kind: str, token: str, duration: int, connections: int) -> dict[str, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve", choices=["hello", "resolver"])
+    parser.add_argument("--serve", choices=["hello", "resolver", "replica"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--token")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--broker", choices=["kafka", "embedded", "none"], default="kafka")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port, args.token)
@@ -158,16 +185,51 @@ def main() -> None:
     from shared.tokens import generate_token
 
     token = generate_token()
+    print(f"resolver lookup, table from broker {args.broker}: {load_average()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.broker == "none":
+            rounds(args, token, "resolver", {}, "acme-telemetry-prod")
+            return
+        from resolver_common import environment_id, produce_environments
+
+        from shared.broker_access import RESOLVER_USER
+        from shared.kafka import KafkaSettings
+        from shared.kafka_broker import ApacheKafkaBroker
+
+        index = ENVIRONMENTS // 2
+        broker: EmbeddedBroker | ApacheKafkaBroker
+        if args.broker == "kafka":
+            broker = ApacheKafkaBroker(Path(tmp) / "kafka", port=free_port())
+        else:
+            broker = EmbeddedBroker(port=free_port())
+        with broker:
+            if isinstance(broker, ApacheKafkaBroker):
+                broker.grant_services(TOPIC)
+                kafka = broker.admin_settings(topic=TOPIC)
+                env = broker.environment_for(RESOLVER_USER, topic=TOPIC)
+            else:
+                kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic=TOPIC)
+                env = {
+                    "STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+                    "STREAMTOKEN_KAFKA_TOPIC": TOPIC,
+                }
+            seconds = produce_environments(kafka, ENVIRONMENTS, {(index, 1): token})
+            print(f"produced {ENVIRONMENTS:,} environments to {args.broker} in {seconds:.1f} s", flush=True)
+            rounds(args, token, "replica", env, environment_id(index))
+
+
+def rounds(args: argparse.Namespace, token: str, kind: str, env: dict[str, str], environment: str) -> None:
     ratios: list[float] = []
     totals = {"hello": 0.0, "resolver": 0.0}
     for round_ in range(1, args.rounds + 1):
         hello = run("hello", token, args.duration, args.connections)
-        resolver = run("resolver", token, args.duration, args.connections)
+        resolver = run(kind, token, args.duration, args.connections, env, environment)
         print(
             f"round {round_}: bare ASGI {hello['rps']:,.0f} req/s (p50 {hello['p50']:.2f} ms,"
             f" p99 {hello['p99']:.2f} ms)"
             f" | resolver GET /v1/topics/{{name}} {resolver['rps']:,.0f} req/s (p50 {resolver['p50']:.2f} ms,"
-            f" p99 {resolver['p99']:.2f} ms) | ratio {resolver['rps'] / hello['rps']:.2f}x",
+            f" p99 {resolver['p99']:.2f} ms) | ratio {resolver['rps'] / hello['rps']:.2f}x"
+            f" [{load_average()}]",
             flush=True,
         )
         ratios.append(resolver["rps"] / hello["rps"])
