@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("STREAMTOKEN_ENV", "test")  # local brokers and services with dev TLS and secrets
+
 AUTH_ERRORS = {
     "TOPIC_AUTHORIZATION_FAILED",
     "GROUP_AUTHORIZATION_FAILED",

@@ -375,6 +375,7 @@ def dev(
 ) -> None:
     """Run the broker and every service in the foreground until Ctrl-C."""
     kind = broker_kind or default_broker_kind()
+    os.environ["STREAMTOKEN_ENV"] = "dev"  # the local stack: the broker started here and its children
     if kind not in {"kafka", "embedded"}:
         typer.echo(f"error: --broker must be kafka or embedded, not {kind!r}", err=True)
         raise typer.Exit(2)

@@ -27,6 +27,8 @@ from shared.broker import BrokerError, EmbeddedBroker, free_port
 from shared.kafka import KafkaSettings
 from shared.kafka_broker import ApacheKafkaBroker
 
+os.environ.setdefault("STREAMTOKEN_ENV", "test")  # unset means prod; the session broker and services are test
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "STREAMTOKEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
