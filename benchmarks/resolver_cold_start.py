@@ -1,11 +1,15 @@
 """Cold start: seconds until /health/ready is 200 and peak RSS, with N environments in the topic.
 
     .venv/bin/python benchmarks/resolver_cold_start.py [--environments 1000000] [--rounds 3]
-        [--baseline-root /tmp/resolver-old]
+        [--baseline-root /tmp/resolver-old] [--broker kafka|embedded|both]
 
-Starts a dedicated embedded broker, produces N environments (one record each, in the issuer's format),
-then starts `python -m services.resolver` as a process and times it to ready; checks a sample of real
-tokens resolves. Targets: <= 10 s and <= 500 MB peak RSS for 1,000,000 environments.
+Starts a dedicated broker — Apache Kafka (``--broker kafka``, the default: SASL_SSL + SCRAM, the records
+produced as the broker's admin, the resolver reading as its own principal ``streamtoken-resolver``) or the
+embedded Tansu (``--broker embedded``, PLAINTEXT, as the figures before issue 9 were taken), or both
+(``--broker both``: the same records in each, the resolver started against each alternately) — produces N
+environments (one record each, in the issuer's format), then starts `python -m services.resolver` as a
+process and times it to ready; checks a sample of real tokens resolves. Targets: <= 10 s and <= 500 MB
+peak RSS for 1,000,000 environments.
 
 ``--rounds`` starts the resolver that many times against the same records and prints the median. With
 ``--baseline-root`` (a checkout of another commit, e.g. ``git worktree add /tmp/resolver-old 31a43cc``)
@@ -19,9 +23,12 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+from broker_common import load_average
 from resolver_common import (
     ROOT,
     environment_id,
@@ -32,7 +39,9 @@ from resolver_common import (
 )
 
 from shared.broker import EmbeddedBroker, free_port
+from shared.broker_access import RESOLVER_USER
 from shared.kafka import KafkaSettings
+from shared.kafka_broker import ApacheKafkaBroker
 from shared.tokens import generate_token
 
 
@@ -43,36 +52,70 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--baseline-root", default=None, help="checkout of another commit to alternate with")
+    parser.add_argument("--broker", choices=["kafka", "embedded", "both"], default="kafka")
     args = parser.parse_args()
     n = args.environments
     sample = sorted({0, n // 3, n // 2, n - 1})
     real = {(i, slot): generate_token() for i in sample for slot in (1, 2)}
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(port=free_port(), log_path=Path(tmp) / "broker.log")
-        with broker:
-            kafka = KafkaSettings(
+    brokers = ["kafka", "embedded"] if args.broker == "both" else [args.broker]
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        sources: dict[str, tuple[KafkaSettings, dict[str, str]]] = {}
+        for kind in brokers:
+            sources[kind] = stack.enter_context(broker_with_records(kind, Path(tmp), args.partitions))
+            seconds = produce_environments(sources[kind][0], n, real)
+            print(
+                f"produced {n:,} environments to {kind} in {seconds:.1f} s ({args.partitions} partitions)",
+                flush=True,
+            )
+        roots = [("this tree", ROOT)]
+        if args.baseline_root:
+            roots.insert(0, ("baseline", Path(args.baseline_root).resolve()))
+        runs = [(f"{name} on {kind}", root, kind) for kind in brokers for name, root in roots]
+        results: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in runs}
+        for round_ in range(1, args.rounds + 1):
+            for label, root, kind in runs if round_ % 2 else runs[::-1]:
+                kafka, resolver_env = sources[kind]
+                to_ready, rss = run_once(kafka, n, real, root, Path(tmp), args.timeout, resolver_env)
+                results[label].append((to_ready, rss))
+                print(
+                    f"round {round_} {label}: {to_ready:.2f} s to ready, peak RSS {rss:.0f} MB "
+                    f"[{load_average()}]",
+                    flush=True,
+                )
+        for label, figures in results.items():
+            times = [t for t, _ in figures]
+            low, high = min(r for _, r in figures), max(r for _, r in figures)
+            print(
+                f"{label}: median {statistics.median(times):.2f} s to ready "
+                f"({min(times):.2f}-{max(times):.2f}), peak RSS {low:.0f}-{high:.0f} MB"
+            )
+
+
+@contextmanager
+def broker_with_records(
+    kind: str, tmp: Path, partitions: int
+) -> Iterator[tuple[KafkaSettings, dict[str, str]]]:
+    """A dedicated broker: the producer's settings (Kafka: its admin) and the resolver's extra variables
+    (Kafka: its own principal)."""
+    if kind == "kafka":
+        with ApacheKafkaBroker(tmp / "kafka", port=free_port()) as kafka_broker:
+            kafka_broker.grant_services("streaming-tokens")
+            yield (
+                kafka_broker.admin_settings(topic="streaming-tokens", topic_partitions=partitions),
+                kafka_broker.environment_for(
+                    RESOLVER_USER, topic="streaming-tokens", topic_partitions=partitions
+                ),
+            )
+        return
+    with EmbeddedBroker(port=free_port(), log_path=tmp / "broker.log") as broker:
+        yield (
+            KafkaSettings(
                 bootstrap_servers=broker.bootstrap_servers,
                 topic="streaming-tokens",
-                topic_partitions=args.partitions,
-            )
-            seconds = produce_environments(kafka, n, real)
-            print(f"produced {n:,} environments in {seconds:.1f} s ({args.partitions} partitions)")
-            roots = [("this tree", ROOT)]
-            if args.baseline_root:
-                roots.insert(0, ("baseline", Path(args.baseline_root).resolve()))
-            results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in roots}
-            for round_ in range(1, args.rounds + 1):
-                for name, root in roots:
-                    to_ready, rss = run_once(kafka, n, real, root, Path(tmp), args.timeout)
-                    results[name].append((to_ready, rss))
-                    print(f"round {round_} {name}: {to_ready:.2f} s to ready, peak RSS {rss:.0f} MB")
-            for name, figures in results.items():
-                times = [t for t, _ in figures]
-                low, high = min(r for _, r in figures), max(r for _, r in figures)
-                print(
-                    f"{name}: median {statistics.median(times):.2f} s to ready "
-                    f"({min(times):.2f}-{max(times):.2f}), peak RSS {low:.0f}-{high:.0f} MB"
-                )
+                topic_partitions=partitions,
+            ),
+            {},
+        )
 
 
 def run_once(
@@ -82,12 +125,13 @@ def run_once(
     root: Path,
     tmp: Path,
     timeout: float,
+    env: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """Start the resolver of ``root``; (seconds from process start to /health/ready 200, peak RSS MB)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    process = start_resolver_process(kafka, port, tmp / "resolver.log", root)
+    process = start_resolver_process(kafka, port, tmp / "resolver.log", root, **(env or {}))
     try:
         body = wait_ready(url, timeout)
         to_ready = time.monotonic() - started
