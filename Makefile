@@ -52,7 +52,7 @@ format: install ## format the code
 	$(VENV)/bin/ruff check --fix .
 
 BENCHMARKS := issuer_relay_latency issuer_rotate resolver_propagation resolver_cold_start resolver_lookup \
-	notifier_fanout agent_fleet_restart
+	notifier_fanout agent_fleet_restart broker_start broker_rotate_throughput
 
 .PHONY: bench
 bench: install ## run every benchmark script (figures and how they compare: docs/benchmarks.md)
