@@ -7,6 +7,8 @@ fingerprint so a deployment's burst of calls costs one resolver lookup.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,8 +42,60 @@ class TokenVerifier(Protocol):
     async def aclose(self) -> None: ...
 
 
+class LogSampler:
+    """At most one log line per event name every ``interval`` seconds, so a flood of refusals (anyone can
+    mint well-formed tokens) costs a few lines; the line logged says how many were left out before it."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def take(self, name: str) -> int | None:
+        """None: do not log this one. Else log it, with the returned count of lines left out."""
+        now = self.clock()
+        last = self._last.get(name)
+        if last is not None and now - last < self.interval:
+            self._suppressed[name] = self._suppressed.get(name, 0) + 1
+            return None
+        self._last[name] = now
+        return self._suppressed.pop(name, 0)
+
+
+class _Lru:
+    """A bounded map, the least recently used entry dropped first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, tuple[float, Identity | None]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[float, Identity | None] | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= now:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return hit
+
+    def put(self, key: str, value: tuple[float, Identity | None]) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class ResolverWhoami:
-    """``TokenVerifier`` backed by the resolver, with a short cache keyed by the token's fingerprint."""
+    """``TokenVerifier`` backed by the resolver, with a short cache keyed by the token's fingerprint.
+
+    Valid and refused answers are cached apart, each a bounded LRU: a flood of made-up tokens only churns
+    the refusals and never evicts the answers for the valid tokens deployments use.
+    """
 
     def __init__(
         self,
@@ -49,18 +103,25 @@ class ResolverWhoami:
         cache_seconds: float,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 5.0,
+        max_entries: int = 10_000,
     ) -> None:
         self._client = httpx.AsyncClient(
             base_url=resolver_url.rstrip("/"), timeout=timeout, transport=transport
         )
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Identity | None]] = {}
+        self._valid = _Lru(max_entries)
+        self._refused = _Lru(max_entries)
+        self._sampler = LogSampler()
+
+    @property
+    def cached_entries(self) -> int:
+        return len(self._valid) + len(self._refused)
 
     async def whoami(self, token: str) -> Identity | None:
         key = fingerprint(token)
         now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
+        hit = self._valid.get(key, now) or self._refused.get(key, now)
+        if hit is not None:
             return hit[1]
         try:
             response = await self._client.get("/v1/whoami", headers={"authorization": f"Bearer {token}"})
@@ -84,11 +145,14 @@ class ResolverWhoami:
         else:
             log.warning("resolver_error", status=response.status_code, fingerprint=key)
             raise ResolverUnavailable(f"HTTP {response.status_code}")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        # A rejected token is cached for a shorter time: it might be a new one the resolver has not seen yet.
-        ttl = self._cache_seconds if identity is not None else min(self._cache_seconds, 1.0)
-        self._cache[key] = (now + ttl, identity)
+        if identity is None:
+            suppressed = self._sampler.take("token_refused")
+            if suppressed is not None:
+                log.info("token_refused", fingerprint=key[:16], suppressed=suppressed)
+            # Cached for a shorter time: it might be a new token the resolver has not seen yet.
+            self._refused.put(key, (now + min(self._cache_seconds, 1.0), None))
+        else:
+            self._valid.put(key, (now + self._cache_seconds, identity))
         return identity
 
     async def aclose(self) -> None:

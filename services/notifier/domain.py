@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -248,28 +250,77 @@ def rotation_progress(
 
 # --- webhook URLs -----------------------------------------------------------------------------------------
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+# A host whose last label is a number is an IPv4 address to URL parsers and to getaddrinfo, which also reads
+# shorthands (2130706433, 127.1, 0x7f000001, 0, octal 0177.0.0.1) that ipaddress does not: only dotted quads
+# are accepted, so what is checked is what gets connected to.
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+
+
+def _ip(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
 
 
-def _is_internal(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+def _plain(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) judged as the IPv4 address it reaches."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """Whether an address is on the public internet: not loopback, private, link-local, shared, reserved,
+    multicast or unspecified."""
+    ip = _plain(ip)
+    return ip.is_global and not (ip.is_multicast or ip.is_unspecified or ip.is_reserved)
+
+
+def _network(entry: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAddressPolicy:
+    """Which resolved addresses a webhook connection may go to: public ones, and the networks (IP addresses
+    and CIDR entries) the operator listed. Checked at connect time, on every address a name resolves to."""
+
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_entries(cls, *entry_lists: Iterable[str]) -> WebhookAddressPolicy:
+        """From allow-list entries: the IP and CIDR ones count, names and patterns do not."""
+        networks = [_network(entry) for entries in entry_lists for entry in entries]
+        return cls(tuple(n for n in networks if n is not None))
+
+    def allows(self, ip: IPAddress) -> bool:
+        plain = _plain(ip)
+        if any(plain.version == n.version and plain in n for n in self.networks):
+            return True
+        if ip is not plain and any(ip in n for n in self.networks if n.version == 6):
+            return True
+        return is_public_address(ip)
+
+
+def _is_internal(host: str, ip: IPAddress | None) -> bool:
     if ip is not None:
-        return not ip.is_global
+        return not is_public_address(ip)
     return host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".localdomain"))
 
 
-def _matches(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, pattern: str) -> bool:
+def _matches(host: str, ip: IPAddress | None, pattern: str) -> bool:
     if pattern.startswith("*.") and ip is None:
         return host.endswith(pattern[1:])
     if "/" in pattern and ip is not None:
-        try:
-            return ip in ipaddress.ip_network(pattern, strict=False)
-        except ValueError:
-            return False
+        network = _network(pattern)
+        return network is not None and ip.version == network.version and ip in network
     pattern_ip = _ip(pattern.strip("[]"))
     if pattern_ip is not None and ip is not None:
         return pattern_ip == ip
@@ -283,6 +334,8 @@ def validate_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
     listed exactly, by a ``*.suffix`` pattern, or inside a listed CIDR network. ``*`` allows any *public*
     host; loopback, private, link-local and other internal addresses (and ``localhost``/``*.internal``
     names) must be listed explicitly, so the notifier cannot be aimed at internal services by accident.
+    Numeric hosts must be dotted quads (or IPv6 in brackets). This checks the URL only: what a name
+    resolves to is checked when connecting (:class:`WebhookAddressPolicy`), and again on every attempt.
     """
     if len(url) > 2000:
         raise InvalidWebhookUrl("the webhook url is longer than 2000 characters")
@@ -303,6 +356,10 @@ def validate_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
     if port == 0:
         raise InvalidWebhookUrl("the webhook url has port 0")
     ip = _ip(host)
+    if ip is None and _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+        raise InvalidWebhookUrl(
+            "the webhook host is a number but not a dotted-quad IPv4 address (write it as a.b.c.d)"
+        )
     explicit = [p for p in allowed_hosts if p != "*"]
     if any(_matches(host, ip, p.lower()) for p in explicit):
         return parts.geturl()
@@ -317,3 +374,33 @@ def validate_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
         f"the webhook host {host[:100]} is not allowed; allowed hosts are set by "
         "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS"
     )
+
+
+# --- rate limits --------------------------------------------------------------------------------------
+
+
+class WindowLimiter:
+    """At most ``limit`` events per key in any ``window`` seconds (a sliding log), for at most
+    ``max_keys`` keys (the least recently used forgotten first). ``limit`` 0 means no limit."""
+
+    def __init__(self, limit: int, window: float = 60.0, max_keys: int = 10_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._events: OrderedDict[str, list[float]] = OrderedDict()
+
+    def retry_after(self, key: str, now: float) -> float:
+        """0 if an event for ``key`` may happen now (and counts it), else the seconds to wait."""
+        if self.limit <= 0:
+            return 0.0
+        times = [t for t in self._events.get(key, ()) if t > now - self.window]
+        if len(times) >= self.limit:
+            self._events[key] = times
+            self._events.move_to_end(key)
+            return max(times[0] + self.window - now, 0.001)
+        times.append(now)
+        self._events[key] = times
+        self._events.move_to_end(key)
+        while len(self._events) > self.max_keys:
+            self._events.popitem(last=False)
+        return 0.0
