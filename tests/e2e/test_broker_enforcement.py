@@ -283,3 +283,60 @@ def test_rotation_and_revoke_cut_the_old_tokens_off_at_the_broker(
     fresh = revoked.json()["token_1"]
     wait_for("the resolver to learn the new Token 1", lambda: e2e_stack.whoami(fresh["token"]) == 200)
     assert _produce(_client_config(_portal_settings(e2e_stack, fresh["token"], env_id)), topic) is None
+
+
+def test_an_unmodified_quixstreams_app_runs_exactly_once_with_its_portal_credentials(
+    e2e_stack: RunningStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """quixstreams with only Quix__Sdk__Token and Quix__Portal__Api: a stateful transform under
+    exactly-once (transactional id ``{env}-…``, group ``{env}-…``, changelog topic via the Portal API)."""
+    from quixstreams import Application
+
+    env_id, tokens = _environment(e2e_stack, "eos")
+    monkeypatch.delenv("Quix__Broker__Address", raising=False)
+    monkeypatch.delenv("Quix__Workspace__Id", raising=False)
+    monkeypatch.setenv("Quix__Portal__Api", e2e_stack.urls["resolver"])
+    monkeypatch.setenv("Quix__Sdk__Token", tokens["token_1"]["token"])
+
+    app = Application(
+        consumer_group="lap-totals",
+        auto_offset_reset="earliest",
+        processing_guarantee="exactly-once",
+        state_dir=str(tmp_path / "state"),
+        request_timeout=15,
+        topic_create_timeout=60,
+    )
+    laps = app.topic("laps", value_serializer="json", value_deserializer="json")
+    totals = app.topic("lap-totals", value_serializer="json", value_deserializer="json")
+    with app.get_producer() as producer:
+        for lap in range(5):
+            message = laps.serialize(key="car-44", value={"lap": lap})
+            producer.produce(topic=laps.name, key=message.key, value=message.value)
+
+    def count(value: dict[str, Any], state: Any) -> dict[str, Any]:
+        total = int(state.get("total", 0)) + 1
+        state.set("total", total)
+        return {"lap": value["lap"], "total": total}
+
+    app.dataframe(laps).apply(count, stateful=True).to_topic(totals)
+    app.run(count=5, timeout=60)
+    assert laps.name == f"{env_id}-laps"
+    assert totals.name == f"{env_id}-lap-totals"
+
+    # What the transactions committed, read with the app's own credentials (read_committed).
+    config = _client_config(_portal_settings(e2e_stack, tokens["token_1"]["token"], env_id))
+    reader = Consumer(
+        {**config, "group.id": f"{env_id}-check", "auto.offset.reset": "earliest",
+         "isolation.level": "read_committed"}
+    )  # fmt: skip
+    try:
+        reader.subscribe([totals.name])
+        seen: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(seen) < 5 and time.monotonic() < deadline:
+            message = reader.poll(0.5)
+            if message is not None and message.error() is None:
+                seen.append(json.loads(message.value())["total"])
+    finally:
+        reader.close()
+    assert seen == [1, 2, 3, 4, 5]
