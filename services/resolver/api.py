@@ -6,6 +6,7 @@ and only its fingerprint is ever logged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -27,6 +28,7 @@ from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_to
 from shared.ids import InvalidIdentifier, hyphen_prefixes, short_name, topic_id
 from shared.logs import get_logger
 from shared.topics import kafka_topic_config
+from shared.web import error_responses
 
 log = get_logger(__name__)
 
@@ -63,6 +65,15 @@ class Resolver:
         self.metrics = metrics
         self.counts = metrics.lookup_counts
         self.clock = clock
+        self.refused_log = SampledLog(settings.refused_log_per_minute, 60.0)
+        self._create_locks: dict[str, asyncio.Lock] = {}
+
+    def create_lock(self, environment_id: str) -> asyncio.Lock:
+        """Serialises topic creation of one environment on this replica (its quota check and create)."""
+        lock = self._create_locks.get(environment_id)
+        if lock is None:
+            lock = self._create_locks[environment_id] = asyncio.Lock()
+        return lock
 
     def authenticate(self, authorization: str | None) -> Match:
         """The table's match for ``Authorization: Bearer <token>``, or an :class:`ApiError` (401/503)."""
@@ -71,6 +82,8 @@ class Resolver:
         except ApiError as exc:
             if exc.code == "invalid_token":
                 self.counts["malformed"] += 1
+            else:
+                self.counts["missing"] += 1
             raise
         if self.status() is Status.LOADING:
             raise ApiError(503, "not_ready", "the resolver is still loading its table; retry shortly")
@@ -78,12 +91,38 @@ class Resolver:
         match = self.table.lookup_digest(digest, self.clock())
         if match is None:
             self.counts["miss"] += 1
-            log.info("token_refused", fingerprint=digest.hex())
+            # Anyone can mint well-formed tokens: log a sample (every refusal is counted in the metric).
+            suppressed = self.refused_log.admit(time.monotonic())
+            if suppressed is not None:
+                log.info("token_refused", fingerprint=digest.hex(), suppressed_before=suppressed)
             raise ApiError(
                 401, "invalid_token", "unknown or deactivated streaming token", INVALID_TOKEN_CHALLENGE
             )
         self.counts["hit"] += 1
         return match
+
+
+class SampledLog:
+    """At most ``per_window`` admitted events a window of ``window_seconds``; :meth:`admit` says how many
+    were refused since the last admitted one, or ``None`` for an event not to log."""
+
+    def __init__(self, per_window: int, window_seconds: float) -> None:
+        self.per_window = per_window
+        self.window_seconds = window_seconds
+        self._window_start = -math.inf
+        self._admitted = 0
+        self._suppressed = 0
+
+    def admit(self, now: float) -> int | None:
+        if now - self._window_start >= self.window_seconds:
+            self._window_start = now
+            self._admitted = 0
+        if self._admitted >= self.per_window:
+            self._suppressed += 1
+            return None
+        self._admitted += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -125,12 +164,59 @@ def _under_nested_environment(resolver: Resolver, environment_id: str, topic: st
     )
 
 
+# What each route may answer besides its 2xx (the fast path of /v1/topics answers the same).
+TOKEN_ERRORS = error_responses(401, 503)
+TOPIC_NAME_ERRORS = error_responses(400, 401, 403, 503)
+WORKSPACE_ERRORS = error_responses(401, 403, 503)
+
+_CONFIGURATION_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "null values (or missing keys) take the resolver's defaults",
+    "properties": {
+        "partitions": {"type": ["integer", "null"], "minimum": 1},
+        "replicationFactor": {"type": ["integer", "null"], "description": "advisory; the deployment's"},
+        "retentionInMinutes": {
+            "type": ["integer", "null"],
+            "minimum": -1,
+            "description": "-1 (unlimited) only where STREAMTOKEN_RESOLVER_ALLOW_INFINITE_RETENTION is on",
+        },
+        "retentionInBytes": {"type": ["integer", "null"], "minimum": -1},
+        "cleanupPolicy": {
+            "type": ["string", "null"],
+            "examples": ["delete", "compact", "delete,compact", "DeleteAndCompact"],
+        },
+    },
+}
+CREATE_TOPIC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "configuration": _CONFIGURATION_SCHEMA},
+                }
+            }
+        },
+    }
+}
+CREATE_TOPIC_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the topic existed already: the topic object"},
+    **error_responses(400, 401, 403, 413, 503),
+}
+
+
 # --- native API ----------------------------------------------------------------------------------------
 
 native = APIRouter(tags=["lookup"])
 
 
-@native.get("/v1/topics/{name}", summary="Resolve a short topic name to the environment's topic id")
+@native.get(
+    "/v1/topics/{name}",
+    summary="Resolve a short topic name to the environment's topic id",
+    responses=TOPIC_NAME_ERRORS,
+)
 async def resolve_topic(name: str, request: Request) -> Response:
     match = _caller(request)
     full = _topic_id(_resolver(request), match.environment_id, name)
@@ -144,6 +230,7 @@ INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
     "/v1/environments/{environment_id}/generation",
     tags=["propagation"],
     summary="The generation of an environment this resolver's table holds (the issuer's propagation view)",
+    responses=error_responses(401),
     description=(
         "For the issuer's propagation view: which generation of the environment's token state this replica "
         "has applied (`null` when it holds none, e.g. unknown or deleted), and whether the replica is "
@@ -168,7 +255,11 @@ async def environment_generation(environment_id: str, request: Request, resolver
     )
 
 
-@native.get("/v1/whoami", summary="The environment, slot and token id of the caller's streaming token")
+@native.get(
+    "/v1/whoami",
+    summary="The environment, slot and token id of the caller's streaming token",
+    responses=TOKEN_ERRORS,
+)
 async def whoami(caller: Caller) -> Response:
     return _json(
         {
@@ -201,12 +292,18 @@ def _workspace_body(environment_id: str) -> dict[str, Any]:
     }
 
 
-@portal.get("/workspaces", summary="The caller's environment, as a one-element workspace list")
+@portal.get(
+    "/workspaces",
+    summary="The caller's environment, as a one-element workspace list",
+    responses=TOKEN_ERRORS,
+)
 async def workspaces(caller: Caller) -> Response:
     return _json([_workspace_body(caller.environment_id)])
 
 
-@portal.get("/workspaces/{workspace}", summary="The caller's environment as a workspace")
+@portal.get(
+    "/workspaces/{workspace}", summary="The caller's environment as a workspace", responses=WORKSPACE_ERRORS
+)
 async def workspace(workspace: str, caller: Caller) -> Response:
     return _json(_workspace_body(_own_workspace(caller, workspace)))
 
@@ -217,6 +314,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 @portal.get(
     "/workspaces/{workspace}/broker/librdkafka",
     summary="The caller's own librdkafka connection settings and broker credentials",
+    responses=WORKSPACE_ERRORS,
     description=(
         "A flat librdkafka dict: `bootstrap.servers`, `security.protocol` and, where the broker uses SASL, "
         "`sasl.mechanism` (SCRAM-SHA-256 by default), `sasl.username` (the caller's token id) and "
@@ -284,7 +382,11 @@ async def _describe(resolver: Resolver, workspace: str, name: str) -> dict[str, 
     return None if info is None else topic_body(workspace, info)
 
 
-@portal.get("/{workspace}/topics/{name}", summary="A topic of the workspace (404 if it does not exist)")
+@portal.get(
+    "/{workspace}/topics/{name}",
+    summary="A topic of the workspace (404 if it does not exist)",
+    responses=error_responses(400, 401, 403, 404, 503),
+)
 async def get_topic(workspace: str, name: str, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
     body = await _describe(resolver, workspace, _topic_id(resolver, workspace, name))
@@ -293,7 +395,7 @@ async def get_topic(workspace: str, name: str, caller: Caller, resolver: Resolve
     return _json(body)
 
 
-@portal.get("/{workspace}/topics", summary="Every topic of the workspace")
+@portal.get("/{workspace}/topics", summary="Every topic of the workspace", responses=WORKSPACE_ERRORS)
 async def list_topics(workspace: str, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
     try:
@@ -327,8 +429,49 @@ def _int_or_default(config: dict[str, Any], key: str, default: int, low: int, hi
     return value
 
 
+def _retention(config: dict[str, Any], key: str, default: int, maximum: int, infinite: bool) -> int:
+    """A retention value within ``0..maximum``, or ``-1`` (unlimited) where that is allowed."""
+    if config.get(key) == -1 and not isinstance(config.get(key), bool):
+        if infinite:
+            return -1
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"configuration.{key} -1 (unlimited) is not allowed here; give a value between 0 and {maximum}",
+        )
+    return _int_or_default(config, key, default, 0, maximum)
+
+
+def _check_quota(resolver: Resolver, workspace: str, held: dict[str, TopicInfo], partitions: int) -> None:
+    """403 ``quota_exceeded`` when one more topic of ``partitions`` would take the environment over its
+    topic count or partition total; ``held`` is what the broker's metadata says it has now."""
+    settings = resolver.settings
+    own = [info for name, info in held.items() if not _under_nested_environment(resolver, workspace, name)]
+    if len(own) >= settings.max_topics_per_environment:
+        resolver.metrics.quota_refusals.labels("topics").inc()
+        raise ApiError(
+            403,
+            "quota_exceeded",
+            f"this environment already has {len(own)} topics, the most it may have "
+            f"(STREAMTOKEN_RESOLVER_MAX_TOPICS_PER_ENVIRONMENT={settings.max_topics_per_environment})",
+        )
+    total = sum(info.partitions for info in own)
+    if total + partitions > settings.max_partitions_per_environment:
+        resolver.metrics.quota_refusals.labels("partitions").inc()
+        raise ApiError(
+            403,
+            "quota_exceeded",
+            f"this environment's topics have {total} of {settings.max_partitions_per_environment} "
+            f"partitions; {partitions} more would exceed STREAMTOKEN_RESOLVER_MAX_PARTITIONS_PER_ENVIRONMENT",
+        )
+
+
 @portal.post(
-    "/{workspace}/topics", summary="Create a topic in the workspace (Kafka topic {workspace}-{name})"
+    "/{workspace}/topics",
+    summary="Create a topic in the workspace (Kafka topic {workspace}-{name})",
+    status_code=201,
+    responses=CREATE_TOPIC_RESPONSES,
+    openapi_extra=CREATE_TOPIC_BODY,
 )
 async def create_topic(workspace: str, request: Request, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
@@ -348,11 +491,16 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
     partitions = _int_or_default(
         config, "partitions", settings.default_partitions, 1, settings.max_partitions
     )
-    minutes = _int_or_default(
-        config, "retentionInMinutes", settings.default_retention_minutes, -1, MAX_RETENTION_MINUTES
+    infinite = settings.allow_infinite_retention
+    minutes = _retention(
+        config,
+        "retentionInMinutes",
+        settings.default_retention_minutes,
+        settings.max_retention_minutes,
+        infinite,
     )
-    retention_bytes = _int_or_default(
-        config, "retentionInBytes", settings.default_retention_bytes, -1, _MAX_INT64
+    retention_bytes = _retention(
+        config, "retentionInBytes", settings.default_retention_bytes, settings.max_retention_bytes, infinite
     )
     policy_in = config.get("cleanupPolicy")
     policy: str
@@ -363,23 +511,32 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
     else:
         raise ApiError(400, "invalid_request", "cleanupPolicy must be delete, compact or delete,compact")
 
-    existing = await _describe(resolver, workspace, full)
-    if existing is not None:
-        return _json(existing)
-    # The deployment decides replication (the client's replicationFactor is advisory).
-    replication = resolver.settings.kafka.replication_factor
-    retention_ms = minutes * 60000 if minutes >= 0 else -1
-    try:
-        await resolver.admin.create(
-            full, partitions, replication, kafka_topic_config(policy, retention_ms, retention_bytes)
-        )
-    except TopicExists:
-        existing = await _describe(resolver, workspace, full)
-        if existing is not None:
-            return _json(existing)
-        raise ApiError(400, "topic_exists", f"Topic with name similar to '{name}' already exists.") from None
-    except TopicAdminError as exc:
-        raise ApiError(503, "topic_not_created", f"{exc}; retry shortly") from None
+    # One create at a time per environment on this replica, so concurrent requests cannot all pass the
+    # quota check on the same count (the metadata is re-read after each create).
+    async with resolver.create_lock(workspace):
+        try:
+            held = await resolver.admin.topics(f"{workspace}-")
+        except TopicAdminError as exc:
+            raise ApiError(503, "kafka_unavailable", str(exc)) from None
+        if full in held:
+            return _json(topic_body(workspace, held[full]))
+        _check_quota(resolver, workspace, held, partitions)
+        # The deployment decides replication (the client's replicationFactor is advisory).
+        replication = resolver.settings.kafka.replication_factor
+        retention_ms = minutes * 60000 if minutes >= 0 else -1
+        try:
+            await resolver.admin.create(
+                full, partitions, replication, kafka_topic_config(policy, retention_ms, retention_bytes)
+            )
+        except TopicExists:
+            existing = await _describe(resolver, workspace, full)
+            if existing is not None:
+                return _json(existing)
+            raise ApiError(
+                400, "topic_exists", f"Topic with name similar to '{name}' already exists."
+            ) from None
+        except TopicAdminError as exc:
+            raise ApiError(503, "topic_not_created", f"{exc}; retry shortly") from None
     resolver.metrics.topics_created.inc()
     log.info("topic_created", environment_id=workspace, topic=full, partitions=partitions, cleanup=policy)
     created = await _describe(resolver, workspace, full)

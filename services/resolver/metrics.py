@@ -19,12 +19,18 @@ class ResolverMetrics:
         r = self.registry
         # Lookups are counted with plain ints (the hot path runs on the event loop thread only) and
         # exported at scrape time: a prometheus_client Counter takes a lock on every increment.
-        self.lookup_counts = {"hit": 0, "miss": 0, "malformed": 0}
+        self.lookup_counts = {"hit": 0, "miss": 0, "malformed": 0, "missing": 0}
         r.register(_LookupCollector(self.lookup_counts))
         self.records = Counter(
             "streamtoken_resolver_records",
             "Records read from the streaming-tokens topic by outcome",
             ["outcome"],
+            registry=r,
+        )
+        self.quota_refusals = Counter(
+            "streamtoken_resolver_quota_refusals",
+            "Topic creates refused for an environment's quota, by quota (topics, partitions)",
+            ["quota"],
             registry=r,
         )
         self.topics_created = Counter(
@@ -69,7 +75,8 @@ class _LookupCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "streamtoken_resolver_lookups",
-            "Token lookups by result: hit, miss (unknown or deactivated), malformed (refused without lookup)",
+            "Token checks by result: hit; refused as miss (unknown or deactivated), malformed (refused "
+            "without lookup) or missing (no bearer token)",
             labels=["result"],
         )
         for result, count in self._counts.items():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka import KafkaSettings
@@ -74,5 +74,51 @@ class ResolverSettings(BaseSettings):
         "delete", description="STREAMTOKEN_RESOLVER_DEFAULT_CLEANUP_POLICY"
     )
 
+    # Quotas: what one environment may take of the shared broker (counted from the broker's metadata).
+    max_topics_per_environment: int = Field(
+        100,
+        ge=1,
+        description="STREAMTOKEN_RESOLVER_MAX_TOPICS_PER_ENVIRONMENT: topics an environment may have",
+    )
+    max_partitions_per_environment: int = Field(
+        512,
+        ge=1,
+        description="STREAMTOKEN_RESOLVER_MAX_PARTITIONS_PER_ENVIRONMENT: of all its topics together",
+    )
+    max_retention_minutes: int = Field(
+        43200, ge=1, description="STREAMTOKEN_RESOLVER_MAX_RETENTION_MINUTES: largest retentionInMinutes"
+    )
+    max_retention_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="STREAMTOKEN_RESOLVER_MAX_RETENTION_BYTES: largest retentionInBytes (per partition)",
+    )
+    allow_infinite_retention: bool = Field(
+        False,
+        description="STREAMTOKEN_RESOLVER_ALLOW_INFINITE_RETENTION: accept -1 (unlimited) retention",
+    )
+
+    # Logs of refused tokens (anyone can mint well-formed ones): at most this many lines a minute.
+    refused_log_per_minute: int = Field(
+        60, ge=0, description="STREAMTOKEN_RESOLVER_REFUSED_LOG_PER_MINUTE: token_refused lines a minute"
+    )
+
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, exclude=True)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, exclude=True)
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> Self:
+        if self.default_partitions > self.max_partitions:
+            raise ValueError("STREAMTOKEN_RESOLVER_DEFAULT_PARTITIONS is above ..._MAX_PARTITIONS")
+        if self.default_retention_minutes > self.max_retention_minutes:
+            raise ValueError(
+                "STREAMTOKEN_RESOLVER_DEFAULT_RETENTION_MINUTES is above ..._MAX_RETENTION_MINUTES"
+            )
+        if self.default_retention_bytes == -1 and not self.allow_infinite_retention:
+            raise ValueError(
+                "STREAMTOKEN_RESOLVER_DEFAULT_RETENTION_BYTES is -1 (unlimited) but "
+                "STREAMTOKEN_RESOLVER_ALLOW_INFINITE_RETENTION is off"
+            )
+        if self.default_retention_bytes > self.max_retention_bytes:
+            raise ValueError("STREAMTOKEN_RESOLVER_DEFAULT_RETENTION_BYTES is above ..._MAX_RETENTION_BYTES")
+        return self

@@ -58,3 +58,41 @@ def test_topics_are_created_and_described_as_the_broker_has_them(
         assert listed[f"{ws}-f1-data"]["configuration"]["retentionInMinutes"] == 120
     metadata = AdminClient(kafka_settings.librdkafka()).list_topics(timeout=10)
     assert len(metadata.topics[f"{ws}-f1-data"].partitions) == 3
+
+
+def test_quotas_count_what_the_broker_holds(
+    kafka_settings: KafkaSettings, start_resolver: Callable[..., str]
+) -> None:
+    """Topics made on the broker without the Portal API count against the environment's quota too, and a
+    refused create leaves nothing on the broker."""
+    from confluent_kafka.admin import AdminClient
+
+    env = Env(f"acme{uuid.uuid4().hex[:6]}-telemetry-dev")
+    ws = env.environment_id
+    produce(kafka_settings, [(ws, env.event())])
+    ensure_topic(kafka_settings, f"{ws}-direct", 4, kafka_topic_config("delete", 3600000, 1000))
+    url = start_resolver(max_topics_per_environment=3, max_partitions_per_environment=7)
+    wait_ready(url)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {env.token_1}"}) as client:
+        over = client.post(f"/{ws}/topics", json={"name": "big", "configuration": {"partitions": 4}})
+        assert over.status_code == 403
+        assert over.json()["error"] == "quota_exceeded"
+        assert "4 of 7 partitions" in over.json()["message"]
+        assert (
+            client.post(f"/{ws}/topics", json={"name": "a", "configuration": {"partitions": 2}}).status_code
+            == 201
+        )
+        assert (
+            client.post(f"/{ws}/topics", json={"name": "b", "configuration": {"partitions": 1}}).status_code
+            == 201
+        )
+        full = client.post(f"/{ws}/topics", json={"name": "c", "configuration": {"partitions": 1}})
+        assert full.status_code == 403
+        assert "3 topics" in full.json()["message"]
+        forever = client.post(
+            f"/{ws}/topics", json={"name": "d", "configuration": {"retentionInMinutes": -1}}
+        )
+        assert forever.status_code == 400
+    topics = AdminClient(kafka_settings.librdkafka()).list_topics(timeout=10).topics
+    assert {f"{ws}-direct", f"{ws}-a", f"{ws}-b"} <= set(topics)
+    assert not {f"{ws}-big", f"{ws}-c", f"{ws}-d"} & set(topics)
