@@ -75,6 +75,11 @@ class Policy:
     stop_timeout: float = 10.0
     restart_policy: RestartPolicy = "on-failure"
     start_retries: int = 5
+    # The issuer is the source of truth: after this many answers that do not reach a notified rotation
+    # (older, or the token the agent holds), the issuer's word wins and the rotation is dropped.
+    behind_answers: int = 5
+    # A webhook may claim at most this many generations beyond what the agent knows; more is cut to it.
+    generation_jump: int = 1000
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -255,6 +260,7 @@ class Rotation:
     action: Action
     generation: int | None
     replaced: str | None = None
+    behind: int = 0  # answers from the issuer that did not reach this rotation
 
 
 @dataclass
@@ -267,6 +273,7 @@ class AgentMachine:
     applied_generation: int | None = None
     rotation: Rotation | None = None
     fetching: bool = False
+    retry_pending: bool = False  # a RETRY_FETCH timer is set: fetches wait for it (no tight loop)
     fetch_failures: int = 0
     crashes: int = 0
     restart_due: bool = False  # the back-off is over; the child starts once the token fetch is done
@@ -303,31 +310,40 @@ class AgentMachine:
 
     # --- tokens ------------------------------------------------------------------------------------------
 
-    def _fetch(self) -> list[Effect]:
-        if self.fetching:
+    def _fetch(self, *, crashed: bool = False) -> list[Effect]:
+        # While a retry is scheduled, a notification waits for it: webhooks cannot turn the back-off into a
+        # tight loop of reveals. A crashed child's restart does not wait (its own back-off bounds it).
+        if self.fetching or (self.retry_pending and not crashed):
             return []
         self.fetching = True
         return [FetchToken()]
 
+    def _retry_fetch(self, attempt: int) -> list[Effect]:
+        if self.retry_pending:
+            return []
+        self.retry_pending = True
+        return [ScheduleTimer(Timer.RETRY_FETCH, self._delay(attempt))]
+
+    def _behind(self, rotation: Rotation, credential: Credential) -> bool:
+        """The issuer's answer does not reach the notified rotation (older, or the very token held)."""
+        if credential.generation is None:
+            return False  # a variable or a file: no issuer to take the word of (see _token_unchanged)
+        if rotation.generation is not None and credential.generation < rotation.generation:
+            return True
+        return rotation.action == RESTART and rotation.replaced == credential.fingerprint
+
     def _token_obtained(self, credential: Credential) -> list[Effect]:
         self.fetching = False
         rotation = self.rotation
-        if (
-            rotation is not None
-            and rotation.generation is not None
-            and credential.generation is not None
-            and credential.generation < rotation.generation
-        ):
-            # Fetched before the rotation reached the issuer's answer: ask again, after a pause.
-            self.fetch_failures += 1
-            return [
-                Log(
-                    "token_older_than_rotation",
-                    "warning",
-                    {**credential.describe(), "wanted": rotation.generation},
-                ),
-                ScheduleTimer(Timer.RETRY_FETCH, self._delay(self.fetch_failures)),
-            ]
+        dropped: list[Effect] = []
+        if rotation is not None and self._behind(rotation, credential):
+            rotation.behind += 1
+            if rotation.behind < self.policy.behind_answers:
+                return self._wait_for_issuer(rotation, credential)
+            dropped = self._issuer_wins(rotation, credential)
+            if self.rotation is None:
+                return dropped
+            rotation = self.rotation
         unchanged = rotation is not None and rotation.replaced == credential.fingerprint
         stale_for_restart = unchanged and rotation is not None and rotation.action == RESTART
         self.fetch_failures = self.fetch_failures + 1 if stale_for_restart else 0
@@ -338,9 +354,9 @@ class AgentMachine:
             self.applied_generation = credential.generation
             return [log, Subscribe(credential), StartChild(credential)]
         if self.phase is Phase.BACKING_OFF:
-            return [log, *self._start_after_backoff()] if self.restart_due else [log]
+            return [*dropped, log, *self._start_after_backoff()] if self.restart_due else [*dropped, log]
         if rotation is None or self.phase is not Phase.RUNNING:
-            return [log]
+            return [*dropped, log]
         if stale_for_restart:
             # Restarting would only start the child again on the token that was just rotated out, and an
             # acknowledgement would claim a generation the deployment does not have. Wait for the source.
@@ -365,11 +381,75 @@ class AgentMachine:
         if rotation.action == RESTART:
             self.phase = Phase.RESTARTING
             return [
+                *dropped,
                 log,
                 Log("restarting_child", "info", {**credential.describe(), "reason": "rotation"}),
                 StopChild(signal.SIGTERM, self.policy.stop_timeout),
             ]
-        return [log, ReloadChild(credential), *self._rotation_applied()]
+        return [*dropped, log, ReloadChild(credential), *self._rotation_applied()]
+
+    def _wait_for_issuer(self, rotation: Rotation, credential: Credential) -> list[Effect]:
+        """The issuer is behind the notification (a lagging replica, or a forged generation): ask again later.
+
+        A crashed child waiting for its token starts again at once on the newest token there is: a pending
+        rotation never keeps a deployment down.
+        """
+        self.fetch_failures += 1
+        effects: list[Effect] = [
+            Log(
+                "token_older_than_rotation",
+                "warning",
+                {
+                    **credential.describe(),
+                    "wanted": rotation.generation,
+                    "answers": rotation.behind,
+                    "of": self.policy.behind_answers,
+                },
+            )
+        ]
+        if self.phase is Phase.BACKING_OFF and self.restart_due:
+            self._adopt(credential)
+            effects += self._start_after_backoff()
+        return effects + self._retry_fetch(self.fetch_failures)
+
+    def _issuer_wins(self, rotation: Rotation, credential: Credential) -> list[Effect]:
+        """Enough answers were behind the notification: what the issuer says is what there is to apply."""
+        held = self.credential.fingerprint if self.credential is not None else None
+        same_token = credential.fingerprint in (rotation.replaced, held)
+        effects: list[Effect] = [
+            Log(
+                "rotation_dropped" if same_token else "rotation_capped",
+                "warning",
+                {
+                    **credential.describe(),
+                    "wanted": rotation.generation,
+                    "answers": rotation.behind,
+                    "hint": "the issuer is the source of truth and did not reach the generation the webhook "
+                    "claimed; "
+                    + (
+                        "nothing to apply, the child keeps its token"
+                        if same_token
+                        else "the issuer's newer token is applied instead"
+                    ),
+                },
+            )
+        ]
+        if not same_token:
+            rotation.generation = credential.generation
+            return effects
+        self.rotation = None
+        self.fetch_failures += 1  # fruitless too: the cool-down keeps growing with each such rotation
+        self._adopt(credential)
+        if self.phase is Phase.BACKING_OFF and self.restart_due:
+            effects += self._start_after_backoff()
+        # A cool-down before the next fetch: notifications that keep claiming more wait for the back-off.
+        return effects + self._retry_fetch(self.fetch_failures)
+
+    def _adopt(self, credential: Credential) -> None:
+        """Hold ``credential`` unless the one held is newer (an issuer replica answering from the past)."""
+        held = self.credential
+        if held is None or held.generation is None or (credential.generation or 0) >= held.generation:
+            self.credential = credential
 
     def _token_unchanged(self, credential: Credential) -> list[Effect]:
         delay = self._delay(self.fetch_failures)
@@ -389,7 +469,7 @@ class AgentMachine:
                     "from the issuer (--environment)",
                 },
             ),
-            ScheduleTimer(Timer.RETRY_FETCH, delay),
+            *self._retry_fetch(self.fetch_failures),
         ]
 
     def _token_failed(self, message: str, permanent: bool) -> list[Effect]:
@@ -401,7 +481,7 @@ class AgentMachine:
             delay = self._delay(self.fetch_failures)
             return [
                 Log("token_unavailable", "warning", {"error": message, "retry_in": delay}),
-                ScheduleTimer(Timer.RETRY_FETCH, delay),
+                *self._retry_fetch(self.fetch_failures),
             ]
         if self.phase is Phase.BACKING_OFF:
             # The child must run again; it keeps the token it had and the rotation is retried.
@@ -409,13 +489,13 @@ class AgentMachine:
             if self.restart_due:
                 effects += self._start_after_backoff(fetch_failed=True)
             if self.rotation is not None:
-                effects.append(ScheduleTimer(Timer.RETRY_FETCH, self._delay(self.fetch_failures)))
+                effects += self._retry_fetch(self.fetch_failures)
             return effects
         if self.rotation is not None and self.phase is Phase.RUNNING:
             delay = self._delay(self.fetch_failures)
             return [
                 Log("token_unavailable", "error", {"error": message, "retry_in": delay}),
-                ScheduleTimer(Timer.RETRY_FETCH, delay),
+                *self._retry_fetch(self.fetch_failures),
             ]
         return [Log("token_unavailable", "error", {"error": message})]
 
@@ -482,13 +562,14 @@ class AgentMachine:
             # Fetch again first: a crash may be the old token being refused after a missed notification.
             # When a fetch is already under way, its answer starts the child.
             self.restart_due = True
-            return self._fetch() if not self.fetching else []
+            return self._fetch(crashed=True)
+        if timer is not Timer.RETRY_FETCH:
+            return []
+        self.retry_pending = False
         wanted = self.phase is Phase.STARTING or (
             self.rotation is not None and self.phase in (Phase.RUNNING, Phase.BACKING_OFF)
         )
-        if timer is Timer.RETRY_FETCH and wanted:
-            return self._fetch()
-        return []
+        return self._fetch() if wanted else []
 
     # --- notifications -----------------------------------------------------------------------------------
 
@@ -513,16 +594,32 @@ class AgentMachine:
                 Log("webhook_already_applied", "info", {**fields, "applied_generation": applied}),
                 Acknowledge(event.generation, self.credential),
             ]
+        effects: list[Effect] = []
+        generation = event.generation
+        known = self._known_generation()
+        if generation is not None and known is not None and generation > known + self.policy.generation_jump:
+            # Nothing the agent knows of makes such a jump plausible (a forged record, a leaked secret):
+            # wait for at most this much; the issuer has the last word anyway.
+            generation = known + self.policy.generation_jump
+            effects.append(Log("webhook_generation_capped", "warning", {**fields, "capped_to": generation}))
         held = self.credential.fingerprint if self.credential is not None else None
         if self.rotation is None:
-            self.rotation = Rotation(action, event.generation, held)
+            self.rotation = Rotation(action, generation, held)
         else:
             self.rotation.replaced = held
             if action == RESTART:
                 self.rotation.action = RESTART
-            if event.generation is not None:
-                self.rotation.generation = max(event.generation, self.rotation.generation or 0)
-        return [Log("rotation_notified", "info", {**fields, "apply": self.rotation.action}), *self._fetch()]
+            if generation is not None:
+                self.rotation.generation = max(generation, self.rotation.generation or 0)
+        return [
+            *effects,
+            Log("rotation_notified", "info", {**fields, "apply": self.rotation.action}),
+            *self._fetch(),
+        ]
+
+    def _known_generation(self) -> int | None:
+        known = [g for g in (self.applied_generation, self.credential and self.credential.generation) if g]
+        return max(known) if known else None
 
     def _rotation_applied(self) -> list[Effect]:
         rotation, credential = self.rotation, self.credential

@@ -319,8 +319,9 @@ def test_a_crash_while_the_token_is_unchanged_restarts_the_child_without_acknowl
     effects = acts(machine.handle(TokenObtained(STATIC)))
     assert effects[0] == StartChild(STATIC)  # it must run again, on what there is
     assert not any(isinstance(e, Acknowledge) for e in effects)
-    assert any(isinstance(e, ScheduleTimer) and e.timer is Timer.RETRY_FETCH for e in effects)
+    assert machine.retry_pending  # the retry scheduled before the crash still stands (one at a time)
     assert machine.rotation is not None  # still waiting for a new token
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
 
 
 def test_a_crash_while_the_source_fails_does_not_acknowledge_an_unchanged_token() -> None:
@@ -332,7 +333,8 @@ def test_a_crash_while_the_source_fails_does_not_acknowledge_an_unchanged_token(
     effects = acts(machine.handle(TokenFailed("cannot read token file")))
     assert effects[0] == StartChild(STATIC)
     assert [e for e in effects if isinstance(e, Acknowledge)] == []
-    assert len([e for e in effects if isinstance(e, ScheduleTimer)]) == 1
+    assert machine.retry_pending  # the retry scheduled before the crash still stands (one at a time)
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
 
 
 def test_an_unchanged_token_on_reload_is_acknowledged_without_telling_the_child() -> None:
@@ -370,3 +372,135 @@ def test_a_token_file_out_that_cannot_be_written_is_its_own_error() -> None:
     effects = machine.handle(ChildStartFailed("/ro/token: Read-only file system", token_file=True))
     message = "could not write the token file (--token-file-out): /ro/token: Read-only file system"
     assert effects[-1] == Exit(1, message)
+
+
+# --- finding 7: a webhook with an inflated generation cannot strand the agent -----------------------------
+
+INFLATED = 9007199254740993  # the review's repro: 2**53 + 1, far beyond anything the issuer has
+
+
+def inflated(webhook_id: str = "msg_forged") -> WebhookReceived:
+    return WebhookReceived(webhook_id, "streaming_tokens.rotated", "restart", INFLATED)
+
+
+def test_after_a_bounded_number_of_older_answers_the_issuers_word_wins() -> None:
+    machine = running(Policy(stop_timeout=7.0, behind_answers=3))
+    effects = machine.handle(inflated())
+    assert acts(effects) == [FetchToken()]
+    fetches = 1
+    for answer in range(1, 3):  # the issuer keeps answering generation 1 (nothing was rotated)
+        effects = machine.handle(TokenObtained(OLD))
+        assert acts(effects) == [ScheduleTimer(Timer.RETRY_FETCH, backoff_delay(answer, 0.5, 30.0))]
+        assert logged(effects, "token_older_than_rotation")[0].fields["answers"] == answer
+        assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+        fetches += 1
+    effects = machine.handle(TokenObtained(OLD))
+    (dropped,) = logged(effects, "rotation_dropped")
+    assert dropped.level == "warning"
+    assert dropped.fields["generation"] == 1
+    assert machine.rotation is None
+    assert not any(isinstance(e, StopChild | Acknowledge | FetchToken) for e in effects)  # nothing to apply
+    assert fetches == 3  # bounded: not one reveal every 30 s forever
+    # Later, real rotations are still applied: the agent is not stranded.
+    machine.handle(TimerFired(Timer.RETRY_FETCH))  # the cool-down is over
+    assert acts(machine.handle(rotated(2))) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(ChildExited(0, 1.0))) == [StartChild(NEW), Acknowledge(2, NEW)]
+
+
+def test_the_issuers_newer_token_is_applied_when_the_webhook_claimed_more() -> None:
+    machine = running(Policy(stop_timeout=7.0, behind_answers=2))
+    machine.handle(rotated(50))  # the issuer only reached generation 2
+    machine.handle(TokenObtained(NEW))
+    machine.handle(TimerFired(Timer.RETRY_FETCH))
+    effects = machine.handle(TokenObtained(NEW))
+    assert logged(effects, "rotation_capped")
+    assert acts(effects) == [StopChild(signal.SIGTERM, 7.0)]
+    # The acknowledgement claims what the deployment has, not the webhook's generation.
+    assert acts(machine.handle(ChildExited(0, 1.0))) == [StartChild(NEW), Acknowledge(2, NEW)]
+    assert machine.applied_generation == 2
+
+
+def test_a_crashed_child_is_restarted_while_a_rotation_waits_for_the_issuer() -> None:
+    # The review's repro: an inflated webhook, then kill -9 of the child. It used to stay down for good.
+    machine = running()
+    machine.handle(inflated())
+    machine.handle(TokenObtained(OLD))  # older: a retry is scheduled
+    assert machine.retry_pending
+    killed = ChildExited(-signal.SIGKILL, 5.0)
+    assert acts(machine.handle(killed)) == [ScheduleTimer(Timer.RESTART_CHILD, 0.5)]
+    # The crash restart does not wait for the rotation's retry, and an older answer still starts the child.
+    assert acts(machine.handle(TimerFired(Timer.RESTART_CHILD))) == [FetchToken()]
+    effects = acts(machine.handle(TokenObtained(OLD)))
+    assert effects == [StartChild(OLD)]
+    assert machine.phase is Phase.RUNNING
+    assert machine.rotation is not None  # still waited for, with back-off
+
+
+def test_a_crashed_child_is_restarted_when_the_fetch_after_a_restart_is_behind() -> None:
+    # A rotation arrives while the child stops for the previous one; the issuer's answer is behind it.
+    machine = running()
+    machine.handle(rotated(2))
+    machine.handle(TokenObtained(NEW))
+    machine.handle(rotated(INFLATED, webhook_id="msg_forged"))
+    assert acts(machine.handle(ChildExited(0, 1.0))) == []  # waits for the fetch under way
+    assert acts(machine.handle(TokenObtained(NEW)))[0] == StartChild(NEW)
+    assert machine.phase is Phase.RUNNING
+
+
+def test_webhooks_do_not_bypass_the_retry_back_off() -> None:
+    machine = running()
+    machine.handle(inflated("msg_a"))
+    machine.handle(TokenObtained(OLD))  # a retry is scheduled
+    for n in range(20):  # a flood of validly signed notifications (a leaked secret)
+        effects = machine.handle(inflated(f"msg_flood_{n}"))
+        assert not any(isinstance(e, FetchToken) for e in effects)
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+
+
+def test_the_next_inflated_webhook_after_a_drop_waits_for_the_back_off() -> None:
+    machine = running(Policy(behind_answers=2, backoff_initial=1.0, backoff_max=8.0))
+    delays: list[float] = []
+
+    def answer_until_dropped() -> None:
+        while True:
+            for effect in machine.handle(TokenObtained(OLD)):
+                if isinstance(effect, ScheduleTimer):
+                    delays.append(effect.delay)
+            if machine.rotation is None:
+                return
+            assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+
+    machine.handle(inflated("msg_1"))
+    answer_until_dropped()
+    assert machine.retry_pending  # a cool-down
+    assert acts(machine.handle(inflated("msg_2"))) == []  # no reveal at once
+    assert acts(machine.handle(TimerFired(Timer.RETRY_FETCH))) == [FetchToken()]
+    answer_until_dropped()
+    assert delays == sorted(delays)  # the back-off keeps growing: no fresh run of quick retries
+    assert delays[-1] == 8.0
+
+
+def test_a_generation_jump_beyond_what_the_agent_knows_is_capped() -> None:
+    machine = running(Policy(generation_jump=10))
+    effects = machine.handle(inflated())
+    (capped,) = logged(effects, "webhook_generation_capped")
+    assert capped.fields["capped_to"] == 11
+    assert machine.rotation is not None
+    assert machine.rotation.generation == 11
+    # A plausible jump (rotations the agent missed) is taken as it is.
+    fresh = running(Policy(generation_jump=10))
+    assert not logged(fresh.handle(rotated(11)), "webhook_generation_capped")
+    assert fresh.rotation is not None
+    assert fresh.rotation.generation == 11
+
+
+def test_an_issuer_answering_the_held_token_to_a_restart_is_not_asked_forever() -> None:
+    # A webhook without a generation (or one the issuer has, with the same token): the issuer says no.
+    machine = running(Policy(behind_answers=2))
+    machine.handle(WebhookReceived("msg_nogen", "streaming_tokens.rotated", "restart", None))
+    machine.handle(TokenObtained(OLD))
+    machine.handle(TimerFired(Timer.RETRY_FETCH))
+    assert logged(machine.handle(TokenObtained(OLD)), "rotation_dropped")
+    assert machine.rotation is None
+    assert machine.phase is Phase.RUNNING
