@@ -47,13 +47,14 @@ def notifier(
     main(host, port)
 
 
-def _call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
+def _call(method: str, url: str, token: str, path: str, key: str | None = None, **kwargs: Any) -> Any:
     import httpx
 
+    headers = {"authorization": f"Bearer {token}"}
+    if key:
+        headers["x-subscription-key"] = key
     try:
-        response = httpx.request(
-            method, url.rstrip("/") + path, headers={"authorization": f"Bearer {token}"}, timeout=10, **kwargs
-        )
+        response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=10, **kwargs)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the notifier at {url}: {type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
@@ -64,6 +65,9 @@ def _call(method: str, url: str, token: str, path: str, **kwargs: Any) -> Any:
             message = response.text
         typer.echo(f"error: {response.status_code} {message}", err=True)
         raise typer.Exit(1)
+    next_cursor = response.headers.get("x-next-cursor")
+    if next_cursor:
+        typer.echo(f"more: --cursor {next_cursor}", err=True)
     return response.json() if response.content else None
 
 
@@ -71,10 +75,39 @@ def _print(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
+ManagementKey = typer.Option(
+    ...,
+    "--key",
+    envvar="STREAMTOKEN_SUBSCRIPTION_KEY",
+    help="the subscription's management key (returned once, when it was created)",
+    show_default=False,
+)
+
+
 @subscriptions.command("list")
-def list_subscriptions(notifier_url: str = NotifierUrl, token: str = Token) -> None:
-    """List the environment's subscriptions."""
-    _print(_call("GET", notifier_url, token, "/v1/subscriptions"))
+def list_subscriptions(
+    limit: int = typer.Option(100, min=1, max=500),
+    cursor: str | None = typer.Option(None, help="the cursor printed after the previous page"),
+    notifier_url: str = NotifierUrl,
+    token: str = Token,
+) -> None:
+    """List the environment's subscriptions, a page at a time (no secrets)."""
+    params: dict[str, Any] = {"limit": limit}
+    if cursor:
+        params["cursor"] = cursor
+    _print(_call("GET", notifier_url, token, "/v1/subscriptions", params=params))
+
+
+@subscriptions.command("delete")
+def delete_subscription(
+    subscription_id: str = typer.Argument(..., help="the subscription to delete"),
+    key: str = ManagementKey,
+    notifier_url: str = NotifierUrl,
+    token: str = Token,
+) -> None:
+    """Delete a subscription (needs its management key)."""
+    _call("DELETE", notifier_url, token, f"/v1/subscriptions/{quote(subscription_id, safe='')}", key=key)
+    typer.echo(f"deleted {subscription_id}")
 
 
 @subscriptions.command("rotations")
@@ -87,6 +120,7 @@ def rotations(notifier_url: str = NotifierUrl, token: str = Token) -> None:
 def deliveries(
     status: str | None = typer.Option(None, help="pending | delivered | dead | disabled"),
     limit: int = typer.Option(100, min=1, max=1000),
+    cursor: str | None = typer.Option(None, help="the cursor printed after the previous page"),
     notifier_url: str = NotifierUrl,
     token: str = Token,
 ) -> None:
@@ -94,6 +128,8 @@ def deliveries(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
+    if cursor:
+        params["cursor"] = cursor
     _print(_call("GET", notifier_url, token, "/v1/deliveries", params=params))
 
 

@@ -16,7 +16,7 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.notifier.api import build_router
+from services.notifier.api import build_router, replay_limits
 from services.notifier.auth import ResolverWhoami, TokenVerifier
 from services.notifier.consumer import EventConsumer
 from services.notifier.delivery import DeliveryEngine, NotifierMetrics, webhook_client
@@ -31,14 +31,24 @@ log = get_logger(__name__)
 
 
 def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    policy = settings.address_policy()
     if settings.http_transport == "asyncio":
         from services.notifier.transport import AsyncioTransport
 
-        return AsyncioTransport(settings.workers, settings.request_timeout_seconds)
+        return AsyncioTransport(
+            settings.workers, settings.request_timeout_seconds, address_allowed=policy.allows
+        )
     if settings.http_transport == "aiohttp":
         from services.notifier.transport import AiohttpTransport
 
-        return AiohttpTransport(settings.workers, settings.request_timeout_seconds)
+        return AiohttpTransport(
+            settings.workers, settings.request_timeout_seconds, address_allowed=policy.allows
+        )
+    log.warning(
+        "webhook_addresses_unchecked",
+        detail="the httpcore transport does not check the addresses webhook hosts resolve to; "
+        "use STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT=asyncio or aiohttp",
+    )
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
@@ -56,7 +66,9 @@ def build_app(
     kafka = kafka_settings or KafkaSettings()
     store = store or Store.from_url(settings.resolved_database_url(runtime))
     metrics = NotifierMetrics(registry or CollectorRegistry())
-    verifier = verifier or ResolverWhoami(settings.resolver_url, settings.whoami_cache_seconds)
+    verifier = verifier or ResolverWhoami(
+        settings.resolver_url, settings.whoami_cache_seconds, max_entries=settings.whoami_cache_entries
+    )
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -120,6 +132,7 @@ def build_app(
     app.state.verifier = verifier
     app.state.metrics = metrics
     app.state.engine = None
+    app.state.replay_limits = replay_limits(settings)
     install_error_handlers(app)
     app.include_router(health_router(ready, metrics.registry))
     app.include_router(build_router())

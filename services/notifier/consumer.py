@@ -14,8 +14,8 @@ from typing import Any
 
 from services.notifier.delivery import NotifierMetrics
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import Store
-from shared.events import EventDecodeError, TokenStateChanged, decode_event
+from services.notifier.store import EnvironmentDeleted, Record, Store
+from shared.events import EventDecodeError, decode_event
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from shared.logs import get_logger
 
@@ -86,7 +86,7 @@ class EventConsumer:
                 messages = consumer.consume(num_messages=self.settings.consumer_batch, timeout=0.5)
                 if not messages:
                     continue
-                events: list[TokenStateChanged] = []
+                events: list[Record] = []
                 next_offsets: dict[tuple[str, int], int] = {}
                 for message in messages:
                     if message.error():
@@ -108,7 +108,7 @@ class EventConsumer:
                 if created:
                     self.on_recorded(created)
 
-    def _decode(self, message: Any) -> TokenStateChanged | None:
+    def _decode(self, message: Any) -> Record | None:
         try:
             event = decode_event(message.value())
         except EventDecodeError as exc:
@@ -123,12 +123,17 @@ class EventConsumer:
             return None
         if event is None:
             self.metrics.events.labels("tombstone").inc()
-            log.info("environment_deleted", key=(message.key() or b"").decode("utf-8", "replace")[:200])
-            return None
+            key = (message.key() or b"").decode("utf-8", "replace")
+            if not key:
+                return None
+            kind, millis = message.timestamp()
+            deleted_at = millis / 1000 if kind and millis and millis > 0 else None
+            log.info("environment_deleted", environment_id=key[:200])
+            return EnvironmentDeleted(key, deleted_at)
         self.metrics.events.labels(event.change.type.value).inc()
         return event
 
-    def _record(self, events: list[TokenStateChanged]) -> int | None:
+    def _record(self, events: list[Record]) -> int | None:
         """Write the batch's deliveries, retrying while the database is unreachable; None if stopping."""
         delay = 0.2
         while True:
@@ -142,6 +147,8 @@ class EventConsumer:
                 continue
             self.metrics.recorded.inc(created)
             for event in events:
+                if isinstance(event, EnvironmentDeleted):
+                    continue
                 log.info(
                     "event_recorded",
                     event_id=event.event_id,

@@ -25,20 +25,55 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.notifier.domain import (
     Action,
     DeliveryStatus,
+    InvalidWebhookUrl,
     Outcome,
     after_failure,
     backoff_seconds,
     classify_status,
     lease_covers_a_request,
     parse_retry_after,
+    validate_webhook_url,
 )
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import AttemptResult, Claimed, Store
+from services.notifier.transport import MAX_RESPONSE_BODY, AddressNotAllowed
 from shared.logs import get_logger
 
 log = get_logger(__name__)
 
 USER_AGENT = "streamtoken-notifier/0.1"
+URL_NOT_ALLOWED = (
+    "its webhook url is no longer allowed by STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS; change the url "
+    "(PATCH with the management key) and re-enable it"
+)
+
+
+def public_error(exc: Exception) -> str:
+    """What failed, for ``last_error`` (clients read it): never an address, a port or an OS message, so
+    webhook URLs cannot be used to scan what the notifier reaches. The log line keeps the detail."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, AddressNotAllowed):
+        return "webhook host resolves to an address that is not allowed"
+    if isinstance(exc, httpx.ConnectError | httpx.NetworkError):
+        return "connection failed"
+    return "request failed"
+
+
+async def _drain_bounded(response: httpx.Response) -> None:
+    """Read at most ``MAX_RESPONSE_BODY`` bytes of the answer, then let the connection go."""
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size >= MAX_RESPONSE_BODY:
+                break
+    except httpx.StreamConsumed:
+        pass  # our own pools hand over an answer already read (and bounded)
+    finally:
+        await response.aclose()
+
+
 _STATIC_HEADERS = [(b"content-type", b"application/json"), (b"user-agent", USER_AGENT.encode())]
 
 
@@ -289,20 +324,48 @@ class DeliveryEngine:
     async def attempt(self, item: Claimed) -> AttemptResult:
         """Send one delivery once and decide its next state (does not write it)."""
         attempts = item.attempts + 1
+        context = {
+            "delivery_id": item.id,
+            "subscription_id": item.subscription_id,
+            "environment_id": item.environment_id,
+            "generation": item.generation,
+            "attempt": attempts,
+        }
+        try:
+            # The URL was checked when stored; the allow-list may have been narrowed since.
+            validate_webhook_url(item.url, self.settings.allowed_webhook_hosts)
+        except InvalidWebhookUrl as exc:
+            self.metrics.deliveries.labels("refused").inc()
+            log.warning("webhook_url_refused", reason=str(exc), **context)
+            return AttemptResult(
+                item.id,
+                item.subscription_id,
+                DeliveryStatus.DISABLED,
+                item.attempts,
+                self.clock(),
+                None,
+                "webhook url not allowed",
+                disable_subscription=True,
+                disable_reason=URL_NOT_ALLOWED,
+            )
         started = time.perf_counter()
         status_code: int | None = None
         retry_after: float | None = None
         error: str | None = None
+        detail: str | None = None
         try:
-            response = await self.client.send(self.request(item, int(self.clock())))
+            response = await self.client.send(self.request(item, int(self.clock())), stream=True)
             status_code = response.status_code
             outcome = classify_status(status_code)
             if outcome is Outcome.RETRY:
                 retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
                 error = f"HTTP {status_code}"
+            await _drain_bounded(response)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            outcome = Outcome.RETRY
-            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if status_code is None:
+                outcome = Outcome.RETRY
+                error = public_error(exc)
+                detail = f"{type(exc).__name__}: {str(exc)[:200]}"
         self.metrics.attempts.inc()
         self.metrics.request_seconds.observe(time.perf_counter() - started)
         now = self.clock()
@@ -322,13 +385,8 @@ class DeliveryEngine:
                 None,
                 waiting,
             )
-        context = {
-            "delivery_id": item.id,
-            "subscription_id": item.subscription_id,
-            "environment_id": item.environment_id,
-            "generation": item.generation,
-            "attempt": attempts,
-        }
+        if detail is not None:
+            context["detail"] = detail
         if outcome is Outcome.GONE:
             self.metrics.deliveries.labels("gone").inc()
             log.warning("subscription_gone", status=status_code, **context)

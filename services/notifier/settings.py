@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.notifier.domain import WebhookAddressPolicy
 from shared.settings import RuntimeSettings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -36,6 +38,36 @@ class NotifierSettings(BaseSettings):
             "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS: comma-separated host names, '*.suffix' patterns, "
             "IP addresses or CIDR networks a webhook URL may point at; '*' allows any public host"
         ),
+    )
+    allowed_webhook_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_NETWORKS: comma-separated CIDR networks that webhook hosts "
+            "may resolve to besides public addresses (IP and CIDR entries of ALLOWED_WEBHOOK_HOSTS count too)"
+        ),
+    )
+    whoami_cache_entries: int = Field(
+        10_000,
+        ge=1,
+        description="STREAMTOKEN_NOTIFIER_WHOAMI_CACHE_ENTRIES: token checks kept, valid and refused each",
+    )
+    max_subscriptions_per_environment: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="STREAMTOKEN_NOTIFIER_MAX_SUBSCRIPTIONS_PER_ENVIRONMENT: more are refused with 409",
+    )
+    replays_per_subscription_per_minute: int = Field(
+        6,
+        ge=0,
+        description="STREAMTOKEN_NOTIFIER_REPLAYS_PER_SUBSCRIPTION_PER_MINUTE: replays of one subscription's "
+        "deliveries in any minute, per notifier replica (0: no limit)",
+    )
+    replays_per_environment_per_minute: int = Field(
+        60,
+        ge=0,
+        description="STREAMTOKEN_NOTIFIER_REPLAYS_PER_ENVIRONMENT_PER_MINUTE: replays in one environment in "
+        "any minute, per notifier replica (0: no limit)",
     )
     consumer_group: str = Field("notifier", description="STREAMTOKEN_NOTIFIER_CONSUMER_GROUP")
     consume: bool = Field(True, description="STREAMTOKEN_NOTIFIER_CONSUME: run the Kafka consumer")
@@ -106,12 +138,26 @@ class NotifierSettings(BaseSettings):
         description="STREAMTOKEN_NOTIFIER_CONSUMER_BATCH: records recorded per transaction",
     )
 
-    @field_validator("allowed_webhook_hosts", mode="before")
+    @field_validator("allowed_webhook_hosts", "allowed_webhook_networks", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip().lower() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("allowed_webhook_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry[:60]!r} is not a CIDR network such as 10.0.0.0/8") from None
+        return value
+
+    def address_policy(self) -> WebhookAddressPolicy:
+        """The addresses webhook connections may go to: public ones and the listed networks."""
+        return WebhookAddressPolicy.from_entries(self.allowed_webhook_hosts, self.allowed_webhook_networks)
 
     @model_validator(mode="after")
     def _lease_covers_a_request(self) -> NotifierSettings:

@@ -10,9 +10,10 @@ pushes ``next_attempt_at`` forward, so a delivery whose claimer died becomes due
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +25,13 @@ from sqlalchemy import (
     Index,
     Text,
     UniqueConstraint,
+    and_,
+    case,
     event,
     func,
     insert,
+    inspect,
+    or_,
     select,
     update,
 )
@@ -41,11 +46,15 @@ from services.notifier.domain import (
     RotationProgress,
     SubscriptionTarget,
     plan_deliveries,
-    rotation_progress,
     select_within_restart_limit,
     webhook_event_type,
 )
 from shared.events import TokenStateChanged
+
+TOKEN_ENDED = (
+    "the streaming token that created it is no longer valid; acknowledge or re-register with the "
+    "management key and a valid token to renew it"
+)
 
 
 def new_secret() -> str:
@@ -55,6 +64,21 @@ def new_secret() -> str:
 
 def new_subscription_id() -> str:
     return f"sub_{secrets.token_hex(12)}"
+
+
+def new_management_key() -> str:
+    """The key that proves who created a subscription: shown once, stored only as its SHA-256."""
+    return f"mk_{secrets.token_urlsafe(32)}"
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _key_matches(stored_hash: str | None, key: str | None) -> bool:
+    if stored_hash is None or not key:
+        return False
+    return hmac.compare_digest(stored_hash, key_hash(key))
 
 
 class Subscription(SQLModel, table=True):
@@ -73,6 +97,12 @@ class Subscription(SQLModel, table=True):
     acked_generation: int = 0
     created_at: float
     updated_at: float
+    # Ownership: the management key's hash, and the streaming token (by public id) it was made or last
+    # renewed with, of that generation; ended_generation = the event that no longer listed that token.
+    key_hash: str | None = Field(default=None, max_length=64)
+    owner_token_id: str | None = Field(default=None, max_length=100)
+    owner_generation: int = 0
+    ended_generation: int | None = None
 
 
 class Delivery(SQLModel, table=True):
@@ -115,10 +145,33 @@ class Rotation(SQLModel, table=True):
     recorded_at: float
 
 
+class EnvironmentState(SQLModel, table=True):
+    """The newest generation consumed for an environment (acknowledgements may not claim a later one)."""
+
+    __tablename__ = "notifier_environment"
+
+    environment_id: str = Field(primary_key=True, max_length=200)
+    generation: int
+    updated_at: float
+
+
 S = SQLModel.metadata.tables[Subscription.__tablename__]
 D = SQLModel.metadata.tables[Delivery.__tablename__]
 R = SQLModel.metadata.tables[Rotation.__tablename__]
-TABLES = [S, D, R]
+E = SQLModel.metadata.tables[EnvironmentState.__tablename__]
+TABLES = [S, D, R, E]
+MAX_GENERATION = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentDeleted:
+    """A tombstone: the environment is gone; ``deleted_at`` is the record's time (Unix seconds) if known."""
+
+    environment_id: str
+    deleted_at: float | None = None
+
+
+Record = TokenStateChanged | EnvironmentDeleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +214,33 @@ class AttemptResult:
     error: str | None
     awaiting_ack_until: float = 0.0
     disable_subscription: bool = False
+    disable_reason: str = "the webhook answered 410 Gone"
 
 
 class SubscriptionConflict(Exception):
     pass
+
+
+class SubscriptionForbidden(Exception):
+    """The subscription exists but the caller did not prove its management key."""
+
+
+class SubscriptionLimitReached(Exception):
+    """The environment has as many subscriptions as it may."""
+
+
+class GenerationAhead(Exception):
+    """An acknowledgement of a generation newer than the environment's current one."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(current)
+        self.current = current
+
+
+# A delivery may go out while its subscription is enabled; one that ended with its token still gets the
+# deliveries up to the event that ended it (its deployment must still restart).
+def _deliverable() -> Any:
+    return or_(S.c.enabled.is_(True), D.c.generation <= func.coalesce(S.c.ended_generation, 0))
 
 
 def make_engine(url: str) -> Engine:
@@ -198,6 +274,19 @@ class Store:
 
     def create_tables(self) -> None:
         SQLModel.metadata.create_all(self.engine, tables=TABLES)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a table was created (no migrations yet): nullable or defaulted ones only."""
+        with self._tx() as conn:
+            for table in TABLES:
+                have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    default = " DEFAULT 0 NOT NULL" if column.name == "owner_generation" else ""
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}")
 
     def ping(self) -> bool:
         try:
@@ -221,17 +310,31 @@ class Store:
     # --- subscriptions -------------------------------------------------------------------------------
 
     def upsert_subscription(
-        self, environment_id: str, deployment_id: str, url: str, action: Action, known_generation: int
+        self,
+        environment_id: str,
+        deployment_id: str,
+        url: str,
+        action: Action,
+        known_generation: int,
+        owner_token_id: str | None = None,
+        key: str | None = None,
+        limit: int = 0,
     ) -> tuple[dict[str, Any], bool]:
-        """Register a deployment, or update its url and action if it registered before; (row, created).
+        """Register a deployment; (row, created). A new row carries its ``management_key`` (only now).
 
-        A new subscription starts at ``known_generation`` (what the registering token had), so it is not
-        told about rotations that happened before it existed.
+        Registering a deployment id again updates its url and action, and needs the management key
+        (:class:`SubscriptionForbidden` without it). A new subscription starts at ``known_generation`` (what
+        the registering token had), so it is not told about rotations that happened before it existed;
+        ``limit`` > 0 caps the environment's subscriptions (:class:`SubscriptionLimitReached`).
         """
         for _ in range(3):
             now = time.time()
             try:
                 with self._tx() as conn:
+                    if self.is_postgres:  # count and insert under one lock per environment
+                        conn.execute(
+                            select(func.pg_advisory_xact_lock(func.hashtext(f"sub:{environment_id}")))
+                        )
                     row = (
                         conn.execute(
                             select(S).where(
@@ -242,6 +345,8 @@ class Store:
                         .first()
                     )
                     if row is not None:
+                        if not _key_matches(row["key_hash"], key):
+                            raise SubscriptionForbidden(row["id"])
                         conn.execute(
                             update(S)
                             .where(S.c.id == row["id"])
@@ -251,10 +356,14 @@ class Store:
                                 enabled=True,
                                 disabled_reason=None,
                                 updated_at=now,
+                                **self._renewed(owner_token_id, known_generation),
                             )
                         )
                         return self._subscription(conn, row["id"]), False
+                    if limit > 0 and self._count(conn, environment_id) >= limit:
+                        raise SubscriptionLimitReached(environment_id)
                     sub_id = new_subscription_id()
+                    management_key = new_management_key()
                     conn.execute(
                         insert(S).values(
                             id=sub_id,
@@ -268,12 +377,51 @@ class Store:
                             acked_generation=known_generation,
                             created_at=now,
                             updated_at=now,
+                            key_hash=key_hash(management_key),
+                            owner_token_id=owner_token_id,
+                            owner_generation=known_generation,
+                            ended_generation=None,
                         )
                     )
-                    return self._subscription(conn, sub_id), True
+                    return {**self._subscription(conn, sub_id), "management_key": management_key}, True
             except IntegrityError:
                 continue  # a concurrent registration of the same deployment won; read it on the next pass
         raise SubscriptionConflict(deployment_id)
+
+    @staticmethod
+    def _renewed(owner_token_id: str | None, generation: int) -> dict[str, Any]:
+        """Values that hand a subscription to the (valid) token its owner just used."""
+        if owner_token_id is None:
+            return {}
+        return {"owner_token_id": owner_token_id, "owner_generation": generation, "ended_generation": None}
+
+    @staticmethod
+    def _count(conn: Connection, environment_id: str) -> int:
+        query = select(func.count()).select_from(S).where(S.c.environment_id == environment_id)
+        return int(conn.execute(query).scalar_one())
+
+    def count_subscriptions(self, environment_id: str) -> int:
+        with self.engine.connect() as conn:
+            return self._count(conn, environment_id)
+
+    @staticmethod
+    def _owned(conn: Connection, environment_id: str, sub_id: str, key: str | None) -> dict[str, Any] | None:
+        """The subscription if the key is its management key; None if there is no such subscription."""
+        row = (
+            conn.execute(select(S).where(S.c.id == sub_id, S.c.environment_id == environment_id))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        if not _key_matches(row["key_hash"], key):
+            raise SubscriptionForbidden(sub_id)
+        return dict(row)
+
+    def secret(self, environment_id: str, sub_id: str, key: str | None) -> str | None:
+        with self.engine.connect() as conn:
+            row = self._owned(conn, environment_id, sub_id, key)
+        return None if row is None else str(row["secret"])
 
     @staticmethod
     def _subscription(conn: Connection, sub_id: str) -> dict[str, Any]:
@@ -288,17 +436,36 @@ class Store:
             )
         return dict(row) if row else None
 
-    def list_subscriptions(self, environment_id: str) -> list[dict[str, Any]]:
+    def list_subscriptions(
+        self, environment_id: str, limit: int, after: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` subscriptions in creation order, after the ``(created_at, id)`` last seen."""
+        query = select(S).where(S.c.environment_id == environment_id)
+        if after is not None:
+            created, sub_id = after
+            query = query.where(
+                or_(S.c.created_at > created, and_(S.c.created_at == created, S.c.id > sub_id))
+            )
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(S).where(S.c.environment_id == environment_id).order_by(S.c.created_at, S.c.id)
-            ).mappings()
+            rows = conn.execute(query.order_by(S.c.created_at, S.c.id).limit(limit)).mappings()
             return [dict(r) for r in rows]
 
     def update_subscription(
-        self, environment_id: str, sub_id: str, url: str | None, action: Action | None, enabled: bool | None
+        self,
+        environment_id: str,
+        sub_id: str,
+        key: str | None,
+        url: str | None,
+        action: Action | None,
+        enabled: bool | None,
+        owner_token_id: str | None = None,
+        owner_generation: int = 0,
     ) -> dict[str, Any] | None:
-        values: dict[str, Any] = {"updated_at": time.time()}
+        """Change a subscription its management key proves; None if there is none (else Forbidden)."""
+        values: dict[str, Any] = {
+            "updated_at": time.time(),
+            **self._renewed(owner_token_id, owner_generation),
+        }
         if url is not None:
             values["url"] = url
         if action is not None:
@@ -306,19 +473,19 @@ class Store:
         if enabled is not None:
             values["enabled"] = enabled
             values["disabled_reason"] = None if enabled else "disabled through the API"
+            if not enabled:
+                values["ended_generation"] = None
         with self._tx() as conn:
-            result = conn.execute(
-                update(S).where(S.c.id == sub_id, S.c.environment_id == environment_id).values(**values)
-            )
-            if result.rowcount == 0:
+            if self._owned(conn, environment_id, sub_id, key) is None:
                 return None
+            conn.execute(update(S).where(S.c.id == sub_id).values(**values))
             return self._subscription(conn, sub_id)
 
-    def delete_subscription(self, environment_id: str, sub_id: str) -> bool:
+    def delete_subscription(self, environment_id: str, sub_id: str, key: str | None) -> bool:
         with self._tx() as conn:
-            result = conn.execute(S.delete().where(S.c.id == sub_id, S.c.environment_id == environment_id))
-            if result.rowcount == 0:
+            if self._owned(conn, environment_id, sub_id, key) is None:
                 return False
+            conn.execute(S.delete().where(S.c.id == sub_id))
             conn.execute(
                 update(D)
                 .where(D.c.subscription_id == sub_id, D.c.status == DeliveryStatus.PENDING.value)
@@ -326,22 +493,35 @@ class Store:
             )
         return True
 
-    def acknowledge(self, environment_id: str, sub_id: str, generation: int) -> dict[str, Any] | None:
-        """The deployment applied ``generation``: record it and free its restart slot."""
+    def acknowledge(
+        self,
+        environment_id: str,
+        sub_id: str,
+        generation: int,
+        key: str | None = None,
+        owner_token_id: str | None = None,
+        owner_generation: int = 0,
+    ) -> dict[str, Any] | None:
+        """The deployment applied ``generation``: record it and free its restart slot.
+
+        ``generation`` may not be newer than the environment's current one (the newest consumed, or what
+        the caller's token belongs to): :class:`GenerationAhead`. With ``owner_token_id`` the subscription
+        is renewed for that (valid) token, and re-enabled if it had ended with its old one.
+        """
         with self._tx() as conn:
-            row = (
-                conn.execute(select(S).where(S.c.id == sub_id, S.c.environment_id == environment_id))
-                .mappings()
-                .first()
-            )
+            row = self._owned(conn, environment_id, sub_id, key)
             if row is None:
                 return None
+            current = max(self._current_generation(conn, environment_id), owner_generation)
+            if generation > current:
+                raise GenerationAhead(current)
+            values: dict[str, Any] = self._renewed(owner_token_id, owner_generation)
             if generation > row["acked_generation"]:
-                conn.execute(
-                    update(S)
-                    .where(S.c.id == sub_id)
-                    .values(acked_generation=generation, updated_at=time.time())
-                )
+                values["acked_generation"] = generation
+            if owner_token_id is not None and not row["enabled"] and row["ended_generation"] is not None:
+                values.update(enabled=True, disabled_reason=None)
+            if values:
+                conn.execute(update(S).where(S.c.id == sub_id).values(updated_at=time.time(), **values))
             conn.execute(
                 update(D)
                 .where(
@@ -351,11 +531,21 @@ class Store:
             )
             return self._subscription(conn, sub_id)
 
+    @staticmethod
+    def _current_generation(conn: Connection, environment_id: str) -> int:
+        value = conn.execute(select(E.c.generation).where(E.c.environment_id == environment_id)).scalar()
+        return int(value or 0)
+
+    def current_generation(self, environment_id: str) -> int:
+        """The newest generation consumed for the environment (0 if none)."""
+        with self.engine.connect() as conn:
+            return self._current_generation(conn, environment_id)
+
     # --- the consumer's side: Kafka records become deliveries ---------------------------------------
 
     def record_events(
         self,
-        events: Sequence[TokenStateChanged],
+        events: Sequence[Record],
         on_progress: Callable[[int], None] | None = None,
         chunk: int = RECORD_CHUNK,
     ) -> int:
@@ -369,8 +559,12 @@ class Store:
         """
         created = 0
         for ev in events:
+            if isinstance(ev, EnvironmentDeleted):
+                self.delete_environment(ev.environment_id, ev.deleted_at)
+                continue
             event_type = webhook_event_type(ev.change.type)
             if event_type is None:
+                self._note_generation(ev)
                 continue
             first = True
             while True:
@@ -388,6 +582,8 @@ class Store:
         now = time.time()
         with self._tx() as conn:
             if first:
+                self._note_generation(ev, conn)
+                self._end_subscriptions_of_gone_tokens(conn, ev, now)
                 conn.execute(
                     self._insert_ignore(R).values(
                         environment_id=ev.environment_id,
@@ -403,7 +599,7 @@ class Store:
                 select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation)
                 .where(
                     S.c.environment_id == ev.environment_id,
-                    S.c.enabled.is_(True),
+                    or_(S.c.enabled.is_(True), S.c.ended_generation == ev.generation),
                     S.c.last_notified_generation < ev.generation,
                 )
                 .limit(chunk)
@@ -449,6 +645,59 @@ class Store:
             )
         return new
 
+    def _note_generation(self, ev: TokenStateChanged, conn: Connection | None = None) -> None:
+        """Remember the environment's newest generation (the ceiling of acknowledgements)."""
+        if conn is None:
+            with self._tx() as own:
+                self._note_generation(ev, own)
+            return
+        now = time.time()
+        values = {"environment_id": ev.environment_id, "generation": ev.generation, "updated_at": now}
+        statement = pg_insert(E) if self.is_postgres else sqlite_insert(E)
+        conn.execute(
+            statement.values(**values).on_conflict_do_update(
+                index_elements=[E.c.environment_id],
+                set_={"generation": statement.excluded.generation, "updated_at": now},
+                where=E.c.generation < statement.excluded.generation,
+            )
+        )
+
+    @staticmethod
+    def _end_subscriptions_of_gone_tokens(conn: Connection, ev: TokenStateChanged, now: float) -> None:
+        """Subscriptions whose token this event no longer lists end: disabled, told of this event only.
+
+        Only an event newer than the token's own generation counts (a lagging consumer reading an old
+        record knows nothing of tokens made since). A subscription without an owner (registered before
+        ownership existed) is left alone.
+        """
+        listed = [t.token_id for t in ev.tokens]
+        conn.execute(
+            update(S)
+            .where(
+                S.c.environment_id == ev.environment_id,
+                S.c.enabled.is_(True),
+                S.c.owner_token_id.is_not(None),
+                S.c.owner_token_id.not_in(listed),
+                S.c.owner_generation < ev.generation,
+            )
+            .values(
+                enabled=False, disabled_reason=TOKEN_ENDED, ended_generation=ev.generation, updated_at=now
+            )
+        )
+
+    def delete_environment(self, environment_id: str, deleted_at: float | None = None) -> None:
+        """A tombstone: the environment's deliveries, rotations and subscriptions go, so an environment
+        re-created under the same id inherits nothing. Subscriptions registered after the tombstone's time
+        (for the new environment, while a lagging consumer catches up) stay."""
+        with self._tx() as conn:
+            conn.execute(D.delete().where(D.c.environment_id == environment_id))
+            conn.execute(R.delete().where(R.c.environment_id == environment_id))
+            conn.execute(E.delete().where(E.c.environment_id == environment_id))
+            subscriptions = S.delete().where(S.c.environment_id == environment_id)
+            if deleted_at is not None:
+                subscriptions = subscriptions.where(S.c.created_at <= deleted_at)
+            conn.execute(subscriptions)
+
     # --- the delivery side -------------------------------------------------------------------------
 
     def claim_due(
@@ -480,6 +729,7 @@ class Store:
                     D.c.created_at,
                     S.c.url,
                     S.c.secret,
+                    _deliverable().label("deliverable"),
                 )
                 .select_from(D.outerjoin(S, S.c.id == D.c.subscription_id))
                 .where(D.c.status == DeliveryStatus.PENDING.value, D.c.next_attempt_at <= now)
@@ -528,11 +778,15 @@ class Store:
                 return []
             claimed: list[Claimed] = []
             orphans: list[str] = []
+            disabled: list[str] = []
             for r in rows:  # in due order
                 if r.id not in won:
                     continue
                 if r.url is None:  # its subscription was deleted between record and claim
                     orphans.append(r.id)
+                    continue
+                if not r.deliverable:  # its subscription was disabled (or ended) meanwhile
+                    disabled.append(r.id)
                     continue
                 claimed.append(
                     Claimed(
@@ -554,6 +808,12 @@ class Store:
                     update(D)
                     .where(D.c.id.in_(orphans))
                     .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
+                )
+            if disabled:
+                conn.execute(
+                    update(D)
+                    .where(D.c.id.in_(disabled))
+                    .values(status=DeliveryStatus.DISABLED.value, last_error="subscription disabled")
                 )
         return claimed
 
@@ -597,19 +857,18 @@ class Store:
                     .where(D.c.id.in_(waiting), D.c.generation <= acked)
                     .values(awaiting_ack_until=0.0)
                 )
-            gone = sorted({r.subscription_id for r in results if r.disable_subscription})
-            if gone:
+            reasons = {r.subscription_id: r.disable_reason for r in results if r.disable_subscription}
+            for reason in sorted(set(reasons.values())):
+                gone = sorted(sub for sub, why in reasons.items() if why == reason)
                 conn.execute(
                     update(S)
                     .where(S.c.id.in_(gone))
-                    .values(enabled=False, disabled_reason="the webhook answered 410 Gone", updated_at=now)
+                    .values(enabled=False, disabled_reason=reason, ended_generation=None, updated_at=now)
                 )
                 conn.execute(
                     update(D)
                     .where(D.c.subscription_id.in_(gone), D.c.status == DeliveryStatus.PENDING.value)
-                    .values(
-                        status=DeliveryStatus.DISABLED.value, last_error="subscription disabled by 410 Gone"
-                    )
+                    .values(status=DeliveryStatus.DISABLED.value, last_error="subscription disabled")
                 )
 
     # --- reading -----------------------------------------------------------------------------------
@@ -635,8 +894,15 @@ class Store:
         status: DeliveryStatus | None,
         limit: int,
         subscription_id: str | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[dict[str, Any]]:
+        """Newest first, up to ``limit``, after the ``(created_at, id)`` of the last one seen."""
         query = select(D).where(D.c.environment_id == environment_id)
+        if after is not None:
+            created, delivery = after
+            query = query.where(
+                or_(D.c.created_at < created, and_(D.c.created_at == created, D.c.id > delivery))
+            )
         if status is not None:
             query = query.where(D.c.status == status.value)
         if subscription_id is not None:
@@ -654,43 +920,77 @@ class Store:
             )
         return dict(row) if row else None
 
-    def replay(self, environment_id: str, delivery_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
-        """Queue a dead (or disabled) delivery again with a fresh set of attempts; (row, replayed)."""
+    def replay(self, environment_id: str, delivery_id: str, now: float) -> tuple[dict[str, Any] | None, str]:
+        """Queue a dead (or disabled) delivery again with a fresh set of attempts; (row, outcome) with
+        outcome ``replayed``, ``not_replayable`` (not dead or disabled) or ``subscription_disabled``."""
         with self._tx() as conn:
-            result = conn.execute(
-                update(D)
-                .where(
-                    D.c.id == delivery_id,
-                    D.c.environment_id == environment_id,
-                    D.c.status.in_([DeliveryStatus.DEAD.value, DeliveryStatus.DISABLED.value]),
+            found = conn.execute(
+                select(D.c.status, _deliverable().label("deliverable"), S.c.id.label("sub"))
+                .select_from(D.outerjoin(S, S.c.id == D.c.subscription_id))
+                .where(D.c.id == delivery_id, D.c.environment_id == environment_id)
+            ).first()
+            if found is None:
+                return None, "not_found"
+            outcome = "replayed"
+            if found.status not in (DeliveryStatus.DEAD.value, DeliveryStatus.DISABLED.value):
+                outcome = "not_replayable"
+            elif found.sub is None or not found.deliverable:
+                outcome = "subscription_disabled"
+            else:
+                conn.execute(
+                    update(D)
+                    .where(D.c.id == delivery_id)
+                    .values(
+                        status=DeliveryStatus.PENDING.value,
+                        attempts=0,
+                        next_attempt_at=now,
+                        leased_until=0.0,
+                        last_error=None,
+                    )
                 )
-                .values(
-                    status=DeliveryStatus.PENDING.value,
-                    attempts=0,
-                    next_attempt_at=now,
-                    leased_until=0.0,
-                    last_error=None,
-                )
-            )
-            row = (
-                conn.execute(select(D).where(D.c.id == delivery_id, D.c.environment_id == environment_id))
-                .mappings()
-                .first()
-            )
-        return (dict(row) if row else None), result.rowcount > 0
+            row = conn.execute(select(D).where(D.c.id == delivery_id)).mappings().one()
+        return dict(row), outcome
 
-    def rotations(self, environment_id: str) -> list[RotationProgress]:
+    def rotations(
+        self, environment_id: str, limit: int = 100, before: int | None = None
+    ) -> list[RotationProgress]:
+        """Progress of the newest ``limit`` rotations (older than ``before``), counted by the database."""
         with self.engine.connect() as conn:
-            rotations = conn.execute(
-                select(R.c.generation, R.c.rotation_id)
-                .where(R.c.environment_id == environment_id)
-                .order_by(R.c.generation.desc())
-            ).all()
-            by_generation: dict[int, list[tuple[DeliveryStatus, int]]] = defaultdict(list)
-            for generation, status, acked in conn.execute(
-                select(D.c.generation, D.c.status, S.c.acked_generation)
-                .join(S, S.c.id == D.c.subscription_id)
-                .where(D.c.environment_id == environment_id)
-            ):
-                by_generation[generation].append((DeliveryStatus(status), acked))
-        return [rotation_progress(g, rid, by_generation.get(g, [])) for g, rid in rotations]
+            query = select(R.c.generation, R.c.rotation_id).where(R.c.environment_id == environment_id)
+            if before is not None:
+                query = query.where(R.c.generation < before)
+            rotations = conn.execute(query.order_by(R.c.generation.desc()).limit(limit)).all()
+            if not rotations:
+                return []
+
+            def count(condition: Any) -> Any:
+                return func.sum(case((condition, 1), else_=0))
+
+            counts = {
+                row.generation: row
+                for row in conn.execute(
+                    select(
+                        D.c.generation,
+                        count(D.c.status == DeliveryStatus.DELIVERED.value).label("notified"),
+                        count(S.c.acked_generation >= D.c.generation).label("acknowledged"),
+                        count(D.c.status == DeliveryStatus.PENDING.value).label("pending"),
+                        count(D.c.status == DeliveryStatus.DEAD.value).label("dead"),
+                    )
+                    .select_from(D.join(S, S.c.id == D.c.subscription_id))
+                    .where(
+                        D.c.environment_id == environment_id,
+                        D.c.generation.in_([g for g, _ in rotations]),
+                    )
+                    .group_by(D.c.generation)
+                )
+            }
+        progress = []
+        for generation, rotation_id in rotations:
+            row = counts.get(generation)
+            numbers = (
+                (int(row.notified), int(row.acknowledged), int(row.pending), int(row.dead))
+                if row
+                else (0,) * 4
+            )
+            progress.append(RotationProgress(generation, rotation_id, *numbers))
+        return progress

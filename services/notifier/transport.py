@@ -8,35 +8,119 @@ what costs CPU. ``STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT`` selects it:
   only what a webhook POST needs: one request per connection at a time, keep-alive reuse, TLS, a total
   timeout, no redirects, no decompression.
 - ``aiohttp``: :class:`AiohttpTransport`, aiohttp's client pool.
-- ``httpcore``: httpx's own transport (several times slower per request).
+- ``httpcore``: httpx's own transport (several times slower per request). It checks no resolved address:
+  only the URL checks apply, so prefer the other two where webhook hosts are names.
+
+The two pools of this module resolve a webhook's host themselves, refuse the host when any address it
+resolves to is not allowed (public, or in a listed network: :class:`WebhookAddressPolicy`), and connect to
+the address they checked, so a name cannot point the notifier at an internal service. They read at most
+``MAX_RESPONSE_BODY`` bytes of an answer (the rest is dropped with the connection) and refuse answers whose
+headers exceed ``MAX_RESPONSE_HEADERS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import ssl
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import httptools
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from services.notifier.domain import IPAddress, is_public_address
 
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection"})
+MAX_RESPONSE_BODY = 64 * 1024  # a webhook answer's body is only ever logged, never needed whole
+MAX_RESPONSE_HEADERS = 64 * 1024
+MAX_RESPONSE_HEADER_COUNT = 200
+
+AddressCheck = Callable[[IPAddress], bool]
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+class AddressNotAllowed(httpx.ConnectError):
+    """The webhook host resolves to an address the notifier may not connect to."""
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def checked_addresses(host: str, port: int, allowed: AddressCheck, resolve: Resolve) -> list[str]:
+    """The addresses ``host`` resolves to, in order and without repeats, if every one is allowed; else
+    :class:`OSError`/:class:`_AddressRefused` (a name answering one public and one internal address is
+    refused as a whole, so no answer order or rebinding can pick the internal one)."""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        addresses = list(dict.fromkeys(await resolve(host, port)))
+    else:
+        addresses = [str(literal)]
+    if not addresses:
+        raise OSError("the webhook host resolved to no address")
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            raise _AddressRefused() from None
+        if not allowed(ip):
+            raise _AddressRefused()
+    return addresses
+
+
+class _AddressRefused(Exception):
+    def __str__(self) -> str:
+        return "the webhook host resolves to an address that is not allowed"
+
+
+class _CheckedResolver(AbstractResolver):
+    """aiohttp's resolver with the same address check as :class:`AsyncioTransport`."""
+
+    def __init__(self, allowed: AddressCheck) -> None:
+        self._allowed = allowed
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            try:
+                ip = ipaddress.ip_address(str(result["host"]).split("%", 1)[0])
+            except ValueError:
+                raise OSError(str(_AddressRefused())) from None
+            if not self._allowed(ip):
+                raise OSError(str(_AddressRefused()))
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int, timeout: float) -> None:
+    def __init__(
+        self, max_connections: int, timeout: float, *, address_allowed: AddressCheck = is_public_address
+    ) -> None:
         self._max_connections = max_connections
         self._timeout = timeout
+        self._allowed = address_allowed
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, use_dns_cache=False, resolver=_CheckedResolver(self._allowed)
+                ),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -54,7 +138,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             async with self._get_session().request(
                 request.method, str(request.url), data=body, headers=headers, allow_redirects=False
             ) as response:
-                content = await response.read()
+                content = await _read_bounded(response.content)
                 status = response.status
                 raw_headers = list(response.raw_headers)
         except TimeoutError:
@@ -62,6 +146,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except (aiohttp.ClientError, asyncio.CancelledError, OSError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            if str(_AddressRefused()) in str(exc):
+                raise AddressNotAllowed(str(_AddressRefused()), request=request) from None
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from None
         return httpx.Response(status, headers=raw_headers, content=content, request=request)
 
@@ -69,6 +155,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_bounded(stream: aiohttp.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_RESPONSE_BODY:
+        chunk = await stream.readany()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:MAX_RESPONSE_BODY]
 
 
 # --- the asyncio pool -------------------------------------------------------------------------------------
@@ -97,6 +195,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0
+        self.header_bytes = 0
+        self.body_bytes = 0
+        self.too_large: str | None = None  # what exceeded its bound
 
     # asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -113,6 +214,14 @@ class _Connection(asyncio.Protocol):
             self._fail(_ConnectionClosed("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(_ConnectionClosed(f"invalid HTTP response: {exc}"))
+        if self.too_large == "headers":
+            self._fail(_ConnectionClosed("the response headers are larger than the notifier reads"))
+            self.close()
+        elif self.too_large == "body" and self.waiter is not None and not self.waiter.done():
+            # Enough of the answer: the status is known, the rest is dropped with the connection.
+            self.keep_alive = False
+            self.waiter.set_result(None)
+            self.close()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -126,15 +235,27 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_RESPONSE_HEADERS or len(self.headers) >= MAX_RESPONSE_HEADER_COUNT:
+            self.too_large = "headers"
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        room = MAX_RESPONSE_BODY - self.body_bytes
+        if len(body) > room:
+            body = body[:room]
+            self.too_large = self.too_large or "body"
+        if body:
+            self.body.append(body)
+            self.body_bytes += len(body)
 
     def on_message_complete(self) -> None:
+        if self.too_large == "headers":
+            return
         self.complete = True
         # Read it now: httptools resets it once feed_data() returns.
         self.keep_alive = bool(self.parser.should_keep_alive())
@@ -169,13 +290,15 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.received_any = False
+        self.header_bytes = self.body_bytes = 0
+        self.too_large = None
         self.requests += 1
         self.transport.write(data)
         try:
             await self.waiter
         finally:
             self.waiter = None
-        reusable = self.usable and self.keep_alive
+        reusable = self.usable and self.keep_alive and self.too_large is None
         return self.parser.get_status_code(), self.headers, b"".join(self.body), reusable
 
 
@@ -194,7 +317,12 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         timeout: float,
         keepalive_seconds: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        address_allowed: AddressCheck = is_public_address,
+        resolve: Resolve | None = None,
     ) -> None:
+        self._allowed = address_allowed
+        self._resolve = resolve or _getaddrinfo
         self._max_connections = max_connections
         self._timeout = timeout
         self._keepalive = keepalive_seconds
@@ -233,6 +361,8 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                     self._release()
         except TimeoutError:
             raise httpx.TimeoutException("the request timed out", request=request) from None
+        except _AddressRefused as exc:
+            raise AddressNotAllowed(str(exc), request=request) from None
         except (_ConnectionClosed, OSError) as exc:
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from None
         return httpx.Response(status, headers=headers, content=content, request=request)
@@ -291,14 +421,23 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        if scheme == b"https":
-            _, conn = await loop.create_connection(
-                lambda: _Connection(origin), host, port, ssl=self._ssl(), server_hostname=host
-            )
-        else:
-            _, conn = await loop.create_connection(lambda: _Connection(origin), host, port)
-        self.connections_opened += 1
-        return conn
+        addresses = await checked_addresses(host, port, self._allowed, self._resolve)
+        failure: OSError | None = None
+        for address in addresses:  # the checked addresses only: never a second, unchecked resolution
+            try:
+                if scheme == b"https":
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(origin), address, port, ssl=self._ssl(), server_hostname=host
+                    )
+                else:
+                    _, conn = await loop.create_connection(lambda: _Connection(origin), address, port)
+            except OSError as exc:
+                failure = exc
+                continue
+            self.connections_opened += 1
+            return conn
+        assert failure is not None
+        raise failure
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         pool = self._by_origin.get(origin)

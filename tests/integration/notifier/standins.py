@@ -100,8 +100,30 @@ class Environment:
         resolver.add(self.token_2, self.id, 2, self.token_ids[1], self.generation)
         return self
 
-    def auth(self, slot: int = 1) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token_1 if slot == 1 else self.token_2}"}
+    def auth(self, slot: int = 1, key: str | None = None) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {self.token_1 if slot == 1 else self.token_2}"}
+        if key is not None:
+            headers["x-subscription-key"] = key
+        return headers
+
+    def rotate(self, resolver: ResolverStandin) -> TokenStateChanged:
+        """Rotate as the issuer does (Token 1 out, Token 2 becomes Token 1, a new Token 2); the event."""
+        resolver.remove(self.token_1)
+        self.token_1, self.token_2 = self.token_2, generate_token()
+        self.token_ids = (self.token_ids[1], new_token_id())
+        self.generation += 1
+        self.register(resolver)
+        return self.event(self.generation)
+
+    def revoke(self, resolver: ResolverStandin) -> TokenStateChanged:
+        """Replace both tokens (an emergency revocation); the event."""
+        resolver.remove(self.token_1)
+        resolver.remove(self.token_2)
+        self.token_1, self.token_2 = generate_token(), generate_token()
+        self.token_ids = (new_token_id(), new_token_id())
+        self.generation += 1
+        self.register(resolver)
+        return self.event(self.generation, ChangeType.REVOKED)
 
     def event(self, generation: int, change: ChangeType = ChangeType.ROTATED) -> TokenStateChanged:
         org, project, name = self.id.split("-")
@@ -126,13 +148,17 @@ def new_environment(resolver: ResolverStandin) -> Environment:
     return Environment(id=f"acme-tele-e{suffix}").register(resolver)
 
 
-def produce(kafka: KafkaSettings, *events: TokenStateChanged) -> None:
-    """Publish events as the issuer's relay does: keyed by environment id, on ``kafka.topic``."""
+def produce(kafka: KafkaSettings, *events: TokenStateChanged | str) -> None:
+    """Publish events as the issuer's relay does: keyed by environment id, on ``kafka.topic``; a plain
+    environment id publishes its tombstone (the environment was deleted)."""
     ensure_streaming_tokens_topic(kafka)
     app = Application(broker_address=kafka.connection_config(), consumer_group="test-producer")
     with app.get_producer() as producer:
         for event in events:
-            producer.produce(kafka.topic, key=encode_key(event.environment_id), value=encode_event(event))
+            if isinstance(event, str):
+                producer.produce(kafka.topic, key=encode_key(event), value=None)
+            else:
+                producer.produce(kafka.topic, key=encode_key(event.environment_id), value=encode_event(event))
 
 
 @dataclass

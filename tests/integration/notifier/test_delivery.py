@@ -180,10 +180,13 @@ def test_restarts_are_staggered_until_acknowledged_and_progress_shows_acks(
     time.sleep(1.0)  # the limit holds the other two back
     assert len(restarted()) == 1
 
+    keys = {sub["id"]: sub["management_key"] for sub in restarts}
     for expected in (2, 3):
         told = {json.loads(r.body)["subscription_id"] for r in receiver.requests if r.path.startswith("/x")}
         for sub_id in told:
-            ack = api.post(f"/v1/subscriptions/{sub_id}/acks", json={"generation": 2}, headers=env.auth())
+            ack = api.post(
+                f"/v1/subscriptions/{sub_id}/acks", json={"generation": 2}, headers=env.auth(key=keys[sub_id])
+            )
             assert ack.status_code == 200
             assert ack.json()["acked_generation"] == 2
         wait_until(lambda n=expected: len(restarted()) == n, 30, f"restart number {expected}")  # type: ignore[misc]
@@ -193,5 +196,9 @@ def test_restarts_are_staggered_until_acknowledged_and_progress_shows_acks(
 
     (rotation,) = api.get("/v1/rotations", headers=env.auth()).json()["rotations"]
     assert (rotation["notified"], rotation["acknowledged"], rotation["pending"]) == (4, 2, 0)
-    bad = api.post(f"/v1/subscriptions/{restarts[0]['id']}/acks", json={"generation": 0}, headers=env.auth())
+    bad = api.post(
+        f"/v1/subscriptions/{restarts[0]['id']}/acks",
+        json={"generation": 0},
+        headers=env.auth(key=restarts[0]["management_key"]),
+    )
     assert bad.status_code == 422

@@ -26,9 +26,8 @@ def test_register_reregister_list_update_delete(
     assert (sub["deployment_id"], sub["url"], sub["action"]) == ("svc-a", HOOK, "restart")
     Webhook(sub["secret"])  # a Standard Webhooks secret
 
-    again = api.post(
-        "/v1/subscriptions", json={**body, "url": HOOK + "2", "action": "reload"}, headers=env.auth(slot=2)
-    )
+    owner = env.auth(slot=2, key=sub["management_key"])
+    again = api.post("/v1/subscriptions", json={**body, "url": HOOK + "2", "action": "reload"}, headers=owner)
     assert again.status_code == 200
     assert again.json()["id"] == sub["id"]
     assert (again.json()["url"], again.json()["action"]) == (HOOK + "2", "reload")
@@ -40,15 +39,16 @@ def test_register_reregister_list_update_delete(
     assert sorted(s["deployment_id"] for s in listed) == ["svc-a", "svc-b"]
     assert all("secret" not in s for s in listed)
 
-    patched = api.patch(f"/v1/subscriptions/{sub['id']}", json={"action": "restart"}, headers=env.auth())
+    patched = api.patch(f"/v1/subscriptions/{sub['id']}", json={"action": "restart"}, headers=owner)
     assert patched.status_code == 200
     assert patched.json()["action"] == "restart"
 
     # Another environment's token cannot see, change or delete it.
     assert api.get(f"/v1/subscriptions/{sub['id']}", headers=other.auth()).status_code == 404
-    assert api.delete(f"/v1/subscriptions/{sub['id']}", headers=other.auth()).status_code == 404
+    other_with_key = other.auth(key=sub["management_key"])
+    assert api.delete(f"/v1/subscriptions/{sub['id']}", headers=other_with_key).status_code == 404
 
-    assert api.delete(f"/v1/subscriptions/{sub['id']}", headers=env.auth()).status_code == 204
+    assert api.delete(f"/v1/subscriptions/{sub['id']}", headers=owner).status_code == 204
     assert api.get(f"/v1/subscriptions/{sub['id']}", headers=env.auth()).status_code == 404
     assert [s["deployment_id"] for s in api.get("/v1/subscriptions", headers=env.auth()).json()] == ["svc-b"]
 
@@ -118,7 +118,21 @@ def test_the_api_serves_openapi_health_and_metrics(
     start_notifier: Callable[..., httpx.Client], sqlite_url: str
 ) -> None:
     api = start_notifier(sqlite_url, None)
-    assert "/v1/subscriptions" in api.get("/openapi.json").json()["paths"]
+    paths = api.get("/openapi.json").json()["paths"]
+    assert "/v1/subscriptions" in paths
+    # Every error a route can answer is documented, with the JSON error body.
+    for path, operations in paths.items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            for code in ("401", "422", "503"):
+                assert code in operation["responses"], (method, path, code)
+            for code, answer in operation["responses"].items():
+                if code.startswith(("4", "5")):
+                    schema = answer["content"]["application/json"]["schema"]["$ref"]
+                    assert schema.endswith("/ErrorBody"), (method, path, code)
+    assert {"403", "409"} <= set(paths["/v1/subscriptions/{subscription_id}/acks"]["post"]["responses"])
+    assert {"409", "429"} <= set(paths["/v1/deliveries/{delivery_id}/replay"]["post"]["responses"])
     assert api.get("/health/live").status_code == 200
     ready = api.get("/health/ready")
     assert ready.status_code == 200, ready.text

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.notifier.delivery import webhook_client
+from services.notifier.domain import WebhookAddressPolicy
 from services.notifier.transport import AsyncioTransport
 
 # (request number, request bytes) -> the response; None: never answer; b"": close without answering
@@ -70,8 +71,12 @@ async def scripted_server(respond: Respond, close_after_response: bool = False) 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
+LOOPBACK = WebhookAddressPolicy.from_entries(("127.0.0.1",))
+
+
 def _client(max_connections: int = 4, timeout: float = 5.0) -> httpx.AsyncClient:
-    return webhook_client(AsyncioTransport(max_connections, timeout), timeout, max_connections)
+    transport = AsyncioTransport(max_connections, timeout, address_allowed=LOOPBACK.allows)
+    return webhook_client(transport, timeout, max_connections)
 
 
 async def test_connections_are_kept_alive_and_capped() -> None:
@@ -185,3 +190,22 @@ async def test_the_webhook_client_keeps_no_cookies() -> None:
         await client.post(f"{server.url}/b", content=b"x")
         assert len(client.cookies) == 0
     assert b"session=secret" not in server.requests[1]
+
+
+async def test_response_bodies_are_read_to_at_most_64_kib_and_headers_are_bounded() -> None:
+    chunk = b"x" * 65536
+    endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + (b"10000\r\n" + chunk + b"\r\n") * 80
+    async with scripted_server(lambda n, _: endless) as server, _client() as client:
+        response = await client.post(server.url, content=b"x")
+        assert response.status_code == 200
+        assert len(response.content) <= 65536
+        # the connection that still had body coming is not reused
+        assert (await client.post(server.url, content=b"x")).status_code == 200
+        assert server.connections == 2
+    huge_headers = b"HTTP/1.1 200 OK\r\n" + b"".join(
+        b"x-pad-%d: %s\r\n" % (i, b"y" * 1000) for i in range(100)
+    )
+    huge_headers += b"content-length: 0\r\n\r\n"
+    async with scripted_server(lambda n, _: huge_headers) as server, _client() as client:
+        with pytest.raises(httpx.ConnectError, match="headers"):
+            await client.post(server.url, content=b"x")

@@ -1,4 +1,4 @@
-"""Finding 5 at the URL: numeric shorthands of addresses are refused, and which resolved addresses are fine."""
+"""Finding 5 at the URL: numeric shorthands of addresses are refused; which resolved addresses are fine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Finding 15 at the notifier: a flood of unknown tokens neither evicts the cache of valid ones nor the log."""
+"""Finding 15 at the notifier: a flood of unknown tokens neither evicts valid ones nor floods the log."""
 
 from __future__ import annotations
 
