@@ -32,6 +32,7 @@ class Subscription:
     id: str
     secret: str = field(repr=False)
     environment_id: str | None = None
+    management_key: str | None = field(default=None, repr=False)  # needed to ack and unsubscribe
 
 
 def _error(what: str, base_url: str, response: httpx.Response) -> NotifierError:
@@ -48,17 +49,28 @@ class NotifierClient:
     def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = client
+        self._keys: dict[str, str] = {}  # subscription id -> the management key its creation returned
 
     @staticmethod
     def _auth(credential: Credential) -> dict[str, str]:
         return {"Authorization": f"Bearer {credential.token}"}
 
     async def _call(
-        self, what: str, method: str, path: str, credential: Credential, json: object | None = None
+        self,
+        what: str,
+        method: str,
+        path: str,
+        credential: Credential,
+        json: object | None = None,
+        subscription_id: str | None = None,
     ) -> httpx.Response:
+        headers = self._auth(credential)
+        key = self._keys.get(subscription_id) if subscription_id is not None else None
+        if key is not None:
+            headers["X-Subscription-Key"] = key
         try:
             response = await self._client.request(
-                method, f"{self.base_url}{path}", headers=self._auth(credential), json=json
+                method, f"{self.base_url}{path}", headers=headers, json=json
             )
         except httpx.HTTPError as exc:
             raise NotifierError(f"notifier unreachable at {self.base_url} ({type(exc).__name__})") from None
@@ -73,11 +85,17 @@ class NotifierClient:
         response = await self._call("subscribe", "POST", "/v1/subscriptions", credential, body)
         try:
             data = response.json()
-            return Subscription(str(data["id"]), str(data["secret"]), data.get("environment_id"))
+            key = data.get("management_key")
+            subscription = Subscription(
+                str(data["id"]), str(data["secret"]), data.get("environment_id"), str(key) if key else None
+            )
         except (ValueError, KeyError, TypeError):
             raise NotifierError(
                 f"the notifier at {self.base_url} answered an unexpected subscription"
             ) from None
+        if subscription.management_key is not None:
+            self._keys[subscription.id] = subscription.management_key
+        return subscription
 
     async def acknowledge(self, subscription_id: str, generation: int, credential: Credential) -> None:
         await self._call(
@@ -86,11 +104,20 @@ class NotifierClient:
             f"/v1/subscriptions/{subscription_id}/acks",
             credential,
             {"generation": generation},
+            subscription_id,
         )
 
     async def unsubscribe(self, subscription_id: str, credential: Credential) -> None:
         try:
-            await self._call("unsubscribe", "DELETE", f"/v1/subscriptions/{subscription_id}", credential)
+            await self._call(
+                "unsubscribe",
+                "DELETE",
+                f"/v1/subscriptions/{subscription_id}",
+                credential,
+                None,
+                subscription_id,
+            )
         except NotifierError as exc:
             if exc.status != 404:
                 raise
+        self._keys.pop(subscription_id, None)
