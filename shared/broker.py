@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from shared.process import terminate
 
 BINARY_ENV = "STREAMTOKEN_TANSU_BIN"
 DEFAULT_PORT = 9092
@@ -164,14 +165,7 @@ class EmbeddedBroker:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(self._process, timeout)
         self._cleanup()
 
     def wait(self) -> int:

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -36,3 +37,15 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
             os.kill(os.getpid(), signum)
 
     return preexec
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits until the process is gone."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
