@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from types import FrameType
 
 import typer
 
-from cli.dev import NO_ENFORCEMENT, default_broker_kind, service_environments, start_broker
+from cli.dev import (
+    NO_ENFORCEMENT,
+    Stack,
+    default_broker_kind,
+    service_environments,
+    start_broker,
+    supervise,
+)
 from shared.broker import DEFAULT_PORT, BrokerError
 from shared.kafka_broker import ApacheKafkaBroker
 
@@ -83,9 +89,11 @@ def broker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
+    stopping = False
+
     def _stop(signum: int, _: FrameType | None) -> None:
-        running.stop()
-        sys.exit(0)
+        nonlocal stopping
+        stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -101,4 +109,8 @@ def broker(
             f"embedded broker listening on {running.bootstrap_servers} (memory storage; Ctrl-C stops it)"
         )
         typer.echo(NO_ENFORCEMENT, err=True)
-    sys.exit(running.wait())
+    try:
+        supervise(Stack(running), set(), lambda: stopping, None)  # restarts the broker if it dies
+    finally:
+        running.stop()
+    typer.echo("broker stopped", err=True)

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import typer
 
+from cli.supervise import Restarts, exit_reason
 from shared.broker import DEFAULT_PORT, BrokerError, EmbeddedBroker, port_is_free
 from shared.broker_access import ISSUER_USER, NOTIFIER_USER, RESOLVER_USER
 from shared.kafka_broker import ApacheKafkaBroker, java_available
@@ -93,6 +94,7 @@ class Child:
     stdout: Path | None = None  # None: the terminal
     stderr: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
 
 
 class Stack:
@@ -106,6 +108,16 @@ class Stack:
     def start_child(
         self, child: Child, timeout: float = 60.0, progress: Callable[[str], None] | None = None
     ) -> None:
+        self._spawn(child)
+        self.children.append(child)
+        if child.ready_url:
+            wait_ready(child, timeout, self.should_stop, progress)
+
+    def restart_child(self, child: Child) -> None:
+        """Start a child that died again, in place (its readiness is not awaited: the loop goes on)."""
+        self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
         env = {**os.environ, **child.env}
         handles: list[IO[bytes]] = []
         try:
@@ -117,9 +129,7 @@ class Stack:
         finally:
             for handle in handles:
                 handle.close()
-        self.children.append(child)
-        if child.ready_url:
-            wait_ready(child, timeout, self.should_stop, progress)
+        child.started_at = time.monotonic()
 
     def stop(self, timeout: float = 10.0) -> None:
         import psutil
@@ -453,22 +463,7 @@ def dev(
             typer.echo(f"Logs: {logs}/. Ctrl-C stops it all.")
         else:
             typer.echo("Ctrl-C stops it all.")
-        services_running = set(up)
-        while not stopping:
-            exited = stack.first_exited(services_running)
-            if exited is not None:
-                typer.echo(f"error: {exited.name} exited unexpectedly; stopping the stack", err=True)
-                status = 1
-                break
-            demo_child = stack.first_exited({DEMO_DEPLOYMENT})
-            if demo_child is not None and demo_child.process is not None:
-                typer.echo(
-                    f"note: the demo deployment exited with status {demo_child.process.returncode}"
-                    f" (see {logs}/agent.log)",
-                    err=True,
-                )
-                stack.children.remove(demo_child)
-            time.sleep(0.2)
+        supervise(stack, set(up), lambda: stopping, logs if not verbose else None)
     except Interrupted:
         pass
     finally:
@@ -476,6 +471,71 @@ def dev(
         stack.stop()
         typer.echo("stopped.")
     raise typer.Exit(status)
+
+
+def supervise(
+    stack: Stack,
+    services: set[str],
+    should_stop: Callable[[], bool],
+    logs: Path | None,
+    restarts: Restarts | None = None,
+    poll_s: float = 0.2,
+) -> None:
+    """Until ``should_stop``: restart the broker and any service that died, with back-off, saying which and
+    why; note (once) when the demo deployment ends."""
+    restarts = restarts or Restarts()
+    broker_started = time.monotonic()
+    while not should_stop():
+        now = time.monotonic()
+        broker = stack.broker
+        if broker is not None and broker.poll() is not None and "broker" not in restarts.due:
+            delay = restarts.exited("broker", now, now - broker_started)
+            typer.echo(
+                f"error: the broker exited ({exit_reason(broker.poll())}); restarting it in {delay:.1f} s"
+                + (" (Apache Kafka keeps its data)" if isinstance(broker, ApacheKafkaBroker) else
+                   " (Tansu keeps nothing: the issuer republishes every environment)"),
+                err=True,
+            )  # fmt: skip
+        if broker is not None and restarts.is_due("broker", now):
+            restarts.started("broker")
+            broker.stop()
+            try:
+                broker.start()
+                broker_started = time.monotonic()
+                typer.echo(f"  kafka     {broker.bootstrap_servers} restarted", err=True)
+            except BrokerError as exc:
+                delay = restarts.exited("broker", time.monotonic(), 0.0)
+                typer.echo(
+                    f"error: the broker did not start again ({exc}); next try in {delay:.1f} s", err=True
+                )
+        for child in stack.children:
+            if child.process is None or child.process.poll() is None or child.name in restarts.due:
+                continue
+            if child.name == DEMO_DEPLOYMENT:
+                note = f" (see {logs}/agent.log)" if logs else ""
+                typer.echo(
+                    f"note: the demo deployment exited ({exit_reason(child.process.returncode)}){note}",
+                    err=True,
+                )
+                child.process = None
+                continue
+            if child.name not in services:
+                continue
+            delay = restarts.exited(child.name, now, now - child.started_at)
+            typer.echo(
+                f"error: {child.name} exited ({exit_reason(child.process.returncode)}); restarting it in "
+                f"{delay:.1f} s (attempt {restarts.attempts[child.name]})",
+                err=True,
+            )
+            tail = _tail(child.stderr)
+            if tail:
+                typer.echo(tail, err=True)
+        for child in stack.children:
+            if restarts.is_due(child.name, now):
+                restarts.started(child.name)
+                stack.restart_child(child)
+                typer.echo(f"  {child.name:<9} restarted (pid {child.process.pid if child.process else '?'})")
+        time.sleep(poll_s)
 
 
 def _fresh(path: Path) -> Path:

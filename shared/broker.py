@@ -168,6 +168,10 @@ class EmbeddedBroker:
         terminate(self._process, timeout)
         self._cleanup()
 
+    def poll(self) -> int | None:
+        """The exit status once the broker process ended (it died), else None; None when not started."""
+        return None if self._process is None else self._process.poll()
+
     def wait(self) -> int:
         """Block until the broker exits (foreground mode); its exit status."""
         assert self._process is not None
