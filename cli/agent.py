@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,54 @@ PAT_ON_COMMAND_LINE = (
     "streamtoken run: warning: --pat on the command line is visible to every user of this machine "
     "(ps, /proc/<pid>/cmdline); set STREAMTOKEN_PAT or use --pat-file PATH instead"
 )
+
+
+CLEARTEXT = (
+    "streamtoken run: {verdict}: {option} {url} sends {what} in clear text to {host} (not loopback); "
+    "use https://{advice}"
+)
+NOT_PROTECTED = (
+    "streamtoken run: warning: could not make the agent non-dumpable (prctl PR_SET_DUMPABLE): "
+    "its child may read the PAT from /proc/<agent>/environ"
+)
+
+
+def _option_values(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
+    """The values given to ``names`` in ``argv`` as typed (``--opt V`` or ``--opt=V``), before ``--``."""
+    values = []
+    for i, argument in enumerate(argv):
+        if argument == "--":
+            break
+        if argument in names and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        for name in names:
+            if argument.startswith(f"{name}="):
+                values.append(argument[len(name) + 1 :])
+    return values
+
+
+def _check_cleartext(urls: list[tuple[str, str, str]], insecure_http: bool) -> None:
+    """Refuse (or, with ``--insecure-http``, warn about) credentials sent over ``http://`` off the machine."""
+    from services.agent.adapters.http import cleartext_host
+
+    for option, url, what in urls:
+        host = cleartext_host(url)
+        if host is None:
+            continue
+        if not insecure_http:
+            message = CLEARTEXT.format(
+                verdict="error", option=option, url=url, what=what, host=host,
+                advice=", or --insecure-http to allow it on a network you trust",
+            )  # fmt: skip
+            typer.echo(message, err=True)
+            raise typer.Exit(2)
+        typer.echo(
+            CLEARTEXT.format(
+                verdict="warning", option=option, url=url, what=what, host=host,
+                advice=" (allowed by --insecure-http)",
+            ),
+            err=True,
+        )  # fmt: skip
 
 
 def _fail(message: str, status: int = 2) -> typer.Exit:
@@ -175,6 +225,12 @@ def run(
     start_retries: int = typer.Option(
         5, "--start-retries", min=0, help="retries when the token cannot be obtained at start (back-off)"
     ),
+    insecure_http: bool = typer.Option(
+        False,
+        "--insecure-http",
+        envvar="STREAMTOKEN_INSECURE_HTTP",
+        help="allow http:// to a host other than loopback (the PAT and the token cross the network in clear)",
+    ),
 ) -> None:
     """Run CMD under the deployment agent."""
     import asyncio
@@ -184,6 +240,7 @@ def run(
 
     from typer._click.core import ParameterSource
 
+    from services.agent.adapters.secrecy import forget_variables, hide_arguments, make_undumpable
     from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
     from services.agent.domain import RELOAD, RESTART, Policy
     from services.agent.runtime import AgentConfig, AgentRuntime, ListenError
@@ -199,7 +256,13 @@ def run(
     if pat_file is not None:
         if pat_from_argument:
             raise _fail("give --pat or --pat-file, not both")
-        pat = _read_pat_file(pat_file)
+        pat = _read_pat_file(pat_file)  # once: the path is not kept, nor passed on
+    # The child runs as the same user: keep the PAT (and where it came from) out of its reach. Arguments
+    # first, while this process may still write its own /proc/self/mem (see services.agent.adapters.secrecy).
+    hide_arguments(_option_values(sys.argv, ("--pat", "--pat-file")))
+    forget_variables(os.environ)
+    if not make_undumpable() and sys.platform.startswith("linux"):
+        typer.echo(NOT_PROTECTED, err=True)
     _check_variable("--token-env", token_env)
     _check_variable("--inject-as", inject_as)
     chosen = [
@@ -227,6 +290,12 @@ def run(
     else:
         assert token_file is not None
         source = FileTokenSource(token_file)
+    cleartext = [("--portal-url", portal_url, "the streaming token (from the child)")]
+    if environment:
+        cleartext.append(("--issuer-url", issuer_url, "the PAT"))
+    if subscribe:
+        cleartext.append(("--notifier-url", notifier_url, "the streaming token"))
+    _check_cleartext(cleartext, insecure_http)
     chosen_action = action or (RELOAD if inject_as else RESTART)
     if chosen_action not in (RESTART, RELOAD):
         raise _fail(f"--action must be restart or reload, not {chosen_action!r}")

@@ -67,7 +67,7 @@ class Credential:
 
 @dataclass(frozen=True)
 class Policy:
-    """How the agent behaves; every field is a ``streamtoken run`` option."""
+    """How the agent behaves; every field but the last two is a ``streamtoken run`` option."""
 
     backoff_initial: float = 0.5
     backoff_max: float = 30.0

@@ -63,8 +63,10 @@ UNSUBSCRIBE_WAIT = 5.0  # how long stopping waits for a subscribe request under 
 _REFUSED_HINTS = {
     401: "the notifier does not accept the streaming token: check that the notifier's resolver "
     "(STREAMTOKEN_NOTIFIER_RESOLVER_URL) knows this environment's tokens",
-    403: "the notifier refused this subscription: check the webhook URL is allowed "
-    "(STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS) and the token belongs to the environment",
+    403: "the notifier refused this subscription: another subscription holds this --deployment-id (an agent "
+    "that did not stop cleanly keeps its management key, X-Subscription-Key): delete it or use another "
+    "--deployment-id; else check the webhook URL is allowed (STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS) and "
+    "the token belongs to the environment",
     422: "the notifier refused the subscription request: check the webhook URL is allowed "
     "(STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS), --deployment-id and --action",
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 import httpx
 
 
@@ -14,3 +17,23 @@ def error_message(response: httpx.Response, limit: int = 200) -> str:
     if not isinstance(body, dict):
         return ""
     return str(body.get("message", ""))[:limit]
+
+
+def cleartext_host(url: str) -> str | None:
+    """The host an ``http://`` URL would reach over the network in clear, or ``None``.
+
+    ``None`` for any other scheme and for loopback (``localhost``, ``*.localhost``, ``127.0.0.0/8``,
+    ``::1``): a PAT or a streaming token sent there does not leave the machine. A name is not resolved.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() != "http":
+        return None
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host or url

@@ -116,6 +116,13 @@ class IssuerTokenSource:
 
     def _credential_from(self, body: dict[str, Any]) -> Credential:
         env = self.environment_id
+        if body.get(f"token_{self.slot}") is None and isinstance(body.get("generation"), int):
+            # A deployment-scoped PAT may read only the current token (token 1).
+            raise TokenUnavailable(
+                f"the issuer gave no token {self.slot} for environment {env}: the PAT may read only the "
+                "current token (--slot 1), or use a PAT that may read token 2",
+                permanent=True,
+            )
         try:
             entry = body[f"token_{self.slot}"]
             token = _check_shape(str(entry["token"]), f"the issuer's token {self.slot}")

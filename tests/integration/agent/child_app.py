@@ -3,7 +3,9 @@
 Configured by variables: CHILD_LOG (JSON lines written here), CHILD_TOKEN_VAR (which variable holds the
 token; default Quix__Sdk__Token), CHILD_TOKEN_FILE (a token file to read), CHILD_CRASHES (a counter file:
 crash with status 3 while it holds a number > 0), CHILD_TERM_STATUS (exit status on SIGTERM),
-CHILD_IGNORE_TERM (ignore SIGTERM), CHILD_SOURCE_VAR (a variable whose value to record as ``source_value``).
+CHILD_IGNORE_TERM (ignore SIGTERM), CHILD_SOURCE_VAR (a variable whose value to record as ``source_value``),
+CHILD_PROBE (before "start", record as "probe" what a hostile deployment finds of the agent's PAT: the
+agent's /proc environ, mem and command line, and every PAT file it can learn the path of).
 """
 
 import json
@@ -35,6 +37,34 @@ def on_hup(signum: int, frame: object) -> None:
     record("hup", file_token=file_token())
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 16).decode(errors="replace")
+    except OSError as exc:
+        return f"<{exc.strerror}>"
+
+
+def probe() -> None:
+    agent = os.getppid()
+    environ = _read(f"/proc/{agent}/environ")
+    cmdline = _read(f"/proc/{agent}/cmdline").split("\0")
+    paths = [os.environ.get("STREAMTOKEN_PAT_FILE")]
+    paths += [v.split("=", 1)[1] for v in environ.split("\0") if v.startswith("STREAMTOKEN_PAT_FILE=")]
+    paths += [cmdline[i + 1] for i, v in enumerate(cmdline[:-1]) if v == "--pat-file"]
+    paths += [v.split("=", 1)[1] for v in cmdline if v.startswith("--pat-file=")]
+    record(
+        "probe",
+        agent=agent,
+        environ=environ,
+        mem=_read(f"/proc/{agent}/mem")[:20],
+        cmdline=cmdline,
+        pat_files={path: _read(path) for path in paths if path},
+    )
+
+
+if os.environ.get("CHILD_PROBE"):
+    probe()
 # Handlers first, then "start": a test that sees "start" may signal the child at once.
 signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("CHILD_IGNORE_TERM") else on_term)
 signal.signal(signal.SIGHUP, on_hup)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -64,9 +67,17 @@ def stack(serve_app: Callable[..., str]) -> tuple[IssuerStandIn, NotifierStandIn
 def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
     started: list[RunningAgent] = []
 
-    def start(args: list[str], child_env: dict[str, str] | None = None, **extra_env: str) -> RunningAgent:
+    def start(
+        args: list[str],
+        child_env: dict[str, str] | None = None,
+        *,
+        user: int | None = None,
+        logs: Path | None = None,
+        child_python: str = sys.executable,
+        **extra_env: str,
+    ) -> RunningAgent:
         n = len(started)
-        child_log = tmp_path / f"child-{n}.jsonl"
+        child_log = (logs or tmp_path) / f"child-{n}.jsonl"
         stderr_path = tmp_path / f"agent-{n}.err"
         env = {
             **os.environ,
@@ -77,8 +88,11 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
             **extra_env,
         }
         with stderr_path.open("wb") as err:
+            as_user = (
+                [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+            )
             process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "run", *args, "--", sys.executable, str(CHILD)],
+                [*as_user, sys.executable, "-m", "cli.main", "run", *args, "--", child_python, str(CHILD)],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -475,3 +489,170 @@ def test_a_token_file_nobody_updated_is_not_restarted_on_nor_acknowledged_until_
     assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
     for token in (first["token"], second["token"]):
         assert token not in agent.stderr()
+
+
+# --- finding 2: the child cannot read the agent's PAT (same user) -------------------------------------------
+
+NOBODY = 65534
+
+
+@dataclass
+class Unprivileged:
+    user: int | None  # run the agent as this user (None: as ourselves)
+    directory: Path  # that user may write here
+    python: str  # an interpreter that user may run, for the child (which needs only the standard library)
+
+
+@pytest.fixture
+def unprivileged(tmp_path: Path) -> Iterator[Unprivileged]:
+    """Who the agent runs as in these tests, a directory it may write, and a python its child can run.
+
+    As root the child could read anything (CAP_SYS_PTRACE, CAP_DAC_OVERRIDE): the attack that matters is a
+    deployment running as the agent's own unprivileged user, so root runs the agent as ``nobody``.
+    """
+    if os.geteuid() != 0:
+        yield Unprivileged(None, tmp_path, sys.executable)
+        return
+    system_python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if shutil.which("setpriv") is None or system_python is None:
+        pytest.fail(
+            "running as root without setpriv or a system python3: cannot test as an unprivileged user"
+        )
+    directory = Path(tempfile.mkdtemp(prefix="agent-probe-"))
+    os.chown(directory, NOBODY, NOBODY)
+    try:
+        yield Unprivileged(NOBODY, directory, system_python)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how", ["STREAMTOKEN_PAT", "STREAMTOKEN_PAT_FILE", "--pat-file", "--pat"])
+def test_the_child_cannot_read_the_agents_pat(
+    how: str,
+    unprivileged: Unprivileged,
+    serve_app: Callable[..., str],
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    user, directory = unprivileged.user, unprivileged.directory
+    pat = "pat-" + secrets.token_hex(16)
+    issuer = IssuerStandIn(pat=pat)
+    issuer_url = serve_app(issuer.app())
+    pat_file = directory / "deployment.pat"
+    pat_file.write_text(pat + "\n")
+    pat_file.chmod(0o600)
+    if user is not None:
+        os.chown(pat_file, user, user)
+    args = [
+        "--issuer-url", issuer_url, "--environment", "acme-telemetry-dev", "--no-subscribe",
+        "--portal-url", "http://127.0.0.1:1/portal",
+    ]  # fmt: skip
+    extra: dict[str, str] = {}
+    if how == "STREAMTOKEN_PAT":
+        extra["STREAMTOKEN_PAT"] = pat
+    elif how == "STREAMTOKEN_PAT_FILE":
+        extra["STREAMTOKEN_PAT_FILE"] = str(pat_file)
+    elif how == "--pat-file":
+        args += ["--pat-file", str(pat_file)]
+    else:
+        args += ["--pat", pat]
+    agent = start_agent(
+        args, {"CHILD_PROBE": "1"}, user=user, logs=directory, child_python=unprivileged.python, **extra
+    )
+    start = wait_until(agent.starts, "the child to start")[0]
+    assert start["token"] == issuer.token_1.token  # the agent itself got the token with the PAT
+    assert start["pat"] is None
+    (probe,) = agent.records("probe")
+    assert probe["agent"] == agent.process.pid
+    assert pat not in json.dumps(probe), f"the child found the PAT: {probe}"
+    assert probe["environ"] == "<Permission denied>"  # non-dumpable: /proc/<agent>/environ is closed
+    assert probe["mem"] == "<Permission denied>"
+    assert str(pat_file) not in probe["cmdline"]  # --pat-file's path is overwritten in the command line
+    assert all(not text or text.startswith("<") for text in probe["pat_files"].values())
+    assert pat not in agent.stderr()
+
+
+# --- finding 7: a forged generation, then kill -9 of the child ---------------------------------------------
+
+
+def agent_lines(agent: RunningAgent, event: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in agent.stderr().splitlines() if f'"event": "{event}"' in x]
+
+
+def test_an_inflated_webhook_neither_strands_the_agent_nor_keeps_a_killed_child_down(
+    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+) -> None:
+    issuer, notifier, issuer_url, notifier_url = stack
+    agent = start_agent(
+        issuer_args(issuer_url, notifier_url, "--backoff-initial", "0.3", "--backoff-max", "0.6")
+    )
+    first = wait_until(agent.starts, "the child to start")[0]
+    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
+    reads_at_start = issuer.reads
+    forged = {**notifier.payload(sub, action="restart"), "generation": 9007199254740993}
+    assert notifier.send(sub, forged).status_code == 202
+    wait_until(lambda: agent_lines(agent, "token_older_than_rotation"), "an answer older than the webhook")
+    os.kill(first["pid"], signal.SIGKILL)  # the review's repro: the child then stayed down for good
+    second = wait_until(lambda: agent.starts()[1:], "the killed child to start again")[0]
+    assert second["token"] == issuer.token_1.token  # nothing was rotated: the same, valid token
+    (dropped,) = wait_until(lambda: agent_lines(agent, "rotation_dropped"), "the issuer's word to win")
+    assert dropped["generation"] == 1
+    capped = agent_lines(agent, "webhook_generation_capped")
+    assert capped[0]["capped_to"] == 1 + 1000
+    reveals = issuer.reads - reads_at_start
+    assert reveals <= 5 + 1  # the bounded answers, plus the killed child's restart
+    assert notifier.acks == []  # a generation the issuer never had is not acknowledged
+    time.sleep(1.5)  # several back-off periods: no further reveals for the forged rotation
+    assert issuer.reads - reads_at_start == reveals
+
+    issuer.rotate()  # a real rotation afterwards is applied as usual
+    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
+    third = wait_until(lambda: agent.starts()[2:], "the child to restart on the rotation")[0]
+    assert third["token"] == issuer.token_1.token
+    wait_until(lambda: notifier.acks, "the acknowledgement")
+    assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
+
+
+# --- finding 15: no PAT or token in clear text to another host --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "what"),
+    [
+        (["--environment", "acme-telemetry-dev", "--pat", "p", "--issuer-url", "http://issuer.example:8001"],
+         "--issuer-url", "the PAT"),
+        (["--token-env", "DEMO_TOKEN", "--notifier-url", "http://10.0.0.9:8003"],
+         "--notifier-url", "the streaming token"),
+        (["--token-env", "DEMO_TOKEN", "--no-subscribe", "--portal-url", "http://resolver:8002"],
+         "--portal-url", "the streaming token (from the child)"),
+    ],
+)  # fmt: skip
+def test_http_to_another_host_is_refused_unless_insecure_http(
+    args: list[str], option: str, what: str, start_agent: Callable[..., RunningAgent]
+) -> None:
+    agent = start_agent(args, DEMO_TOKEN=generate_token())
+    assert agent.wait_exit() == 2
+    last = agent.stderr().strip().splitlines()[-1]
+    assert last.startswith(f"streamtoken run: error: {option} http://")
+    assert f"sends {what} in clear text to" in last
+    assert "--insecure-http" in last
+    assert agent.starts() == []
+
+
+def test_insecure_http_allows_it_with_a_warning(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent(
+        [
+            "--token-env",
+            "DEMO_TOKEN",
+            "--no-subscribe",
+            "--portal-url",
+            "http://resolver:8002",
+            "--insecure-http",
+        ],
+        DEMO_TOKEN=generate_token(),
+    )
+    start = wait_until(agent.starts, "the child to start")[0]
+    assert start["portal"] == "http://resolver:8002"
+    assert (
+        "streamtoken run: warning: --portal-url http://resolver:8002 sends the streaming token "
+        "(from the child) in clear text to resolver (not loopback); use https:// (allowed by --insecure-http)"
+    ) in agent.stderr()

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from services.agent.adapters.child import child_environment, die_with_parent, write_atomically
+from services.agent.adapters.http import cleartext_host
 from services.agent.adapters.issuer import IssuerClient, IssuerError
 from services.agent.adapters.listener import _event_from
 from services.agent.adapters.notifier import NotifierClient, NotifierError
@@ -206,3 +207,72 @@ async def test_issuer_client_creates_or_reads_back_and_reports_errors_with_the_m
         caught.value.message
         == "reading the tokens of acme-telemetry-dev: the issuer answered 401: invalid PAT"
     )
+
+
+# --- a deployment-scoped PAT (finding 2) and cleartext URLs (finding 15) ----------------------------------
+
+DEPLOYMENT_BODY = {  # what a PAT that may read only the current token gets
+    "environment_id": "acme-telemetry-dev",
+    "generation": 4,
+    "token_1": {"token_id": "tid_1", "token": TOKEN_1, "fingerprint": "f1", "created_at": "x"},
+}
+
+
+async def test_a_deployment_pat_answer_with_only_the_current_token_is_enough_for_slot_1() -> None:
+    credential = await issuer(200, DEPLOYMENT_BODY, 1).fetch()
+    assert credential == Credential(TOKEN_1, "tid_1", 4, "acme-telemetry-dev", 1)
+
+
+@pytest.mark.parametrize("token_2", ["missing", None])
+async def test_slot_2_without_token_2_in_the_answer_says_what_to_do(token_2: object) -> None:
+    body = dict(DEPLOYMENT_BODY) if token_2 == "missing" else {**DEPLOYMENT_BODY, "token_2": token_2}
+    with pytest.raises(TokenUnavailable) as caught:
+        await issuer(200, body, 2).fetch()
+    assert caught.value.permanent
+    assert "may read only the current token (--slot 1)" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://127.0.0.1:8001", None),
+        ("http://127.9.9.9:8001/", None),
+        ("http://localhost:8001", None),
+        ("http://LOCALHOST.:8001", None),
+        ("http://issuer.localhost", None),
+        ("http://[::1]:8001", None),
+        ("https://issuer.example.com", None),
+        ("http://issuer.example.com:8001", "issuer.example.com"),
+        ("http://10.0.0.5:8001", "10.0.0.5"),
+        ("http://[fd00::1]:8001", "fd00::1"),
+        ("HTTP://issuer:8001", "issuer"),
+        ("http://127.0.0.1.nip.io", "127.0.0.1.nip.io"),  # a name is not resolved: not loopback by itself
+        ("http://localhost.example.com", "localhost.example.com"),
+    ],
+)
+def test_cleartext_host_is_any_http_host_but_loopback(url: str, host: str | None) -> None:
+    assert cleartext_host(url) == host
+
+
+async def test_the_notifier_client_sends_the_management_key_of_the_create_answer_on_ack_and_delete() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((f"{request.method} {request.url.path}", request.headers.get("x-subscription-key")))
+        if request.method == "POST" and request.url.path == "/v1/subscriptions":
+            body = {"id": "sub_1", "secret": "whsec_x", "management_key": "smk_secret", "environment_id": "e"}
+            return httpx.Response(201, json=body)
+        return httpx.Response(204)
+
+    client = NotifierClient("http://notifier", httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    credential = Credential(TOKEN_1)
+    subscription = await client.subscribe(credential, "f1", "http://127.0.0.1:9/webhook", "restart")
+    assert subscription.management_key == "smk_secret"
+    assert "smk_secret" not in repr(subscription)
+    await client.acknowledge("sub_1", 2, credential)
+    await client.unsubscribe("sub_1", credential)
+    assert seen == [
+        ("POST /v1/subscriptions", None),
+        ("POST /v1/subscriptions/sub_1/acks", "smk_secret"),
+        ("DELETE /v1/subscriptions/sub_1", "smk_secret"),
+    ]
