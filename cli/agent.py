@@ -188,6 +188,14 @@ def run(
         help="name of this deployment at the notifier [default: HOSTNAME-PID]",
         show_default=False,
     ),
+    state_dir: Path | None = typer.Option(
+        None,
+        "--state-dir",
+        envvar="STREAMTOKEN_AGENT_STATE_DIR",
+        help="where the subscription's management key is kept (0600), so a restarted agent can register "
+        "the same --deployment-id again [default: ~/.local/state/streamtoken/agent]",
+        show_default=False,
+    ),
     action: str | None = typer.Option(
         None,
         "--action",
@@ -240,6 +248,7 @@ def run(
 
     from typer._click.core import ParameterSource
 
+    from services.agent.adapters.keys import SubscriptionKeys, default_directory
     from services.agent.adapters.secrecy import forget_variables, hide_arguments, make_undumpable
     from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
     from services.agent.domain import RELOAD, RESTART, Policy
@@ -319,6 +328,7 @@ def run(
         portal_url=portal_url,
         notifier_url=notifier_url if subscribe else None,
         deployment_id=deployment_id or f"{socket.gethostname()}-{os.getpid()}",
+        subscription_keys=SubscriptionKeys(state_dir or default_directory()),
         action=chosen_action,
         inject_as=inject_as,
         token_source_variable=token_env,

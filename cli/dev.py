@@ -431,6 +431,7 @@ def dev(
         typer.echo(NO_ENFORCEMENT, err=True)
     common = {
         "STREAMTOKEN_ENV": "dev",
+        "STREAMTOKEN_AGENT_STATE_DIR": str(data_dir / "agent"),
         "STREAMTOKEN_DATA_DIR": str(data_dir),
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
         "STREAMTOKEN_ISSUER_RESOLVER_URLS": urls["resolver"],  # the propagation view polls it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import tempfile
 import threading
 import time
 import uuid
@@ -28,6 +29,8 @@ from shared.kafka import KafkaSettings
 from shared.kafka_broker import ApacheKafkaBroker
 
 os.environ.setdefault("STREAMTOKEN_ENV", "test")  # unset means prod; the session broker and services are test
+# Agents started by tests keep their subscription keys here, not in the user's ~/.local/state.
+os.environ.setdefault("STREAMTOKEN_AGENT_STATE_DIR", tempfile.mkdtemp(prefix="streamtoken-agent-state-"))
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "STREAMTOKEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from services.agent.adapters.child import Child, child_environment, write_atomically
+from services.agent.adapters.keys import SubscriptionKeys
 from services.agent.adapters.listener import WEBHOOK_PATH, bind, build_listener, make_server
 from services.agent.adapters.notifier import NotifierClient, NotifierError, Subscription
 from services.agent.adapters.tokens import TokenSource, TokenUnavailable
@@ -84,6 +85,7 @@ class AgentConfig:
     portal_url: str = "http://127.0.0.1:8002"
     notifier_url: str | None = "http://127.0.0.1:8003"
     deployment_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    subscription_keys: SubscriptionKeys | None = None  # where the management key outlives this agent
     action: Action = "restart"
     inject_as: str | None = None
     token_source_variable: str | None = None  # --token-env VAR: removed from the child's environment
@@ -129,7 +131,9 @@ class AgentRuntime:
         server_task = None
         try:
             if self.config.notifier_url:
-                self._notifier = NotifierClient(self.config.notifier_url, self._http)
+                self._notifier = NotifierClient(
+                    self.config.notifier_url, self._http, self.config.subscription_keys
+                )
                 try:
                     sock = bind(self.config.listen_port, self.config.listen_host)
                 except OSError as exc:

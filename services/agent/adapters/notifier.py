@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from services.agent.adapters.http import error_message
+from services.agent.adapters.keys import SubscriptionKeys
 from services.agent.domain import Action, Credential
 
 
@@ -46,10 +47,14 @@ def _error(what: str, base_url: str, response: httpx.Response) -> NotifierError:
 
 
 class NotifierClient:
-    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, base_url: str, client: httpx.AsyncClient, stored_keys: SubscriptionKeys | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = client
         self._keys: dict[str, str] = {}  # subscription id -> the management key its creation returned
+        self._stored = stored_keys  # kept across agent restarts, to register the same deployment again
+        self._names: dict[str, tuple[str, str]] = {}  # subscription id -> (environment id, deployment id)
 
     @staticmethod
     def _auth(credential: Credential) -> dict[str, str]:
@@ -63,8 +68,9 @@ class NotifierClient:
         credential: Credential,
         json: object | None = None,
         subscription_id: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        headers = self._auth(credential)
+        headers = {**self._auth(credential), **(headers or {})}
         key = self._keys.get(subscription_id) if subscription_id is not None else None
         if key is not None:
             headers["X-Subscription-Key"] = key
@@ -82,7 +88,12 @@ class NotifierClient:
         self, credential: Credential, deployment_id: str, url: str, action: Action
     ) -> Subscription:
         body = {"deployment_id": deployment_id, "url": url, "action": action}
-        response = await self._call("subscribe", "POST", "/v1/subscriptions", credential, body)
+        environment_id = credential.environment_id or ""
+        known = self._stored.load(self.base_url, environment_id, deployment_id) if self._stored else None
+        headers = {"X-Subscription-Key": known} if known else None
+        response = await self._call(
+            "subscribe", "POST", "/v1/subscriptions", credential, body, headers=headers
+        )
         try:
             data = response.json()
             key = data.get("management_key")
@@ -93,8 +104,12 @@ class NotifierClient:
             raise NotifierError(
                 f"the notifier at {self.base_url} answered an unexpected subscription"
             ) from None
-        if subscription.management_key is not None:
-            self._keys[subscription.id] = subscription.management_key
+        key = subscription.management_key or known  # registering again answers no new key
+        if key is not None:
+            self._keys[subscription.id] = key
+            self._names[subscription.id] = (environment_id, deployment_id)
+            if self._stored is not None:
+                self._stored.save(self.base_url, environment_id, deployment_id, key)
         return subscription
 
     async def acknowledge(self, subscription_id: str, generation: int, credential: Credential) -> None:
@@ -121,3 +136,6 @@ class NotifierClient:
             if exc.status != 404:
                 raise
         self._keys.pop(subscription_id, None)
+        names = self._names.pop(subscription_id, None)
+        if names is not None and self._stored is not None:
+            self._stored.forget(self.base_url, *names)
