@@ -1,7 +1,7 @@
 """Cold start: seconds until /health/ready is 200 and peak RSS, with N environments in the topic.
 
     .venv/bin/python benchmarks/resolver_cold_start.py [--environments 1000000] [--rounds 3]
-        [--baseline-root /tmp/resolver-old] [--broker kafka|embedded|both]
+        [--baseline-root /tmp/resolver-old] [--broker kafka|embedded|both] [--kafka-c1]
 
 Starts a dedicated broker — Apache Kafka (``--broker kafka``, the default: SASL_SSL + SCRAM, the records
 produced as the broker's admin, the resolver reading as its own principal ``streamtoken-resolver``) or the
@@ -10,6 +10,10 @@ embedded Tansu (``--broker embedded``, PLAINTEXT, as the figures before issue 9 
 environments (one record each, in the issuer's format), then starts `python -m services.resolver` as a
 process and times it to ready; checks a sample of real tokens resolves. Targets: <= 10 s and <= 500 MB
 peak RSS for 1,000,000 environments.
+
+Apache Kafka runs with the JVM's full JIT (``ApacheKafkaBroker(fast_start=False)``): with C1 only (the
+launcher's fast start for tests) its TLS is ~10x slower and the replay takes ~3x longer. ``--kafka-c1`` adds a
+second Kafka node started that way (``kafka-c1``, its own copy of the records), in the same rounds.
 
 ``--rounds`` starts the resolver that many times against the same records and prints the median. With
 ``--baseline-root`` (a checkout of another commit, e.g. ``git worktree add /tmp/resolver-old 31a43cc``)
@@ -53,11 +57,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--baseline-root", default=None, help="checkout of another commit to alternate with")
     parser.add_argument("--broker", choices=["kafka", "embedded", "both"], default="kafka")
+    parser.add_argument("--kafka-c1", action="store_true", help="also a Kafka node with C1 only (fast start)")
     args = parser.parse_args()
     n = args.environments
     sample = sorted({0, n // 3, n // 2, n - 1})
     real = {(i, slot): generate_token() for i in sample for slot in (1, 2)}
     brokers = ["kafka", "embedded"] if args.broker == "both" else [args.broker]
+    if args.kafka_c1:
+        brokers.insert(1, "kafka-c1")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         sources: dict[str, tuple[KafkaSettings, dict[str, str]]] = {}
         for kind in brokers:
@@ -97,8 +104,9 @@ def broker_with_records(
 ) -> Iterator[tuple[KafkaSettings, dict[str, str]]]:
     """A dedicated broker: the producer's settings (Kafka: its admin) and the resolver's extra variables
     (Kafka: its own principal)."""
-    if kind == "kafka":
-        with ApacheKafkaBroker(tmp / "kafka", port=free_port()) as kafka_broker:
+    if kind in {"kafka", "kafka-c1"}:
+        node = ApacheKafkaBroker(tmp / kind, port=free_port(), fast_start=kind == "kafka-c1")
+        with node as kafka_broker:
             kafka_broker.grant_services("streaming-tokens")
             yield (
                 kafka_broker.admin_settings(topic="streaming-tokens", topic_partitions=partitions),

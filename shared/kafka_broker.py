@@ -344,6 +344,7 @@ class ApacheKafkaBroker:
         offsets_partitions: int = 5,
         reauth_ms: int = 60_000,
         progress: Any = None,
+        fast_start: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -353,6 +354,11 @@ class ApacheKafkaBroker:
         self.heap = heap
         self.offsets_partitions = offsets_partitions
         self.reauth_ms = reauth_ms
+        # C1 only (-XX:TieredStopAtLevel=1) is ready ~0.5 s sooner, but the broker's TLS (JSSE, Java code)
+        # then costs ~10x the CPU: 20 s instead of 2 s of broker CPU to serve 1M records over SASL_SSL, the
+        # resolver's cold start 32-49 s instead of 16-20 s (docs/benchmarks-resolver.md). Default: the fast
+        # start for the tests (STREAMTOKEN_ENV=test), the full JIT for `streamtoken dev` and everything else.
+        self.fast_start = RuntimeSettings().env == "test" if fast_start is None else fast_start
         self._progress = progress
         self._process: subprocess.Popen[bytes] | None = None
         self.credentials = BrokerCredentials.load_or_create(self.data_dir / "credentials.json")
@@ -417,6 +423,10 @@ class ApacheKafkaBroker:
             offsets_partitions=self.offsets_partitions,
         )
 
+    def jit_flags(self) -> list[str]:
+        """``fast_start``: C1 only (``-XX:TieredStopAtLevel=1``), else the JVM's full tiered JIT."""
+        return ["-XX:TieredStopAtLevel=1"] if self.fast_start else []
+
     def _say(self, message: str) -> None:
         if self._progress:
             self._progress(message)
@@ -454,7 +464,7 @@ class ApacheKafkaBroker:
                     f"-Xms{min(256, _megabytes(self.heap))}m",
                     f"-Xmx{self.heap}",
                     "-XX:+UseG1GC",
-                    "-XX:TieredStopAtLevel=1",
+                    *self.jit_flags(),
                     "-Djava.awt.headless=true",
                     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                     "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
