@@ -14,9 +14,14 @@ from shared.tokens import TOKEN_PATTERN
 SLUG_MAX = 32
 ENVIRONMENT_ID_MAX = 3 * SLUG_MAX + 2
 KAFKA_TOPIC_MAX = 249
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-_ENVIRONMENT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-_KAFKA_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
+# Whole-string patterns, matched with re.fullmatch (``$`` would accept a trailing newline) and published in
+# the OpenAPI documents as ``^...$`` (JSON Schema regexes have no such newline exception).
+SLUG_PATTERN = r"[a-z0-9]+(?:-[a-z0-9]+)*"  # and at most SLUG_MAX characters
+ENVIRONMENT_ID_PATTERN = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+KAFKA_TOPIC_PATTERN = r"[a-zA-Z0-9._-]+"
+_SLUG = re.compile(SLUG_PATTERN)
+_ENVIRONMENT_ID = re.compile(ENVIRONMENT_ID_PATTERN)
+_KAFKA_TOPIC = re.compile(KAFKA_TOPIC_PATTERN)
 
 
 def _shown(value: str, limit: int = 40) -> str:
@@ -29,7 +34,7 @@ class InvalidIdentifier(ValueError):
 
 
 def validate_slug(kind: str, value: str) -> str:
-    if not _SLUG.match(value) or "--" in value:
+    if len(value) > SLUG_MAX or not _SLUG.fullmatch(value):
         raise InvalidIdentifier(
             f"{kind} {_shown(value)} is not a valid slug: use 1-{SLUG_MAX} lowercase letters, digits and "
             "single hyphens, starting and ending with a letter or digit"
@@ -49,7 +54,7 @@ def environment_id(org: str, project: str, environment: str) -> str:
 
 
 def validate_environment_id(value: str) -> str:
-    if len(value) > ENVIRONMENT_ID_MAX or not _ENVIRONMENT_ID.match(value):
+    if len(value) > ENVIRONMENT_ID_MAX or not _ENVIRONMENT_ID.fullmatch(value):
         raise InvalidIdentifier(
             f"environment id {_shown(value, 80)} is not valid: expected "
             f"'{{org}}-{{project}}-{{environment}}' of lowercase letters, digits and hyphens, at most "
@@ -59,7 +64,7 @@ def validate_environment_id(value: str) -> str:
 
 
 def validate_topic_name(name: str) -> str:
-    if not name or name in {".", ".."} or not _KAFKA_TOPIC.match(name):
+    if not name or name in {".", ".."} or not _KAFKA_TOPIC.fullmatch(name):
         raise InvalidIdentifier(
             f"topic name {_shown(name, 80)} is not a legal Kafka topic name: use letters, digits, '.', '_' "
             "and '-'"

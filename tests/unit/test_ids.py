@@ -48,3 +48,28 @@ def test_topic_id_over_249_characters_is_refused_with_the_limit_named() -> None:
 def test_invalid_environment_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidIdentifier):
         validate_environment_id(bad)
+
+
+@pytest.mark.parametrize("bad", ["acme\n", "prod\n", "a\nb", "\nacme"])
+def test_a_newline_is_refused_everywhere(bad: str) -> None:
+    # `re.match(r"^...$")` accepted a trailing newline: "acme\n" made an environment no one could rotate.
+    with pytest.raises(InvalidIdentifier):
+        environment_id(bad, "telemetry", "prod")
+    with pytest.raises(InvalidIdentifier):
+        validate_environment_id(f"{bad}-telemetry-prod")
+    with pytest.raises(InvalidIdentifier):
+        topic_id("acme-telemetry-prod", f"f1-data{bad}")
+
+
+def test_the_published_patterns_match_the_validators() -> None:
+    import re
+
+    from shared.ids import ENVIRONMENT_ID_PATTERN, SLUG_PATTERN
+
+    for value in ["a", "acme", "a-b", "a1-b2-c3"]:
+        assert re.fullmatch(SLUG_PATTERN, value)
+        assert environment_id(value, "p", "e")
+    for value in ["", "-a", "a-", "a--b", "A", "a\n"]:
+        assert not re.fullmatch(SLUG_PATTERN, value)
+    assert re.fullmatch(ENVIRONMENT_ID_PATTERN, "acme-telemetry-prod")
+    assert not re.fullmatch(ENVIRONMENT_ID_PATTERN, "acme-telemetry-prod\n")
