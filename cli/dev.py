@@ -32,7 +32,7 @@ import typer
 from cli.supervise import Restarts, exit_reason
 from shared.broker import DEFAULT_PORT, BrokerError, EmbeddedBroker, port_is_free
 from shared.broker_access import ISSUER_USER, NOTIFIER_USER, RESOLVER_USER
-from shared.kafka_broker import ApacheKafkaBroker, java_available
+from shared.kafka_broker import ApacheKafkaBroker, KafkaCluster, java_available
 from shared.topics import STREAMING_TOKENS
 
 SERVICE_PORTS = {"issuer": 8001, "resolver": 8002, "notifier": 8003}
@@ -49,7 +49,7 @@ NO_ENFORCEMENT = (
     "write every environment's topics and the control topic. Use --broker kafka (Java 17+) for a broker "
     "that scopes each token."
 )
-Broker = EmbeddedBroker | ApacheKafkaBroker
+Broker = EmbeddedBroker | ApacheKafkaBroker | KafkaCluster
 
 
 def default_broker_kind() -> str:
@@ -69,7 +69,7 @@ def start_broker(
 def service_environments(broker: Broker, topic: str = STREAMING_TOKENS) -> dict[str, dict[str, str]]:
     """Each service's ``STREAMTOKEN_KAFKA_*`` variables: its own principal on Apache Kafka (after granting
     the services their ACLs on ``topic``), the open PLAINTEXT listener on Tansu."""
-    if isinstance(broker, ApacheKafkaBroker):
+    if isinstance(broker, ApacheKafkaBroker | KafkaCluster):
         broker.grant_services(topic)
         return {name: broker.environment_for(user, topic=topic) for name, user in SERVICE_USERS.items()}
     return {
@@ -258,9 +258,11 @@ class DemoError(Exception):
     """A demo step failed; the message is one sentence."""
 
 
-def mint_admin_pat(env: dict[str, str], timeout: float = 60.0) -> str:
-    """``streamtoken admin pat --subject demo-admin --role admin`` in a subprocess (the issuer's own CLI)."""
-    argv = [sys.executable, "-m", "cli.main", "admin", "pat", "--subject", "demo-admin", "--role", "admin"]
+def mint_admin_pat(env: dict[str, str], timeout: float = 60.0, *, scope: tuple[str, ...] = ()) -> str:
+    """``streamtoken admin pat --subject demo-admin --role admin`` in a subprocess (the issuer's own CLI);
+    ``scope`` replaces ``--subject ... --role ...`` (e.g. a deployment PAT for the demo agent)."""
+    who = list(scope) or ["--subject", "demo-admin", "--role", "admin"]
+    argv = [sys.executable, "-m", "cli.main", "admin", "pat", *who]
     try:
         result = subprocess.run(
             argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
@@ -579,6 +581,14 @@ def _start_demo(
         typer.echo("demo: waiting for the resolver to learn dev's tokens ...")
         if not wait_token_known(urls["resolver"], token_1["token"], 30.0, should_stop):
             typer.echo("demo: the resolver does not accept dev's token yet; starting the deployment anyway")
+        try:  # the agent gets a deployment PAT: Token 1 of dev only, never prod's, never a rotation
+            agent_pat = mint_admin_pat(
+                common,
+                scope=("--subject", DEMO_DEPLOYMENT, "--role", "deployment", "--environment", dev_id),
+            )
+        except DemoError as exc:
+            typer.echo(f"demo: no sample deployment - {exc}", err=True)
+            return
         subscribe = "notifier" in up
         if not subscribe:
             typer.echo("demo: the notifier is not running: the deployment will not be told about rotations")
@@ -589,7 +599,7 @@ def _start_demo(
                 DEMO_DEPLOYMENT,
                 agent_argv(dev_id, urls, subscribe),
                 None,
-                env={**common, "STREAMTOKEN_PAT": data.pat, "STREAMTOKEN_LOG_JSON": "true"},
+                env={**common, "STREAMTOKEN_PAT": agent_pat, "STREAMTOKEN_LOG_JSON": "true"},
                 stdout=None,
                 stderr=log_path,
             )

@@ -1,7 +1,8 @@
 """`streamtoken` commands of the issuer: run it, mint PATs, manage environments and their tokens.
 
 Management commands talk to the issuer over HTTP (``--issuer-url``, ``--pat``) and print one clear line
-on errors; ``admin pat`` mints locally with the issuer's JWT secret (same settings as the issuer).
+on errors. ``admin bootstrap-pat`` (alias ``admin pat``) and ``admin reencrypt`` run on the issuer's machine
+with its settings and write to its database directly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import typer
 
 DEFAULT_ISSUER_URL = "http://127.0.0.1:8001"
 
-admin_app = typer.Typer(help="Administration: mint personal access tokens, republish the token state.")
+admin_app = typer.Typer(
+    help="Administration: the first PAT (on the issuer's machine), re-encryption, republish, audit."
+)
+pats_app = typer.Typer(help="Personal access tokens: create, list, revoke (an admin PAT).")
 env_app = typer.Typer(help="Environments: create, list, show, delete.")
 tokens_app = typer.Typer(help="Streaming tokens of an environment: show, rotate, revoke.")
 
@@ -30,6 +34,7 @@ def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
     app.command("issuer")(serve)
     app.add_typer(admin_app, name="admin")
+    app.add_typer(pats_app, name="pats")
     app.add_typer(env_app, name="env")
     app.add_typer(tokens_app, name="tokens")
 
@@ -72,22 +77,36 @@ def _request(
     json_body: Any = None,
     headers: Any = None,
     params: dict[str, Any] | None = None,
+    attempts: int = 1,
 ) -> Any:
+    """One call; with ``attempts`` > 1 a lost connection or a 502/503/504 is retried with the same request
+    (callers pass attempts only with an Idempotency-Key, so a retry never does the change twice)."""
     import httpx
 
     if not pat:
-        _fail("no personal access token: pass --pat or set STREAMTOKEN_PAT (mint one: streamtoken admin pat)")
-    try:
-        response = httpx.request(
-            method,
-            issuer_url.rstrip("/") + path,
-            json=json_body,
-            params=params,
-            headers={"Authorization": f"Bearer {pat}", **(headers or {})},
-            timeout=30.0,
+        _fail(
+            "no personal access token: pass --pat or set STREAMTOKEN_PAT (an admin mints one: streamtoken "
+            "pats create; the first: streamtoken admin bootstrap-pat)"
         )
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the issuer at {issuer_url}: {type(exc).__name__}; is it running?")
+    for attempt in range(1, attempts + 1):
+        try:
+            response = httpx.request(
+                method,
+                issuer_url.rstrip("/") + path,
+                json=json_body,
+                params=params,
+                headers={"Authorization": f"Bearer {pat}", **(headers or {})},
+                timeout=30.0,
+            )
+        except httpx.HTTPError as exc:
+            if attempt < attempts:
+                time.sleep(min(0.5 * attempt, 2.0))
+                continue
+            _fail(f"cannot reach the issuer at {issuer_url}: {type(exc).__name__}; is it running?")
+        if response.status_code in (502, 503, 504) and attempt < attempts:
+            time.sleep(min(0.5 * attempt, 2.0))
+            continue
+        break
     if response.status_code >= 400:
         try:
             body = response.json()
@@ -108,7 +127,9 @@ def _print_json(data: Any) -> None:
 def _print_tokens(data: dict[str, Any], reveal: bool) -> None:
     typer.echo(f"environment  {data['environment_id']}  (generation {data['generation']})")
     for label, key in (("Token 1 (current)", "token_1"), ("Token 2 (next)   ", "token_2")):
-        token = data[key]
+        token = data.get(key)
+        if token is None:  # only the other slot was asked for (or a deployment PAT)
+            continue
         value = token["token"] if reveal else f"{token['token'][:8]}… (use --reveal to print)"
         typer.echo(f"{label}  {token['token_id']}  {value}")
     for grace in data.get("grace_tokens", []):
@@ -118,39 +139,161 @@ def _print_tokens(data: dict[str, Any], reveal: bool) -> None:
 # -- admin ------------------------------------------------------------------------------------------------
 
 
-@admin_app.command("pat")
-def admin_pat(
+def _split(values: list[str] | None) -> list[str] | None:
+    """Repeated or comma-separated options as one list (None when not given)."""
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@admin_app.command("bootstrap-pat")
+def admin_bootstrap_pat(
     subject: str = typer.Option(..., "--subject", help="who the token is for (e.g. alice, ci-bot)"),
-    role: str = typer.Option("member", "--role", help="admin | member"),
+    role: str = typer.Option("member", "--role", help="admin | member | deployment"),
     ttl_days: int | None = typer.Option(
-        None, "--ttl-days", help="lifetime (default STREAMTOKEN_ISSUER_PAT_TTL_DAYS)"
+        None,
+        "--ttl-days",
+        help="lifetime (default STREAMTOKEN_ISSUER_PAT_TTL_DAYS, at most ..._MAX_TTL_DAYS)",
+    ),
+    environment: list[str] | None = typer.Option(
+        None, "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
+    ),
+    action: list[str] | None = typer.Option(
+        None, "--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"
     ),
 ) -> None:
-    """Mint a personal access token with the issuer's JWT secret (from the same settings as the issuer)."""
+    """Record a PAT in the issuer's database and print it (on the issuer's machine, with its settings: the
+    first admin PAT). Later PATs: `streamtoken pats create` with an admin PAT."""
     from datetime import timedelta
 
-    from services.issuer.auth import Role, mint_pat
-    from services.issuer.secrets import SecretConfigError, resolve_jwt_secret
+    from services.issuer.bootstrap import bootstrap_pat
+    from services.issuer.handlers import IssuerError
+    from services.issuer.secrets import SecretConfigError
     from services.issuer.settings import IssuerSettings
+    from shared.logs import configure_logging
 
-    try:
-        chosen = Role(role)
-    except ValueError:
-        _fail(f"--role must be 'admin' or 'member', not {role!r}")
+    configure_logging(
+        "cli", "WARNING", json=False
+    )  # stdout carries the PAT alone: $(streamtoken admin pat ...)
+
+    if role not in {"admin", "member", "deployment"}:
+        _fail(f"--role must be 'admin', 'member' or 'deployment', not {role!r}")
     if not subject.strip():
         _fail("--subject must not be empty")
-    settings = IssuerSettings()
-    try:
-        secret = resolve_jwt_secret(settings.jwt_secret, settings.runtime)
-    except SecretConfigError as exc:
-        _fail(str(exc))
-    days = ttl_days if ttl_days is not None else settings.pat_ttl_days
-    if days < 1:
+    if ttl_days is not None and ttl_days < 1:
         _fail("--ttl-days must be at least 1")
     try:
-        typer.echo(mint_pat(secret, subject.strip(), chosen, timedelta(days=days)))
-    except (ValueError, OverflowError) as exc:
+        settings = IssuerSettings()
+        _, token = bootstrap_pat(
+            settings,
+            subject.strip(),
+            role,
+            ttl=timedelta(days=ttl_days) if ttl_days is not None else None,
+            environments=_split(environment),
+            actions=_split(action),
+            created_by="bootstrap-pat",
+        )
+    except (SecretConfigError, IssuerError, ValueError) as exc:
+        _fail(str(getattr(exc, "message", exc)))
+    typer.echo(token)
+
+
+admin_app.command("pat", help="The same as `admin bootstrap-pat` (kept for scripts).")(admin_bootstrap_pat)
+
+
+@admin_app.command("reencrypt")
+def admin_reencrypt() -> None:
+    """Encrypt every stored token and idempotent answer again with the current (first) key of
+    STREAMTOKEN_ISSUER_ENCRYPTION_KEY (on the issuer's machine); then the old keys can be dropped."""
+    from services.issuer.bootstrap import reencrypt
+    from services.issuer.crypto import DecryptionError
+    from services.issuer.secrets import SecretConfigError
+    from services.issuer.settings import IssuerSettings
+    from shared.logs import configure_logging
+
+    configure_logging("cli", "WARNING", json=False)
+
+    try:
+        tokens, answers = reencrypt(IssuerSettings())
+    except (SecretConfigError, DecryptionError, ValueError) as exc:
         _fail(str(exc))
+    typer.echo(f"re-encrypted {tokens} tokens and {answers} idempotent answers with the current key")
+
+
+# -- PATs -------------------------------------------------------------------------------------------------
+
+
+@pats_app.command("create")
+def pats_create(
+    subject: str = typer.Option(..., "--subject", help="who the token is for"),
+    role: str = typer.Option("member", "--role", help="admin | member | deployment"),
+    ttl_days: int | None = typer.Option(None, "--ttl-days", help="lifetime (default: the issuer's)"),
+    environment: list[str] | None = typer.Option(
+        None, "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
+    ),
+    action: list[str] | None = typer.Option(
+        None, "--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"
+    ),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Mint a PAT (admin); it is printed this once, the issuer keeps only its record."""
+    body: dict[str, Any] = {"subject": subject, "role": role}
+    if ttl_days is not None:
+        body["ttl_days"] = ttl_days
+    if (envs := _split(environment)) is not None:
+        body["environments"] = envs
+    if (actions := _split(action)) is not None:
+        body["actions"] = actions
+    data = _request("POST", issuer_url, "/v1/pats", pat, json_body=body)
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo(
+        f"created PAT {data['id']} for {data['subject']} ({data['role']}), expires {data['expires_at']}",
+        err=True,
+    )
+    typer.echo(data["token"])
+
+
+@pats_app.command("list")
+def pats_list(
+    limit: int = typer.Option(100, "--limit", min=1, max=500, help="PATs per page"),
+    all_pages: bool = typer.Option(False, "--all", help="follow every page"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """List PATs, oldest first (admin): ids, subjects, roles, scopes and state; never a token."""
+    found: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        data = _request("GET", issuer_url, "/v1/pats", pat, params=params)
+        found.extend(data["pats"])
+        after = data.get("next")
+        if not all_pages or not after:
+            break
+    if as_json:
+        _print_json({"pats": found, "next": after})
+        return
+    for p in found:
+        state = "revoked" if p["revoked_at"] else f"expires {p['expires_at']}"
+        scope = ",".join(p["environments"]) if p["environments"] else "all environments"
+        actions = ",".join(p["actions"]) if p["actions"] else "all actions"
+        typer.echo(f"{p['id']}  {p['subject']:<20} {p['role']:<10} {scope}  {actions}  {state}")
+    if after and not all_pages:
+        typer.echo(f"more: --all, or the API's ?after={after}", err=True)
+
+
+@pats_app.command("revoke")
+def pats_revoke(pat_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
+    """Revoke a PAT by id (admin): refused at once by this issuer, within seconds by its replicas."""
+    if not pat_id.isalnum() or len(pat_id) > 64:
+        _fail("a PAT id is the hex id `streamtoken pats list` shows")
+    data = _request("DELETE", issuer_url, f"/v1/pats/{pat_id}", pat)
+    typer.echo(f"revoked PAT {data['id']} ({data['subject']})")
 
 
 @admin_app.command("republish")
@@ -267,7 +410,15 @@ def tokens_rotate(
     grace_period_seconds: int = typer.Option(
         0, "--grace-period-seconds", help="keep the old Token 1 valid this long"
     ),
-    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="default: a fresh random key"),
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="default: a fresh random key, the same for every retry of this run"
+    ),
+    expected_generation: int | None = typer.Option(
+        None,
+        "--expected-generation",
+        min=1,
+        help="rotate only from this generation (default: the one read just before)",
+    ),
     reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
     wait: bool = typer.Option(
         False,
@@ -281,14 +432,24 @@ def tokens_rotate(
     pat: str | None = Pat,
     as_json: bool = JsonOut,
 ) -> None:
-    """Rotate: Token 1 is deactivated, Token 2 becomes Token 1, a new Token 2 is issued (admin)."""
+    """Rotate: Token 1 is deactivated, Token 2 becomes Token 1, a new Token 2 is issued (admin).
+
+    The current generation is read first and sent as If-Match, and one Idempotency-Key serves every retry of
+    this run: a retried or repeated call never rotates twice."""
+    if expected_generation is None:
+        current = _request("GET", issuer_url, _env_path(environment_id), pat)
+        expected_generation = int(current["generation"])
     data = _request(
         "POST",
         issuer_url,
         _env_path(environment_id, "/streaming-tokens/rotate"),
         pat,
         json_body={"grace_period_seconds": grace_period_seconds},
-        headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+        headers={
+            "Idempotency-Key": idempotency_key or uuid.uuid4().hex,
+            "If-Match": f'"{expected_generation}"',
+        },
+        attempts=3,
     )
     if wait:
         data["propagation"] = _wait_for_propagation(

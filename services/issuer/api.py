@@ -3,31 +3,57 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.issuer import handlers
-from services.issuer.auth import AuthError, Principal, verify_pat
+from services.issuer.auth import MAX_SUBJECT, Action, AuthError, Principal
 from services.issuer.domain import MAX_GRACE, Environment
-from services.issuer.handlers import Deps, IssuerError
+from services.issuer.handlers import Deps, IssuerError, PreconditionFailed
+from services.issuer.ports import PatRecord
 from shared.errors import ApiError
-from shared.ids import InvalidIdentifier, validate_environment_id
+from shared.ids import (
+    ENVIRONMENT_ID_MAX,
+    ENVIRONMENT_ID_PATTERN,
+    SLUG_MAX,
+    SLUG_PATTERN,
+    InvalidIdentifier,
+    environment_id,
+    validate_environment_id,
+)
+from shared.web import error_responses
 
 _bearer = HTTPBearer(auto_error=False)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken-issuer"'}
 _INVALID_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken-issuer", error="invalid_token"'}
 
 
+_SLUG_PATTERN = f"^{SLUG_PATTERN}$"  # the whole string: no trailing newline (shared.ids uses fullmatch)
+_ENV_ID_PATTERN = f"^{ENVIRONMENT_ID_PATTERN}$"
+EnvironmentId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=ENVIRONMENT_ID_MAX,
+        pattern=_ENV_ID_PATTERN,
+        description="'{org}-{project}-{environment}'",
+        examples=["acme-telemetry-prod"],
+    ),
+]
+MAX_GENERATION = 2**63 - 1
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 class EnvironmentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    org: str = Field(min_length=1, max_length=32, examples=["acme"])
-    project: str = Field(min_length=1, max_length=32, examples=["telemetry"])
-    name: str = Field(min_length=1, max_length=32, examples=["prod"])
+    org: str = Field(min_length=1, max_length=SLUG_MAX, pattern=_SLUG_PATTERN, examples=["acme"])
+    project: str = Field(min_length=1, max_length=SLUG_MAX, pattern=_SLUG_PATTERN, examples=["telemetry"])
+    name: str = Field(min_length=1, max_length=SLUG_MAX, pattern=_SLUG_PATTERN, examples=["prod"])
 
 
 class EnvironmentPublic(BaseModel):
@@ -49,6 +75,57 @@ class RotateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grace_period_seconds: int = Field(0, ge=0, le=int(MAX_GRACE.total_seconds()))
+    expected_generation: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_GENERATION,
+        description="rotate only if the environment is at this generation (like If-Match); else 412",
+    )
+
+
+class PatCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=MAX_SUBJECT, examples=["ci-bot"])
+    role: Literal["admin", "member", "deployment"] = "member"
+    environments: (
+        list[Annotated[str, Field(max_length=ENVIRONMENT_ID_MAX, pattern=_ENV_ID_PATTERN)]] | None
+    ) = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="limit the PAT to these environment ids (a deployment PAT: exactly one); omit: all",
+    )
+    actions: list[Literal["read", "reveal", "rotate", "admin", "read-current"]] | None = Field(
+        None,
+        min_length=1,
+        max_length=5,
+        description="limit the PAT to some of its role's actions; omit: all of them",
+    )
+    ttl_days: int | None = Field(
+        None, ge=1, le=365, description="lifetime (default and maximum: the issuer's settings)"
+    )
+
+
+class PatPublic(BaseModel):
+    id: str = Field(description="the PAT's id (its jti)")
+    subject: str
+    role: str
+    environments: list[str] | None
+    actions: list[str] | None
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    created_by: str
+
+
+class PatCreated(PatPublic):
+    token: str = Field(description="the PAT itself: shown once, never stored")
+
+
+class PatList(BaseModel):
+    pats: list[PatPublic]
+    next: str | None = Field(description="pass as ?after= for the next page (null: the last page)")
 
 
 class TokenPublic(BaseModel):
@@ -98,8 +175,10 @@ class PropagationState(PropagationPublic):
 class StreamingTokens(BaseModel):
     environment_id: str
     generation: int
-    token_1: TokenPublic
-    token_2: TokenPublic
+    token_1: TokenPublic | None = Field(description="null when only Token 2 was asked for (?slot=2)")
+    token_2: TokenPublic | None = Field(
+        description="null when only Token 1 was asked for (?slot=1), and for a deployment PAT without ?slot=2"
+    )
     grace_tokens: list[GraceTokenPublic]
     rotation_id: str | None
     propagation: PropagationPublic | None = None
@@ -112,6 +191,7 @@ class AuditEntryPublic(BaseModel):
     environment_id: str | None
     token_ids: list[str]
     detail: dict[str, Any]
+    pat_id: str | None = Field(None, description="the id of the PAT that did it (null: the system)")
 
 
 class AuditLog(BaseModel):
@@ -136,10 +216,26 @@ def _public(env: Environment) -> EnvironmentPublic:
     )
 
 
-_STATUS = {"not_found": 404, "conflict": 409, "invalid_request": 422}
+def _pat_public(record: PatRecord) -> dict[str, Any]:
+    return {
+        "id": record.jti,
+        "subject": record.subject,
+        "role": record.role,
+        "environments": list(record.environments) if record.environments is not None else None,
+        "actions": list(record.actions) if record.actions is not None else None,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "revoked_at": record.revoked_at,
+        "created_by": record.created_by,
+    }
+
+
+_STATUS = {"not_found": 404, "conflict": 409, "invalid_request": 422, "precondition_failed": 412}
 
 
 def _translate(exc: IssuerError) -> ApiError:
+    if isinstance(exc, PreconditionFailed):
+        return ApiError(412, exc.code, exc.message, headers={"ETag": f'"{exc.generation}"'})
     return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
@@ -155,23 +251,45 @@ def _principal(
             headers=_CHALLENGE,
         )
     try:
-        return verify_pat(request.app.state.jwt_secret, credentials.credentials)
+        principal: Principal = request.app.state.pats.verify(credentials.credentials)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc), headers=_INVALID_CHALLENGE) from None
+    return principal
 
 
-def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
-    if not who.is_admin:
+_NEEDS = {
+    Action.READ: "the 'read' permission",
+    Action.REVEAL: "the 'reveal' permission (member or admin role)",
+    Action.ROTATE: "the 'rotate' permission (admin role)",
+    Action.ADMIN: "the admin role",
+}
+
+
+def _allow(
+    who: Principal, *actions: Action, environment: str | None = None, everywhere: bool = False
+) -> Action:
+    """The first of ``actions`` the PAT may do here; 403 when it may do none, or the environment (or, for
+    ``everywhere``, any limit to environments) is outside its scope."""
+    granted = next((a for a in actions if who.may(a)), None)
+    if granted is None:
         raise ApiError(
             403,
             "forbidden",
-            "this action needs the admin role; your personal access token has the member role",
+            f"this action needs {_NEEDS.get(actions[0], repr(actions[0].value))}; your personal access "
+            f"token has the {who.role.value} role"
+            + (f" limited to {', '.join(sorted(who.allowed))}" if who.actions is not None else ""),
         )
-    return who
+    if everywhere and not who.unscoped:
+        raise ApiError(
+            403, "forbidden", "this action needs a personal access token that is not limited to environments"
+        )
+    if environment is not None and not who.covers(environment):
+        raise ApiError(403, "forbidden", "your personal access token is not valid for this environment")
+    return granted
 
 
-Member = Annotated[Principal, Depends(_principal)]
-Admin = Annotated[Principal, Depends(_admin)]
+Caller = Annotated[Principal, Depends(_principal)]
+AUTH_ERRORS = (401, 403)
 
 
 def build_router(deps: Deps) -> APIRouter:
@@ -183,43 +301,105 @@ def build_router(deps: Deps) -> APIRouter:
         except IssuerError as exc:
             raise _translate(exc) from None
 
-    @router.post("/environments", status_code=201, response_model=EnvironmentPublic, tags=["environments"])
-    def create_environment(body: EnvironmentCreate, who: Admin) -> EnvironmentPublic:
+    @router.post(
+        "/environments",
+        status_code=201,
+        response_model=EnvironmentPublic,
+        tags=["environments"],
+        responses=error_responses(*AUTH_ERRORS, 409, 413, 422),
+    )
+    def create_environment(body: EnvironmentCreate, who: Caller) -> EnvironmentPublic:
         """Create an environment with its Token 1 and Token 2 (admin)."""
-        env = call(handlers.create_environment, body.org, body.project, body.name, actor=who.actor)
+        try:
+            new_id: str | None = environment_id(body.org, body.project, body.name)
+        except InvalidIdentifier:
+            new_id = None  # the handler answers 422
+        _allow(who, Action.ADMIN, environment=new_id)
+        env = call(
+            handlers.create_environment, body.org, body.project, body.name, actor=who.actor, pat_id=who.pat_id
+        )
         return _public(env)
 
-    @router.get("/environments", response_model=EnvironmentList, tags=["environments"])
-    def list_environments(_: Member) -> EnvironmentList:
-        return EnvironmentList(environments=[_public(e) for e in call(handlers.list_environments)])
+    @router.get(
+        "/environments",
+        response_model=EnvironmentList,
+        tags=["environments"],
+        responses=error_responses(*AUTH_ERRORS),
+    )
+    def list_environments(who: Caller) -> EnvironmentList:
+        """Every environment the PAT may see (one limited to environments lists only those)."""
+        _allow(who, Action.READ, Action.READ_CURRENT)
+        found = call(handlers.list_environments, who.environments)
+        return EnvironmentList(environments=[_public(e) for e in found])
 
-    @router.get("/environments/{environment_id}", response_model=EnvironmentPublic, tags=["environments"])
-    def get_environment(environment_id: str, _: Member) -> EnvironmentPublic:
-        return _public(call(handlers.get_environment, environment_id))
+    @router.get(
+        "/environments/{environment_id}",
+        response_model=EnvironmentPublic,
+        tags=["environments"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def get_environment(environment_id: EnvironmentId, who: Caller, response: Response) -> EnvironmentPublic:
+        """One environment (token ids, no token); ``ETag`` is its generation, for ``If-Match`` on rotate."""
+        _allow(who, Action.READ, Action.READ_CURRENT, environment=environment_id)
+        env = _public(call(handlers.get_environment, environment_id))
+        response.headers["ETag"] = f'"{env.generation}"'
+        return env
 
-    @router.delete("/environments/{environment_id}", status_code=204, tags=["environments"])
-    def delete_environment(environment_id: str, who: Admin) -> Response:
-        """Delete an environment: both tokens end and a tombstone goes to the topic (admin)."""
-        call(handlers.delete_environment, environment_id, actor=who.actor)
+    @router.delete(
+        "/environments/{environment_id}",
+        status_code=204,
+        tags=["environments"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def delete_environment(
+        environment_id: EnvironmentId,
+        who: Caller,
+        purge: Annotated[
+            bool,
+            Query(description="also free the id for other org/project/name (works on an id already deleted)"),
+        ] = False,
+    ) -> Response:
+        """Delete an environment: both tokens end and a tombstone goes to the topic (admin). A deleted id
+        can be created again only with the same org/project/name unless it was purged."""
+        _allow(who, Action.ADMIN, environment=environment_id)
+        call(handlers.delete_environment, environment_id, actor=who.actor, pat_id=who.pat_id, purge=purge)
         return Response(status_code=204)
 
     @router.get(
-        "/environments/{environment_id}/streaming-tokens", response_model=StreamingTokens, tags=["tokens"]
+        "/environments/{environment_id}/streaming-tokens",
+        response_model=StreamingTokens,
+        tags=["tokens"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
     )
-    def show_tokens(environment_id: str, who: Member) -> dict[str, Any]:
-        """Display Token 1 and Token 2 (every display is audit-logged)."""
-        view = call(handlers.reveal_tokens, environment_id, actor=who.actor)
+    def show_tokens(
+        environment_id: EnvironmentId,
+        who: Caller,
+        response: Response,
+        slot: Annotated[
+            int | None,
+            Query(ge=1, le=2, description="only this token: 1 (current) or 2 (next; zero-downtime strategy)"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Display Token 1 and Token 2 (every display is audit-logged; resolvers are not polled here). A
+        deployment PAT gets only Token 1, or Token 2 with ``?slot=2``."""
+        granted = _allow(who, Action.REVEAL, Action.READ_CURRENT, environment=environment_id)
+        if granted is Action.READ_CURRENT and slot is None:
+            slot = 1
+        view = call(handlers.reveal_tokens, environment_id, actor=who.actor, pat_id=who.pat_id, slot=slot)
+        response.headers.update(NO_STORE)
         return dict(view.to_json())
 
     @router.get(
         "/environments/{environment_id}/streaming-tokens/propagation",
         response_model=PropagationState,
         tags=["tokens"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
     )
-    def token_propagation(environment_id: str, _: Member) -> PropagationState:
+    def token_propagation(environment_id: EnvironmentId, who: Caller) -> PropagationState:
         """Whether the broker and every resolver replica accept the current tokens yet (the resolvers are
         polled now, each for at most STREAMTOKEN_ISSUER_RESOLVER_TIMEOUT_S; no token is shown; not
         audit-logged)."""
+        _allow(who, Action.READ, Action.READ_CURRENT, environment=environment_id)
         state = call(handlers.propagation, environment_id)
         return PropagationState(environment_id=environment_id, generation=state.generation, **state.to_json())
 
@@ -227,53 +407,82 @@ def build_router(deps: Deps) -> APIRouter:
         "/environments/{environment_id}/streaming-tokens/rotate",
         response_model=StreamingTokens,
         tags=["tokens"],
+        responses=error_responses(*AUTH_ERRORS, 404, 409, 412, 413, 422),
     )
     def rotate_tokens(
-        environment_id: str,
-        who: Admin,
+        environment_id: EnvironmentId,
+        who: Caller,
+        response: Response,
         body: RotateRequest | None = None,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        if_match: Annotated[
+            str | None, Header(max_length=40, description='the generation expected ("3" or 3); else 412')
+        ] = None,
     ) -> dict[str, Any]:
         """Rotate: Token 1 is deactivated (or kept for the grace period), Token 2 becomes Token 1, a new
-        Token 2 is issued (admin). The same ``Idempotency-Key`` returns the same result and rotates once."""
-        grace = (body or RotateRequest()).grace_period_seconds
+        Token 2 is issued (admin). The same ``Idempotency-Key`` returns the same result and rotates once;
+        ``If-Match`` (or ``expected_generation``) rotates only from that generation (412 otherwise)."""
+        _allow(who, Action.ROTATE, environment=environment_id)
+        request = body or RotateRequest()
         view = call(
             handlers.rotate_tokens,
             environment_id,
             actor=who.actor,
-            grace_seconds=grace,
+            pat_id=who.pat_id,
+            grace_seconds=request.grace_period_seconds,
             idempotency_key=_key(idempotency_key),
+            expected_generation=_expected(if_match, request.expected_generation),
         )
+        response.headers.update(NO_STORE)
         return dict(view.to_json())
 
     @router.post(
         "/environments/{environment_id}/streaming-tokens/revoke",
         response_model=StreamingTokens,
         tags=["tokens"],
+        responses=error_responses(*AUTH_ERRORS, 404, 409, 412, 422),
     )
     def revoke_tokens(
-        environment_id: str,
-        who: Admin,
+        environment_id: EnvironmentId,
+        who: Caller,
+        response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        if_match: Annotated[str | None, Header(max_length=40)] = None,
     ) -> dict[str, Any]:
         """Emergency revocation: both tokens (and any in grace) end now, two new ones are issued (admin)."""
+        _allow(who, Action.ROTATE, environment=environment_id)
         view = call(
-            handlers.revoke_tokens, environment_id, actor=who.actor, idempotency_key=_key(idempotency_key)
+            handlers.revoke_tokens,
+            environment_id,
+            actor=who.actor,
+            pat_id=who.pat_id,
+            idempotency_key=_key(idempotency_key),
+            expected_generation=_expected(if_match, None),
         )
+        response.headers.update(NO_STORE)
         return dict(view.to_json())
 
-    @router.get("/admin/audit", response_model=AuditLog, tags=["admin"])
+    @router.get(
+        "/admin/audit",
+        response_model=AuditLog,
+        tags=["admin"],
+        responses=error_responses(*AUTH_ERRORS, 422),
+    )
     def audit(
-        _: Admin,
-        environment_id: str | None = None,
+        who: Caller,
+        environment_id: Annotated[
+            str | None, Query(max_length=ENVIRONMENT_ID_MAX, pattern=_ENV_ID_PATTERN)
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> AuditLog:
-        """The audit log, newest first: who created, displayed, rotated, revoked or deleted what (admin)."""
+        """The audit log, newest first: who created, displayed, rotated, revoked or deleted what (admin; a
+        PAT limited to environments must name one of them)."""
         if environment_id is not None:
             try:
                 validate_environment_id(environment_id)
             except InvalidIdentifier as exc:
                 raise ApiError(422, "invalid_environment_id", str(exc)) from None
+        _allow(who, Action.ADMIN, environment=environment_id, everywhere=environment_id is None)
         entries = call(handlers.audit_log, environment_id, limit)
         return AuditLog(
             entries=[
@@ -284,17 +493,96 @@ def build_router(deps: Deps) -> APIRouter:
                     environment_id=e.environment_id,
                     token_ids=list(e.token_ids),
                     detail=e.detail,
+                    pat_id=e.pat_id,
                 )
                 for e in entries
             ]
         )
 
-    @router.post("/admin/republish", status_code=202, response_model=RepublishResult, tags=["admin"])
-    def republish(who: Admin) -> RepublishResult:
+    @router.post(
+        "/admin/republish",
+        status_code=202,
+        response_model=RepublishResult,
+        tags=["admin"],
+        responses=error_responses(*AUTH_ERRORS),
+    )
+    def republish(who: Caller) -> RepublishResult:
         """Publish the current state of every environment again (after a broker lost its data) (admin)."""
-        return RepublishResult(**call(handlers.republish_all, actor=who.actor))
+        _allow(who, Action.ADMIN, everywhere=True)
+        return RepublishResult(**call(handlers.republish_all, actor=who.actor, pat_id=who.pat_id))
+
+    @router.post(
+        "/pats",
+        status_code=201,
+        response_model=PatCreated,
+        tags=["pats"],
+        responses=error_responses(*AUTH_ERRORS, 404, 413, 422),
+    )
+    def create_pat(body: PatCreate, who: Caller, response: Response) -> dict[str, Any]:
+        """Mint a PAT (admin): the answer's ``token`` is shown this once; the issuer keeps only its record."""
+        _allow(who, Action.ADMIN, everywhere=True)
+        record, token = call(
+            handlers.create_pat,
+            body.subject,
+            body.role,
+            actor=who.actor,
+            pat_id=who.pat_id,
+            environments=body.environments,
+            actions=body.actions,
+            ttl=timedelta(days=body.ttl_days) if body.ttl_days is not None else None,
+        )
+        response.headers.update(NO_STORE)
+        return {**_pat_public(record), "token": token}
+
+    @router.get("/pats", response_model=PatList, tags=["pats"], responses=error_responses(*AUTH_ERRORS, 422))
+    def list_pats(
+        who: Caller,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        after: Annotated[str | None, Query(max_length=64, pattern="^[0-9a-f]{1,64}$")] = None,
+    ) -> PatList:
+        """PATs oldest first, revoked and expired ones included (never a token) (admin)."""
+        _allow(who, Action.ADMIN, everywhere=True)
+        found: list[PatRecord] = call(handlers.list_pats, limit + 1, after)
+        page = found[:limit]
+        return PatList(
+            pats=[PatPublic(**_pat_public(r)) for r in page],
+            next=page[-1].jti if len(found) > limit else None,
+        )
+
+    @router.delete(
+        "/pats/{pat_id}",
+        response_model=PatPublic,
+        tags=["pats"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def revoke_pat(
+        pat_id: Annotated[str, Path(min_length=1, max_length=64, pattern="^[0-9a-f]{1,64}$")], who: Caller
+    ) -> PatPublic:
+        """Revoke a PAT (admin): refused at once here, within STREAMTOKEN_ISSUER_PAT_CACHE_TTL_S elsewhere."""
+        _allow(who, Action.ADMIN, everywhere=True)
+        record = call(handlers.revoke_pat, pat_id, actor=who.actor, pat_id=who.pat_id)
+        return PatPublic(**_pat_public(record))
 
     return router
+
+
+def _expected(if_match: str | None, body_value: int | None) -> int | None:
+    """The generation an ``If-Match`` header (``3``, ``"3"``, ``W/"3"``; ``*``: any) or the body expects."""
+    header: int | None = None
+    if if_match is not None:
+        value = if_match.strip().removeprefix("W/").strip('"')
+        if value != "*":
+            if (
+                not (value.isascii() and value.isdigit() and len(value) <= 19)
+                or not 1 <= int(value) <= MAX_GENERATION
+            ):
+                raise ApiError(
+                    422, "invalid_request", 'If-Match must be the generation expected, e.g. If-Match: "3"'
+                )
+            header = int(value)
+    if header is not None and body_value is not None and header != body_value:
+        raise ApiError(422, "invalid_request", "If-Match and expected_generation disagree; send one of them")
+    return header if header is not None else body_value
 
 
 def _key(value: str | None) -> str | None:

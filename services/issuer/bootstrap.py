@@ -2,7 +2,7 @@
 
 ``build_app(settings, **overrides)`` builds everything from settings; tests override single parts
 (``publisher``, ``topic_admin``, ``broker_access``, ``clock``, ``token_factory``, ``relay_observer``,
-``start_relay``, ``resolver_probe``).
+``start_relay``, ``resolver_probe``). ``app.state.issue_pat`` records a PAT (tests, the bootstrap path).
 Nothing talks to the database or Kafka until the app starts (its lifespan runs the migrations and the relay).
 """
 
@@ -23,9 +23,12 @@ from services.issuer.adapters.kafka import KafkaTopicAdmin, QuixPublisher
 from services.issuer.adapters.relay import OutboxRelay
 from services.issuer.adapters.resolvers import HttpResolverProbe
 from services.issuer.api import build_router
+from services.issuer.auth import Role
 from services.issuer.crypto import TokenCipher
 from services.issuer.metrics import IssuerMetrics
-from services.issuer.secrets import resolve_encryption_key, resolve_jwt_secret
+from services.issuer.pats import PatVerifier
+from services.issuer.ports import PatRecord
+from services.issuer.secrets import resolve_encryption_keys, resolve_jwt_secret
 from services.issuer.settings import IssuerSettings
 from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
@@ -53,7 +56,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     if unknown:
         raise TypeError(f"unknown overrides: {sorted(unknown)}; known: {sorted(_OVERRIDES)}")
     settings = settings or IssuerSettings()
-    cipher = TokenCipher(resolve_encryption_key(settings.encryption_key, settings.runtime))
+    cipher = TokenCipher(resolve_encryption_keys(settings.encryption_key, settings.runtime))
     jwt_secret = resolve_jwt_secret(settings.jwt_secret, settings.runtime)
     engine = make_engine(settings.resolved_database_url())
     store = SqlStore(engine)
@@ -104,7 +107,13 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         broker_enforced=relay.broker_enforced,
         broker_reconcile=relay.request_reconcile,
         resolvers=resolver_probe,
+        jwt_secret=jwt_secret,
+        pat_default_ttl=timedelta(days=settings.pat_ttl_days),
+        pat_max_ttl=timedelta(days=settings.pat_max_ttl_days),
+        max_grace_tokens=settings.max_grace_tokens,
     )
+    pats = PatVerifier(jwt_secret, store, lambda: deps.clock(), ttl_s=settings.pat_cache_ttl_s)
+    deps.pat_revoked = pats.forget
     if "clock" in overrides:
         deps.clock = overrides["clock"]
     if "token_factory" in overrides:
@@ -112,12 +121,14 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
 
     def housekeeping() -> None:
         now = deps.clock()
-        outbox, keys = store.purge(
+        retention = settings.audit_retention_days
+        outbox, keys, audit = store.purge(
             now - timedelta(hours=settings.outbox_retention_hours),
             now - timedelta(hours=settings.idempotency_ttl_hours),
+            audit_before=now - timedelta(days=retention) if retention > 0 else None,
         )
-        if outbox or keys:
-            log.info("housekeeping_purged", outbox_rows=outbox, idempotency_keys=keys)
+        if outbox or keys or audit:
+            log.info("housekeeping_purged", outbox_rows=outbox, idempotency_keys=keys, audit_entries=audit)
 
     start_relay = bool(overrides.get("start_relay", settings.relay_enabled))
     state = {"migrated": False}
@@ -144,19 +155,48 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             engine.dispose()
 
     def ready() -> tuple[bool, dict[str, Any]]:
+        # Public: states and Kafka error names only (shared.web cuts every text to its first words); the
+        # full reason is in the relay's outbox_relay_retry log line.
         kafka_ok = relay.healthy or relay.broker_error is not None
-        if not relay.broker_enforced:
-            broker = "off"
-        else:
-            broker = "ok" if relay.broker_error is None else f"retrying ({relay.broker_error})"
-        detail = {
+        detail: dict[str, Any] = {
             "database": "migrated" if state["migrated"] else "starting",
             "relay": ("running" if relay.running else "stopped") if start_relay else "disabled",
-            "kafka": "ok" if kafka_ok else f"retrying ({relay.last_error})",
-            "broker_access": broker,
-            "status": "ok" if relay.healthy else "degraded",
+            "kafka": "ok" if kafka_ok else "retrying",
         }
+        if not kafka_ok:
+            detail["kafka_reason"] = relay.error_code or "unknown"
+        if not relay.broker_enforced:
+            detail["broker_access"] = "off"
+        elif relay.broker_error is None:
+            detail["broker_access"] = "ok"
+        else:
+            detail["broker_access"] = "retrying"
+            detail["broker_access_reason"] = relay.error_code or "unknown"
+        detail["status"] = "ok" if relay.healthy else "degraded"
         return state["migrated"] and (relay.running or not start_relay), detail
+
+    def issue_pat(
+        subject: str,
+        role: Role | str,
+        *,
+        ttl: timedelta | None = None,
+        environments: list[str] | None = None,
+        actions: list[str] | None = None,
+        actor: str = "system:bootstrap",
+    ) -> tuple[PatRecord, str]:
+        """Record a PAT straight in the database (the bootstrap path, and tests): ``(record, JWT)``."""
+        if not state["migrated"]:
+            migrate.upgrade(engine)
+            state["migrated"] = True
+        return handlers.create_pat(
+            deps,
+            subject,
+            str(role),
+            actor=actor,
+            environments=environments,
+            actions=actions,
+            ttl=ttl,
+        )
 
     app = FastAPI(
         redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
@@ -172,4 +212,62 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     app.state.relay = relay
     app.state.settings = settings
     app.state.jwt_secret = jwt_secret
+    app.state.pats = pats
+    app.state.issue_pat = issue_pat
     return app
+
+
+# -- commands run on the issuer's machine, straight on its database ---------------------------------------
+
+
+def _local_deps(settings: IssuerSettings) -> handlers.Deps:
+    cipher = TokenCipher(resolve_encryption_keys(settings.encryption_key, settings.runtime))
+    engine = make_engine(settings.resolved_database_url())
+    migrate.upgrade(engine)
+    return handlers.Deps(
+        store=SqlStore(engine),
+        cipher=cipher,
+        jwt_secret=resolve_jwt_secret(settings.jwt_secret, settings.runtime),
+        pat_default_ttl=timedelta(days=settings.pat_ttl_days),
+        pat_max_ttl=timedelta(days=settings.pat_max_ttl_days),
+    )
+
+
+def bootstrap_pat(
+    settings: IssuerSettings,
+    subject: str,
+    role: str,
+    *,
+    ttl: timedelta | None = None,
+    environments: list[str] | None = None,
+    actions: list[str] | None = None,
+    created_by: str = "bootstrap",
+) -> tuple[PatRecord, str]:
+    """Record a PAT in the issuer's database with its own settings and secrets (the first admin PAT:
+    ``streamtoken admin bootstrap-pat``). Raises ``SecretConfigError`` or ``handlers.IssuerError``."""
+    deps = _local_deps(settings)
+    try:
+        return handlers.create_pat(
+            deps,
+            subject,
+            role,
+            actor=f"system:{created_by}",
+            environments=environments,
+            actions=actions,
+            ttl=ttl,
+        )
+    finally:
+        assert isinstance(deps.store, SqlStore)
+        deps.store.dispose()
+
+
+def reencrypt(settings: IssuerSettings) -> tuple[int, int]:
+    """Encrypt every stored token and idempotent answer again with the current (first) key; ``(tokens,
+    answers)``. Every configured key decrypts, so run it after putting a new key first."""
+    deps = _local_deps(settings)
+    store = deps.store
+    assert isinstance(store, SqlStore)
+    try:
+        return store.reencrypt(deps.cipher.reencrypt)
+    finally:
+        store.dispose()

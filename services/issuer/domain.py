@@ -26,6 +26,13 @@ class DomainError(ValueError):
     """A command breaks a rule of the domain; the message says which."""
 
 
+class GraceLimitReached(DomainError):
+    """Another token in grace would exceed the environment's cap (resolvers hold at most 255 tokens)."""
+
+
+DEFAULT_MAX_GRACE_TOKENS = 4
+
+
 @dataclass(frozen=True)
 class TokenRecord:
     """One token of an environment as the issuer keeps it: id, slot and fingerprint, never the value."""
@@ -173,13 +180,25 @@ def rotate(
     rotation_id: str,
     grace: timedelta = timedelta(0),
     factory: TokenFactory = default_token_factory,
+    max_grace_tokens: int = DEFAULT_MAX_GRACE_TOKENS,
 ) -> Transition:
-    """Deactivate Token 1 (or keep it valid for ``grace``), promote Token 2, issue a new Token 2."""
+    """Deactivate Token 1 (or keep it valid for ``grace``), promote Token 2, issue a new Token 2.
+
+    At most ``max_grace_tokens`` tokens are in grace at once: a rotation with a grace period that would
+    add one more is refused (:class:`GraceLimitReached`); one without a grace period always works."""
     _require_aware(now)
     if grace < timedelta(0) or grace > MAX_GRACE:
         raise DomainError(f"grace period must be between 0 and {int(MAX_GRACE.total_seconds())} seconds")
     old_1, old_2 = env.token_1, env.token_2
     still_in_grace = tuple(t for t in env.grace_tokens if t.valid_until is not None and t.valid_until > now)
+    if grace > timedelta(0) and len(still_in_grace) >= max_grace_tokens:
+        ends = [t.valid_until for t in still_in_grace if t.valid_until is not None]
+        first = f", or wait until the first one ends at {min(ends).isoformat()}" if ends else ""
+        raise GraceLimitReached(
+            f"environment {env.id!r} already has {len(still_in_grace)} tokens in their grace period, the "
+            f"most allowed (STREAMTOKEN_ISSUER_MAX_GRACE_TOKENS={max_grace_tokens}); rotate without a grace "
+            f"period{first}"
+        )
     new_2 = _issue(2, now, factory)
     kept: list[TokenRecord] = [replace(old_2, slot=1), new_2.record, *still_in_grace]
     if grace > timedelta(0):

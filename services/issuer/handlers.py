@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.issuer import domain
+from services.issuer.auth import MAX_SUBJECT, Role, check_scope, mint_pat, new_pat_id
 from services.issuer.crypto import TokenCipher
 from services.issuer.domain import Environment, TokenRecord, Transition
 from services.issuer.metrics import IssuerMetrics
@@ -23,6 +24,7 @@ from services.issuer.ports import (
     EnvironmentAccess,
     IdempotentResult,
     IssuerStore,
+    PatRecord,
     ResolverGeneration,
     ResolverProbe,
     StoreConflict,
@@ -59,6 +61,16 @@ class Invalid(IssuerError):
     code = "invalid_request"
 
 
+class PreconditionFailed(IssuerError):
+    """The environment is not at the generation the caller expected (``If-Match``)."""
+
+    code = "precondition_failed"
+
+    def __init__(self, message: str, generation: int) -> None:
+        super().__init__(message)
+        self.generation = generation
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -85,6 +97,11 @@ class Deps:
     broker_enforced: bool = False  # the relay keeps the broker's users and ACLs (else propagation "off")
     broker_reconcile: Callable[[], None] = _no_reconcile  # asks the relay to reconcile the whole broker
     resolvers: ResolverProbe | None = None  # polled for the propagation view (None: "unknown")
+    jwt_secret: str = field(default="", repr=False)  # signs the PATs minted here
+    pat_default_ttl: timedelta = timedelta(days=30)
+    pat_max_ttl: timedelta = timedelta(days=90)
+    pat_revoked: Callable[[str], None] = lambda _jti: None  # drop a revoked PAT from the request cache
+    max_grace_tokens: int = 4
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ class TokenView:
     grace_tokens: tuple[TokenRecord, ...] = ()
     rotation_id: str | None = None
     propagation: Propagation | None = None  # current, never stored with an idempotent result
+    only_slot: int | None = None  # show only this token (a deployment's read, or ``?slot=``)
 
     def to_json(self) -> dict[str, Any]:
         def token(t: RevealedToken) -> dict[str, Any]:
@@ -148,11 +166,12 @@ class TokenView:
                 "created_at": t.created_at.isoformat(),
             }
 
+        shown = {1: self.only_slot in (None, 1), 2: self.only_slot in (None, 2)}
         return {
             "environment_id": self.environment_id,
             "generation": self.generation,
-            "token_1": token(self.token_1),
-            "token_2": token(self.token_2),
+            "token_1": token(self.token_1) if shown[1] else None,
+            "token_2": token(self.token_2) if shown[2] else None,
             "grace_tokens": [
                 {
                     "token_id": t.token_id,
@@ -161,6 +180,7 @@ class TokenView:
                     "valid_until": t.valid_until.isoformat() if t.valid_until else None,
                 }
                 for t in self.grace_tokens
+                if self.only_slot is None
             ],
             "rotation_id": self.rotation_id,
             **({"propagation": self.propagation.to_json()} if self.propagation is not None else {}),
@@ -206,7 +226,9 @@ def _require(tx: StoreTx, env_id: str, *, for_update: bool = False) -> Environme
     return env
 
 
-def _store_transition(deps: Deps, tx: StoreTx, transition: Transition, action: str, actor: str) -> None:
+def _store_transition(
+    deps: Deps, tx: StoreTx, transition: Transition, action: str, actor: str, pat_id: str | None
+) -> None:
     after = transition.after
     now = after.last_change.at
     ciphertexts = {t.record.token_id: deps.cipher.encrypt(t.value) for t in transition.issued}
@@ -220,6 +242,7 @@ def _store_transition(deps: Deps, tx: StoreTx, transition: Transition, action: s
             environment_id=after.id,
             token_ids=tuple(t.record.token_id for t in transition.issued) + transition.ended,
             detail={"generation": after.generation, "rotation_id": after.last_change.rotation_id},
+            pat_id=pat_id,
         )
     )
 
@@ -285,7 +308,9 @@ def _log_change(event: str, transition: Transition) -> None:
 # -- commands ---------------------------------------------------------------------------------------------
 
 
-def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: str) -> Environment:
+def create_environment(
+    deps: Deps, org: str, project: str, name: str, *, actor: str, pat_id: str | None = None
+) -> Environment:
     now = deps.clock()
     try:
         env_id = environment_id(org, project, name)
@@ -303,6 +328,15 @@ def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: 
                         "'{org}-{project}-{environment}', so choose other names"
                     )
                 raise Conflict(f"environment {env_id!r} already exists")
+            before = tx.deleted_names(env_id)
+            if before is not None and before != (org, project, name) and not tx.purged(env_id):
+                # Its topics and subscriptions may still exist: other names must not inherit them.
+                raise Conflict(
+                    f"environment id {env_id!r} belonged to org {before[0]!r}, project {before[1]!r}, "
+                    f"environment {before[2]!r}, which was deleted; its topics and subscriptions may "
+                    "still exist, so other names may take the id only after an admin purged it "
+                    f"(DELETE /v1/environments/{env_id}?purge=true)"
+                )
             nested = tx.nested_environment_ids(env_id)
             if nested:
                 raise Conflict(
@@ -319,7 +353,7 @@ def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: 
                 factory=deps.token_factory,
                 previous_generation=previous,
             )
-            _store_transition(deps, tx, transition, "create", actor)
+            _store_transition(deps, tx, transition, "create", actor, pat_id)
     except StoreConflict:
         raise Conflict(f"environment {env_id!r} already exists") from None
     deps.wakeup.wake()
@@ -328,9 +362,11 @@ def create_environment(deps: Deps, org: str, project: str, name: str, *, actor: 
     return transition.after
 
 
-def list_environments(deps: Deps) -> list[Environment]:
+def list_environments(deps: Deps, only: Sequence[str] | None = None) -> list[Environment]:
+    """Every environment, or (``only``) those of a PAT limited to environments."""
     with deps.store.transaction() as tx:
-        return tx.environments()
+        found = tx.environments()
+    return found if only is None else [e for e in found if e.id in set(only)]
 
 
 def get_environment(deps: Deps, env_id: str) -> Environment:
@@ -338,23 +374,31 @@ def get_environment(deps: Deps, env_id: str) -> Environment:
         return _require(tx, env_id)
 
 
-def reveal_tokens(deps: Deps, env_id: str, *, actor: str) -> TokenView:
+def reveal_tokens(
+    deps: Deps, env_id: str, *, actor: str, pat_id: str | None = None, slot: int | None = None
+) -> TokenView:
+    """Both current tokens (or, ``slot``, only that one), audit-logged. The resolvers are not polled here
+    (agents call this): ``propagation.resolvers`` is "pending" or "unknown"; ask :func:`propagation`."""
     with deps.store.transaction() as tx:
         env = _require(tx, env_id)
         view = _view(deps, tx, env)
         broker_state = _propagation(deps, tx, env.id, env.generation)
+        shown = {1: (env.token_1.token_id,), 2: (env.token_2.token_id,)}.get(
+            slot or 0, (env.token_1.token_id, env.token_2.token_id)
+        )
         tx.add_audit(
             AuditEntry(
                 at=deps.clock(),
                 actor=actor,
                 action="reveal",
                 environment_id=env.id,
-                token_ids=(env.token_1.token_id, env.token_2.token_id),
-                detail={"generation": env.generation},
+                token_ids=shown,
+                detail={"generation": env.generation, **({"slot": slot} if slot else {})},
+                pat_id=pat_id,
             )
         )
-    log.info("tokens_revealed", environment_id=env.id, actor=actor, generation=env.generation)
-    return replace(view, propagation=_poll_resolvers(deps, env.id, broker_state))
+    log.info("tokens_revealed", environment_id=env.id, actor=actor, generation=env.generation, slot=slot)
+    return replace(view, propagation=broker_state, only_slot=slot)
 
 
 def _request_hash(operation: str, **fields: Any) -> str:
@@ -368,10 +412,16 @@ def _change_tokens(
     operation: str,
     *,
     actor: str,
+    pat_id: str | None,
     idempotency_key: str | None,
     grace_seconds: int = 0,
+    expected_generation: int | None = None,
 ) -> TokenView:
-    request_hash = _request_hash(operation, grace_period_seconds=grace_seconds)
+    request_hash = _request_hash(
+        operation,
+        grace_period_seconds=grace_seconds,
+        **({"expected_generation": expected_generation} if expected_generation is not None else {}),
+    )
     now = deps.clock()
     with deps.store.transaction() as tx:
         env = _require(tx, env_id, for_update=True)
@@ -383,9 +433,27 @@ def _change_tokens(
                         "this Idempotency-Key was already used with a different request on this environment; "
                         "send a new key for a new request"
                     )
-                log.info("idempotent_replay", environment_id=env_id, operation=operation)
+                log.info("idempotent_replay", environment_id=env_id, operation=operation, actor=actor)
                 replayed = TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
+                # The replay shows tokens again: it is a display like any other.
+                tx.add_audit(
+                    AuditEntry(
+                        at=now,
+                        actor=actor,
+                        action="reveal",
+                        environment_id=env_id,
+                        token_ids=(replayed.token_1.token_id, replayed.token_2.token_id),
+                        detail={"generation": replayed.generation, "replay_of": operation},
+                        pat_id=pat_id,
+                    )
+                )
                 return replace(replayed, propagation=_propagation(deps, tx, env_id, replayed.generation))
+        if expected_generation is not None and expected_generation != env.generation:
+            raise PreconditionFailed(
+                f"environment {env_id!r} is at generation {env.generation}, not {expected_generation}: it "
+                f"changed since it was read, so nothing was done; read it again and retry if still meant",
+                env.generation,
+            )
         rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
         try:
             if operation == "rotate":
@@ -396,14 +464,17 @@ def _change_tokens(
                     rotation_id=rotation_id,
                     grace=timedelta(seconds=grace_seconds),
                     factory=deps.token_factory,
+                    max_grace_tokens=deps.max_grace_tokens,
                 )
             else:
                 transition = domain.revoke(
                     env, actor=actor, now=now, rotation_id=rotation_id, factory=deps.token_factory
                 )
+        except domain.GraceLimitReached as exc:
+            raise Conflict(str(exc)) from None
         except domain.DomainError as exc:
             raise Invalid(str(exc)) from None
-        _store_transition(deps, tx, transition, operation, actor)
+        _store_transition(deps, tx, transition, operation, actor, pat_id)
         view = _view(deps, tx, transition.after, {t.record.token_id: t.value for t in transition.issued})
         if idempotency_key is not None:
             ciphertext = deps.cipher.encrypt(json.dumps(view.to_json()))
@@ -420,21 +491,67 @@ def _change_tokens(
 
 
 def rotate_tokens(
-    deps: Deps, env_id: str, *, actor: str, grace_seconds: int = 0, idempotency_key: str | None = None
+    deps: Deps,
+    env_id: str,
+    *,
+    actor: str,
+    pat_id: str | None = None,
+    grace_seconds: int = 0,
+    idempotency_key: str | None = None,
+    expected_generation: int | None = None,
 ) -> TokenView:
     return _change_tokens(
-        deps, env_id, "rotate", actor=actor, idempotency_key=idempotency_key, grace_seconds=grace_seconds
+        deps,
+        env_id,
+        "rotate",
+        actor=actor,
+        pat_id=pat_id,
+        idempotency_key=idempotency_key,
+        grace_seconds=grace_seconds,
+        expected_generation=expected_generation,
     )
 
 
-def revoke_tokens(deps: Deps, env_id: str, *, actor: str, idempotency_key: str | None = None) -> TokenView:
-    return _change_tokens(deps, env_id, "revoke", actor=actor, idempotency_key=idempotency_key)
+def revoke_tokens(
+    deps: Deps,
+    env_id: str,
+    *,
+    actor: str,
+    pat_id: str | None = None,
+    idempotency_key: str | None = None,
+    expected_generation: int | None = None,
+) -> TokenView:
+    return _change_tokens(
+        deps,
+        env_id,
+        "revoke",
+        actor=actor,
+        pat_id=pat_id,
+        idempotency_key=idempotency_key,
+        expected_generation=expected_generation,
+    )
 
 
-def delete_environment(deps: Deps, env_id: str, *, actor: str) -> None:
+def delete_environment(
+    deps: Deps, env_id: str, *, actor: str, pat_id: str | None = None, purge: bool = False
+) -> None:
+    """End the environment and its tokens (a tombstone goes out). ``purge``: also let the id be created
+    again under other names; an id already deleted can be purged later the same way."""
     now = deps.clock()
     with deps.store.transaction() as tx:
-        env = _require(tx, env_id, for_update=True)
+        try:
+            validate_environment_id(env_id)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        env = tx.environment(env_id, for_update=True)
+        if env is None:
+            if purge and tx.purge_environment(env_id):
+                tx.add_audit(
+                    AuditEntry(at=now, actor=actor, action="purge", environment_id=env_id, pat_id=pat_id)
+                )
+                log.info("environment_purged", environment_id=env_id, actor=actor)
+                return
+            raise NotFound(f"environment {env_id!r} does not exist")
         ended = domain.delete(env)
         tx.mark_deleted(env, now)
         tx.add_outbox(env.id, env.generation, None, now)
@@ -445,16 +562,120 @@ def delete_environment(deps: Deps, env_id: str, *, actor: str) -> None:
                 action="delete",
                 environment_id=env.id,
                 token_ids=ended,
-                detail={"generation": env.generation},
+                detail={"generation": env.generation, **({"purge": 1} if purge else {})},
+                pat_id=pat_id,
             )
         )
+        if purge:
+            tx.purge_environment(env.id)
     deps.wakeup.wake()
     deps.metrics.changes.labels("deleted").inc()
-    log.info("environment_deleted", environment_id=env_id, actor=actor, ended=list(ended))
+    log.info("environment_deleted", environment_id=env_id, actor=actor, ended=list(ended), purged=purge)
+
+
+# -- personal access tokens -------------------------------------------------------------------------------
+
+
+def create_pat(
+    deps: Deps,
+    subject: str,
+    role: str,
+    *,
+    actor: str,
+    pat_id: str | None = None,
+    environments: Sequence[str] | None = None,
+    actions: Sequence[str] | None = None,
+    ttl: timedelta | None = None,
+    require_existing: bool = True,
+) -> tuple[PatRecord, str]:
+    """Record a PAT and return it with its JWT (shown once: only the record is kept)."""
+    subject = subject.strip()
+    if not subject or len(subject) > MAX_SUBJECT or not subject.isprintable():
+        raise Invalid(f"a PAT subject is 1 to {MAX_SUBJECT} printable characters")
+    try:
+        chosen_role = Role(role)
+    except ValueError:
+        raise Invalid(f"role must be one of {', '.join(r.value for r in Role)}, not {role!r}") from None
+    try:
+        envs, chosen_actions = check_scope(chosen_role, environments, actions)
+        for env_id in envs or ():
+            validate_environment_id(env_id)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    lifetime = ttl if ttl is not None else min(deps.pat_default_ttl, deps.pat_max_ttl)
+    if not timedelta(0) < lifetime <= deps.pat_max_ttl:
+        raise Invalid(
+            f"a PAT lives at most {deps.pat_max_ttl.days} days (STREAMTOKEN_ISSUER_PAT_MAX_TTL_DAYS); "
+            f"asked for {lifetime.total_seconds() / 86400:g} days"
+        )
+    if not deps.jwt_secret:
+        raise IssuerError("this issuer has no JWT secret to sign PATs with")
+    now = deps.clock()
+    jti = new_pat_id()
+    record = PatRecord(
+        jti=jti,
+        subject=subject,
+        role=chosen_role.value,
+        environments=envs,
+        actions=tuple(sorted(chosen_actions)) if chosen_actions is not None else None,
+        created_at=now,
+        expires_at=now + lifetime,
+        created_by=actor,
+    )
+    with deps.store.transaction() as tx:
+        if require_existing:
+            missing = [e for e in envs or () if tx.environment(e) is None]
+            if missing:
+                raise NotFound(f"environment {missing[0]!r} does not exist")
+        tx.add_pat(record)
+        tx.add_audit(
+            AuditEntry(
+                at=now,
+                actor=actor,
+                action="pat_create",
+                environment_id=envs[0] if envs and len(envs) == 1 else None,
+                detail={"pat": jti, "subject": subject, "role": chosen_role.value},
+                pat_id=pat_id,
+            )
+        )
+    token = mint_pat(deps.jwt_secret, subject, chosen_role, lifetime, now=now, jti=jti)
+    log.info("pat_created", pat=jti, subject=subject, role=chosen_role.value, actor=actor)
+    return record, token
+
+
+def list_pats(deps: Deps, limit: int, after: str | None = None) -> list[PatRecord]:
+    with deps.store.transaction() as tx:
+        return tx.pats(limit, after)
+
+
+def revoke_pat(deps: Deps, jti: str, *, actor: str, pat_id: str | None = None) -> PatRecord:
+    now = deps.clock()
+    with deps.store.transaction() as tx:
+        record = tx.revoke_pat(jti, now)
+        if record is None:
+            raise NotFound(f"personal access token {jti[:64]!r} does not exist")
+        tx.add_audit(
+            AuditEntry(
+                at=now,
+                actor=actor,
+                action="pat_revoke",
+                environment_id=None,
+                detail={"pat": jti, "subject": record.subject},
+                pat_id=pat_id,
+            )
+        )
+    deps.pat_revoked(jti)
+    log.info("pat_revoked", pat=jti, subject=record.subject, actor=actor)
+    return record
 
 
 def republish_all(
-    deps: Deps, *, actor: str, reconcile_broker: bool = True, skip_pending: bool = False
+    deps: Deps,
+    *,
+    actor: str,
+    pat_id: str | None = None,
+    reconcile_broker: bool = True,
+    skip_pending: bool = False,
 ) -> dict[str, int]:
     """Queue the current state of every environment (and a tombstone for every deleted one) again, and
     (unless ``reconcile_broker`` is False) have the relay reconcile the broker's users and ACLs first.
@@ -495,6 +716,7 @@ def republish_all(
                     "tombstones": len(queued_deleted),
                     **({"already_pending": skipped} if skip_pending else {}),
                 },
+                pat_id=pat_id,
             )
         )
     if reconcile_broker:

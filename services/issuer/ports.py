@@ -35,6 +35,25 @@ class AuditEntry:
     environment_id: str | None
     token_ids: tuple[str, ...] = ()
     detail: dict[str, str | int | None] = field(default_factory=dict)
+    pat_id: str | None = None  # the jti of the PAT that did it (None: the system, the bootstrap)
+
+
+@dataclass(frozen=True)
+class PatRecord:
+    """A personal access token as the issuer keeps it: never the JWT, only what it may do and until when."""
+
+    jti: str
+    subject: str
+    role: str  # services.issuer.auth.Role
+    environments: tuple[str, ...] | None  # None: every environment
+    actions: tuple[str, ...] | None  # None: every action of the role
+    created_at: datetime
+    expires_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,30 @@ class StoreTx(Protocol):
     def broker_generation(self, env_id: str) -> int | None:
         """The generation of ``env_id`` the broker was last made to match (None: never)."""
 
+    def add_pat(self, record: PatRecord) -> None: ...
+
+    def pat(self, jti: str) -> PatRecord | None: ...
+
+    def pats(self, limit: int, after: str | None = None) -> list[PatRecord]:
+        """PATs oldest first, ``limit`` of them, starting after the one whose jti is ``after``."""
+        ...
+
+    def revoke_pat(self, jti: str, at: datetime) -> PatRecord | None:
+        """Mark the PAT revoked (kept revoked when it already was); None when it is unknown."""
+        ...
+
+    def purge_environment(self, env_id: str) -> bool:
+        """Let a deleted id be created again with another org/project/name (False: not deleted)."""
+        ...
+
+    def deleted_names(self, env_id: str) -> tuple[str, str, str] | None:
+        """``(org, project, name)`` of a deleted id (None: not deleted)."""
+        ...
+
+    def purged(self, env_id: str) -> bool:
+        """The deleted id was purged: it may be created again with another org/project/name."""
+        ...
+
     def record_broker_generation(self, env_id: str, generation: int, at: datetime) -> None:
         """Remember that the broker matches ``generation`` of ``env_id`` (never lowers a recorded one)."""
 
@@ -109,6 +152,10 @@ class IssuerStore(Protocol):
     def transaction(self) -> AbstractContextManager[StoreTx]: ...
 
     def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]: ...
+
+    def pat_record(self, jti: str) -> PatRecord | None:
+        """One PAT's record, read outside any command (the per-request check)."""
+        ...
 
 
 class OutboxClaim(Protocol):

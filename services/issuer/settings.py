@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka import KafkaSettings
@@ -25,8 +25,10 @@ class IssuerSettings(BaseSettings):
     )
     encryption_key: SecretStr | None = Field(
         None,
-        description="STREAMTOKEN_ISSUER_ENCRYPTION_KEY: Fernet key (urlsafe base64 of 32 bytes) encrypting "
-        "tokens at rest; required outside dev (in dev a key is generated in the data dir)",
+        description="STREAMTOKEN_ISSUER_ENCRYPTION_KEY: Fernet keys (urlsafe base64 of 32 bytes) encrypting "
+        "tokens at rest, separated by commas: the first encrypts, every one decrypts (key rotation: put the "
+        "new key first, run `streamtoken admin reencrypt`, then drop the old one); required outside dev (in "
+        "dev a key is generated in the data dir)",
     )
     jwt_secret: SecretStr | None = Field(
         None,
@@ -34,7 +36,32 @@ class IssuerSettings(BaseSettings):
         "characters; required outside dev (in dev a secret is generated in the data dir)",
     )
     pat_ttl_days: int = Field(
-        30, ge=1, le=3650, description="STREAMTOKEN_ISSUER_PAT_TTL_DAYS: default lifetime of a minted PAT"
+        30, ge=1, le=365, description="STREAMTOKEN_ISSUER_PAT_TTL_DAYS: default lifetime of a minted PAT"
+    )
+    pat_max_ttl_days: int = Field(
+        90,
+        ge=1,
+        le=365,
+        description="STREAMTOKEN_ISSUER_PAT_MAX_TTL_DAYS: the longest lifetime a PAT may get",
+    )
+    pat_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="STREAMTOKEN_ISSUER_PAT_CACHE_TTL_S: how long a PAT's record is cached per replica; a "
+        "revocation takes effect on every replica within this time",
+    )
+    max_grace_tokens: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="STREAMTOKEN_ISSUER_MAX_GRACE_TOKENS: tokens in their grace period per environment at "
+        "once; a rotation with a grace period beyond it is refused (409)",
+    )
+    audit_retention_days: float = Field(
+        365,
+        ge=0,
+        description="STREAMTOKEN_ISSUER_AUDIT_RETENTION_DAYS: how long audit entries are kept (0: forever)",
     )
     relay_enabled: bool = Field(
         True, description="STREAMTOKEN_ISSUER_RELAY_ENABLED: run the outbox relay in this process"
@@ -116,6 +143,15 @@ class IssuerSettings(BaseSettings):
                     "separated by commas, e.g. http://127.0.0.1:8002,http://10.0.0.2:8002"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _check_pat_lifetimes(self) -> IssuerSettings:
+        if self.pat_ttl_days > self.pat_max_ttl_days:
+            raise ValueError(
+                f"STREAMTOKEN_ISSUER_PAT_TTL_DAYS ({self.pat_ttl_days}) exceeds "
+                f"STREAMTOKEN_ISSUER_PAT_MAX_TTL_DAYS ({self.pat_max_ttl_days})"
+            )
+        return self
 
     def resolver_url_list(self) -> list[str]:
         """The configured resolver base URLs, without trailing slashes or duplicates."""

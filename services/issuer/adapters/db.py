@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from services.issuer.domain import Environment, TokenRecord, Transition
-from services.issuer.ports import AuditEntry, IdempotentResult, OutboxMessage, StoreConflict
+from services.issuer.ports import AuditEntry, IdempotentResult, OutboxMessage, PatRecord, StoreConflict
 from shared.events import Change
 from shared.ids import hyphen_prefixes
 
@@ -50,6 +50,7 @@ class EnvironmentRow(SQLModel, table=True):
     created_at: datetime = Field(sa_type=_TZ)
     updated_at: datetime = Field(sa_type=_TZ)
     deleted_at: datetime | None = Field(default=None, sa_type=_TZ)
+    purged_at: datetime | None = Field(default=None, sa_type=_TZ)  # a deleted id free for other names
 
 
 class TokenRow(SQLModel, table=True):
@@ -87,6 +88,36 @@ class AuditRow(SQLModel, table=True):
     environment_id: str | None = Field(default=None, max_length=98, index=True)
     token_ids: str = "[]"
     detail: str = "{}"
+    pat_id: str | None = Field(default=None, max_length=200)
+
+
+class PatRow(SQLModel, table=True):
+    """A personal access token's record; the JWT itself is never stored."""
+
+    __tablename__ = "pat"
+
+    jti: str = Field(primary_key=True, max_length=64)
+    subject: str = Field(max_length=120)
+    role: str = Field(max_length=16)
+    environments: str | None = None  # JSON list of environment ids; NULL: every environment
+    actions: str | None = None  # JSON list of actions; NULL: every action of the role
+    created_at: datetime = Field(sa_type=_TZ, index=True)
+    expires_at: datetime = Field(sa_type=_TZ)
+    revoked_at: datetime | None = Field(default=None, sa_type=_TZ)
+    created_by: str = Field(max_length=200)
+
+    def to_record(self) -> PatRecord:
+        return PatRecord(
+            jti=self.jti,
+            subject=self.subject,
+            role=self.role,
+            environments=tuple(json.loads(self.environments)) if self.environments is not None else None,
+            actions=tuple(json.loads(self.actions)) if self.actions is not None else None,
+            created_at=_utc(self.created_at),
+            expires_at=_utc(self.expires_at),
+            revoked_at=_utc(self.revoked_at) if self.revoked_at else None,
+            created_by=self.created_by,
+        )
 
 
 class BrokerSyncRow(SQLModel, table=True):
@@ -240,6 +271,7 @@ class SqlTx:
             row.deleted_at = None
             if transition.before is None:  # re-created after a delete
                 row.org, row.project, row.name, row.created_at = after.org, after.project, after.name, now
+                row.purged_at = None
         self.session.add(row)
         if transition.ended:
             self.session.execute(
@@ -323,6 +355,7 @@ class SqlTx:
                 environment_id=entry.environment_id,
                 token_ids=json.dumps(list(entry.token_ids)),
                 detail=json.dumps(entry.detail, sort_keys=True),
+                pat_id=entry.pat_id,
             )
         )
 
@@ -340,6 +373,73 @@ class SqlTx:
                 created_at=at,
             )
         )
+
+    # -- personal access tokens ---------------------------------------------------------------------------
+
+    def add_pat(self, record: PatRecord) -> None:
+        self.session.add(
+            PatRow(
+                jti=record.jti,
+                subject=record.subject,
+                role=record.role,
+                environments=json.dumps(list(record.environments))
+                if record.environments is not None
+                else None,
+                actions=json.dumps(list(record.actions)) if record.actions is not None else None,
+                created_at=record.created_at,
+                expires_at=record.expires_at,
+                revoked_at=record.revoked_at,
+                created_by=record.created_by,
+            )
+        )
+        self.session.flush()
+
+    def pat(self, jti: str) -> PatRecord | None:
+        row = self.session.get(PatRow, jti)
+        return row.to_record() if row is not None else None
+
+    def pats(self, limit: int, after: str | None = None) -> list[PatRecord]:
+        query = select(PatRow)
+        if after is not None:
+            last = self.session.get(PatRow, after)
+            if last is not None:
+                query = query.where(
+                    sa.or_(
+                        col(PatRow.created_at) > last.created_at,
+                        sa.and_(col(PatRow.created_at) == last.created_at, col(PatRow.jti) > last.jti),
+                    )
+                )
+        rows = self.session.exec(query.order_by(col(PatRow.created_at), col(PatRow.jti)).limit(limit)).all()
+        return [r.to_record() for r in rows]
+
+    def revoke_pat(self, jti: str, at: datetime) -> PatRecord | None:
+        row = self.session.get(PatRow, jti)
+        if row is None:
+            return None
+        if row.revoked_at is None:
+            row.revoked_at = at
+            self.session.add(row)
+            self.session.flush()
+        return row.to_record()
+
+    def purge_environment(self, env_id: str) -> bool:
+        row = self._row(env_id, for_update=True)
+        if row is None or row.deleted_at is None:
+            return False
+        row.purged_at = row.purged_at or row.deleted_at
+        self.session.add(row)
+        self.session.flush()
+        return True
+
+    def purged(self, env_id: str) -> bool:
+        row = self._row(env_id, for_update=False)
+        return row is not None and row.deleted_at is not None and row.purged_at is not None
+
+    def deleted_names(self, env_id: str) -> tuple[str, str, str] | None:
+        row = self._row(env_id, for_update=False)
+        if row is None or row.deleted_at is None:
+            return None
+        return (row.org, row.project, row.name)
 
     # -- environment creation, broker propagation ---------------------------------------------------------
 
@@ -433,9 +533,15 @@ class SqlStore:
                 environment_id=r.environment_id,
                 token_ids=tuple(json.loads(r.token_ids)),
                 detail=json.loads(r.detail),
+                pat_id=r.pat_id,
             )
             for r in rows
         ]
+
+    def pat_record(self, jti: str) -> PatRecord | None:
+        with self.serialised(), Session(self.engine) as session:
+            row = session.get(PatRow, jti)
+            return row.to_record() if row is not None else None
 
     # -- outbox ------------------------------------------------------------------------------------------
 
@@ -495,8 +601,11 @@ class SqlStore:
             for r in rows
         ]
 
-    def purge(self, published_before: datetime, idempotency_before: datetime) -> tuple[int, int]:
-        """Forget outbox rows published and idempotency keys used before the given times."""
+    def purge(
+        self, published_before: datetime, idempotency_before: datetime, audit_before: datetime | None = None
+    ) -> tuple[int, int, int]:
+        """Forget outbox rows published, idempotency keys used and (``audit_before``) audit entries written
+        before the given times."""
         with self.serialised(), self.engine.begin() as connection:
             outbox = connection.execute(
                 sa.delete(OutboxRow).where(
@@ -506,7 +615,35 @@ class SqlStore:
             keys = connection.execute(
                 sa.delete(IdempotencyRow).where(col(IdempotencyRow.created_at) < idempotency_before)
             ).rowcount
-        return int(outbox or 0), int(keys or 0)
+            audit = 0
+            if audit_before is not None:
+                audit = connection.execute(
+                    sa.delete(AuditRow).where(col(AuditRow.at) < audit_before)
+                ).rowcount
+        return int(outbox or 0), int(keys or 0), int(audit or 0)
+
+    def reencrypt(self, rewrite: Callable[[str], str], batch: int = 500) -> tuple[int, int]:
+        """Pass every stored token and idempotent answer through ``rewrite`` (encrypt again with the current
+        key), ``batch`` rows per transaction; ``(tokens, answers)`` rewritten."""
+        with self.serialised(), Session(self.engine) as session:
+            token_ids = list(session.exec(select(TokenRow.token_id)).all())
+            answer_keys = [
+                tuple(k) for k in session.exec(select(IdempotencyRow.environment_id, IdempotencyRow.key))
+            ]
+        for start in range(0, len(token_ids), batch):
+            with self.serialised(), Session(self.engine) as session, session.begin():
+                chunk = token_ids[start : start + batch]
+                for token in session.exec(select(TokenRow).where(col(TokenRow.token_id).in_(chunk))):
+                    token.ciphertext = rewrite(token.ciphertext)
+                    session.add(token)
+        for start in range(0, len(answer_keys), batch):
+            with self.serialised(), Session(self.engine) as session, session.begin():
+                for env_id, key in answer_keys[start : start + batch]:
+                    answer = session.get(IdempotencyRow, (env_id, key))
+                    if answer is not None:
+                        answer.response_ciphertext = rewrite(answer.response_ciphertext)
+                        session.add(answer)
+        return len(token_ids), len(answer_keys)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -18,6 +18,7 @@ earliest end of a grace period among the environments it synced and syncs those 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +56,18 @@ class BrokerSyncFailed(RuntimeError):
 def _one_line(exc: BaseException) -> str:
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text[:200]
+
+
+_ERROR_CODE = re.compile(
+    r"(?<![A-Za-z0-9_])(_?[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|_[A-Z][A-Z0-9]+)(?![A-Za-z0-9_])"
+)
+
+
+def error_code(text: str) -> str | None:
+    """The first Kafka error name in an error text (``CLUSTER_AUTHORIZATION_FAILED``, ``_TRANSPORT``,
+    ``_MSG_TIMED_OUT``): a short, machine-readable reason without addresses or principals."""
+    found = _ERROR_CODE.search(text)
+    return found.group(1) if found else None
 
 
 def _utcnow() -> datetime:
@@ -124,6 +137,7 @@ class OutboxRelay:
         self._reconcile_needed = self._broker is not None
         self._expiry: dict[str, datetime] = {}  # environment → earliest end of a grace period synced
         self.broker_error: str | None = None  # the last broker-access failure, while it lasts
+        self.error_code: str | None = None  # the Kafka error name of the last failure (for readiness)
 
     @property
     def broker_enforced(self) -> bool:
@@ -176,6 +190,7 @@ class OutboxRelay:
                 self.failures += 1
                 self.last_error = type(exc).__name__
                 self.broker_error = str(exc) if isinstance(exc, BrokerSyncFailed) else None
+                self.error_code = error_code(str(exc)) or type(exc).__name__
                 self._metrics.publish_failures.inc()
                 self._publisher.reset()
                 self._topic_checked = self._topic_admin is None
@@ -195,6 +210,7 @@ class OutboxRelay:
             self.failures = 0
             self.last_error = None
             self.broker_error = None
+            self.error_code = None
             self._housekeep()
             self._wake.wait(self._poll_interval_s)
 

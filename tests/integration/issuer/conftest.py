@@ -45,13 +45,26 @@ class RunningIssuer:
     anonymous: httpx.Client
     _extra_clients: list[httpx.Client]
 
-    def pat(self, role: Role, subject: str = "someone", ttl: timedelta = timedelta(hours=1)) -> str:
+    def pat(
+        self,
+        role: Role,
+        subject: str = "someone",
+        ttl: timedelta = timedelta(hours=1),
+        *,
+        environments: list[str] | None = None,
+        actions: list[str] | None = None,
+    ) -> str:
+        """A PAT recorded in the issuer's database (``ttl`` ≤ 0: its record exists, its JWT has expired)."""
+        record, token = self.app.state.issue_pat(
+            subject, role, ttl=max(ttl, timedelta(hours=1)), environments=environments, actions=actions
+        )
         if ttl <= timedelta(0):  # an already expired PAT: minted in the past
-            return mint_pat(self.app.state.jwt_secret, subject, role, -ttl, now=datetime.now(UTC) + 2 * ttl)
-        return mint_pat(self.app.state.jwt_secret, subject, role, ttl)
+            moment = datetime.now(UTC) + 2 * ttl
+            return mint_pat(self.app.state.jwt_secret, subject, role, -ttl, now=moment, jti=record.jti)
+        return str(token)
 
-    def pat_for(self, role: str, subject: str = "someone") -> str:
-        return self.pat(Role(role), subject)
+    def pat_for(self, role: str, subject: str = "someone", **scope: Any) -> str:
+        return self.pat(Role(role), subject, **scope)
 
     def client_for(self, token: str) -> httpx.Client:
         client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
@@ -67,7 +80,6 @@ def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Ca
         settings_extra = overrides.pop("settings", {})
         app = build_app(make_settings(database_url, kafka, tmp_path / "data", **settings_extra), **overrides)
         url = serve_app(app)
-        secret = app.state.jwt_secret
 
         def client(token: str | None) -> httpx.Client:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -78,8 +90,8 @@ def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Ca
         return RunningIssuer(
             url=url,
             app=app,
-            admin=client(mint_pat(secret, "alice", Role.ADMIN, timedelta(hours=1))),
-            member=client(mint_pat(secret, "bob", Role.MEMBER, timedelta(hours=1))),
+            admin=client(app.state.issue_pat("alice", Role.ADMIN, actor="test")[1]),
+            member=client(app.state.issue_pat("bob", Role.MEMBER, actor="test")[1]),
             anonymous=client(None),
             _extra_clients=clients,
         )

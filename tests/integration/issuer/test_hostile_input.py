@@ -87,3 +87,24 @@ def test_environment_ids_never_nest(
     assert issuer.admin.post("/v1/environments", json={**ENV, "name": "stage"}).status_code == 409
     # ... and may itself be created again.
     assert issuer.admin.post("/v1/environments", json={**ENV, "name": "stage-eu"}).status_code == 201
+
+
+def test_a_trailing_newline_is_refused_in_bodies_and_paths_and_the_pattern_is_published(
+    database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
+) -> None:
+    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    for field in ("org", "project", "name"):
+        refused = issuer.admin.post("/v1/environments", json={**ENV, field: ENV[field] + "\n"})
+        assert refused.status_code == 422, (field, refused.text)
+    assert issuer.admin.get("/v1/environments").json()["environments"] == []
+    assert issuer.admin.post("/v1/environments", json=ENV).status_code == 201
+    for path in ("", "/streaming-tokens", "/streaming-tokens/rotate"):
+        method = "POST" if path.endswith("rotate") else "GET"
+        answer = issuer.admin.request(method, f"/v1/environments/{ENV_ID}%0A{path}")
+        assert answer.status_code == 422, (path, answer.text)
+    spec = issuer.anonymous.get("/openapi.json").json()
+    create = spec["components"]["schemas"]["EnvironmentCreate"]["properties"]
+    assert {create[f]["pattern"] for f in ("org", "project", "name")} == {"^[a-z0-9]+(?:-[a-z0-9]+)*$"}
+    parameters = spec["paths"]["/v1/environments/{environment_id}"]["get"]["parameters"]
+    path_id = next(p for p in parameters if p["name"] == "environment_id")
+    assert path_id["schema"]["pattern"] == "^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"

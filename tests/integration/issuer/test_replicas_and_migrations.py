@@ -110,8 +110,8 @@ def test_housekeeping_forgets_published_rows_and_old_idempotency_keys(
     while store.pending_count() and time.monotonic() < deadline:
         time.sleep(0.05)
     later = datetime.now(UTC) + timedelta(seconds=1)
-    assert store.purge(later, later) == (2, 1)
-    assert store.purge(later, later) == (0, 0)
+    assert store.purge(later, later) == (2, 1, 0)
+    assert store.purge(later, later) == (0, 0, 0)
     again = issuer.admin.post(rotate, headers={"Idempotency-Key": "k"}).json()
     assert again["generation"] == first["generation"] + 1  # the key expired: a new rotation
 

@@ -61,7 +61,8 @@ def test_creation_and_rotation_reach_every_resolver_and_rotate_wait_waits_for_th
         {"url": url, "generation": 1, "applied": True, "ready": True, "error": None} for url in resolvers
     ]
     shown = issuer.admin.get(f"/v1/environments/{env_id}/streaming-tokens").json()
-    assert shown["propagation"]["resolvers"] == "applied"  # the token state polls as well
+    assert shown["propagation"]["resolvers"] == "pending"  # the token state does not poll (agents call it)
+    assert shown["propagation"]["resolver_detail"] == []
 
     rotated = issuer.admin.post(f"/v1/environments/{env_id}/streaming-tokens/rotate")
     assert rotated.status_code == 200

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from services.issuer.domain import Environment, Transition
-from services.issuer.ports import AuditEntry, IdempotentResult, ResolverGeneration
+from services.issuer.ports import AuditEntry, IdempotentResult, PatRecord, ResolverGeneration
 from shared.ids import hyphen_prefixes
 
 
@@ -24,6 +24,9 @@ class State:
     keys: dict[tuple[str, str], IdempotentResult] = field(default_factory=dict)
     broker_generations: dict[str, int] = field(default_factory=dict)
     creation_locks: int = 0
+    pats: dict[str, PatRecord] = field(default_factory=dict)
+    deleted_names: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    purged: set[str] = field(default_factory=set)
 
 
 class FakeTx:
@@ -45,6 +48,8 @@ class FakeTx:
     def save(self, transition: Transition, ciphertexts: dict[str, str]) -> None:
         self.state.environments[transition.after.id] = transition.after
         self.state.deleted.pop(transition.after.id, None)
+        self.state.deleted_names.pop(transition.after.id, None)
+        self.state.purged.discard(transition.after.id)
         self.state.ciphertexts.update(ciphertexts)
 
     def nested_environment_ids(self, env_id: str) -> list[str]:
@@ -54,6 +59,7 @@ class FakeTx:
     def mark_deleted(self, env: Environment, at: datetime) -> None:
         del self.state.environments[env.id]
         self.state.deleted[env.id] = env.generation
+        self.state.deleted_names[env.id] = (env.org, env.project, env.name)
         self.state.keys = {k: v for k, v in self.state.keys.items() if k[0] != env.id}
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
@@ -87,6 +93,40 @@ class FakeTx:
         known = self.state.broker_generations.get(env_id, 0)
         self.state.broker_generations[env_id] = max(known, generation)
 
+    def add_pat(self, record: PatRecord) -> None:
+        self.state.pats[record.jti] = record
+
+    def pat(self, jti: str) -> PatRecord | None:
+        return self.state.pats.get(jti)
+
+    def pats(self, limit: int, after: str | None = None) -> list[PatRecord]:
+        ordered = sorted(self.state.pats.values(), key=lambda p: (p.created_at, p.jti))
+        if after is not None and after in self.state.pats:
+            last = self.state.pats[after]
+            ordered = [p for p in ordered if (p.created_at, p.jti) > (last.created_at, last.jti)]
+        return ordered[:limit]
+
+    def revoke_pat(self, jti: str, at: datetime) -> PatRecord | None:
+        record = self.state.pats.get(jti)
+        if record is None:
+            return None
+        if record.revoked_at is None:
+            record = replace(record, revoked_at=at)
+            self.state.pats[jti] = record
+        return record
+
+    def deleted_names(self, env_id: str) -> tuple[str, str, str] | None:
+        return self.state.deleted_names.get(env_id)
+
+    def purge_environment(self, env_id: str) -> bool:
+        if env_id not in self.state.deleted:
+            return False
+        self.state.purged.add(env_id)
+        return True
+
+    def purged(self, env_id: str) -> bool:
+        return env_id in self.state.purged
+
 
 class FakeStore:
     """Transactions work on a copy that replaces the state only when the block ends without an error."""
@@ -95,6 +135,7 @@ class FakeStore:
         self.state = State()
         self.commits = 0
         self.open_transactions = 0
+        self.pat_reads = 0
 
     @contextmanager
     def transaction(self) -> Iterator[FakeTx]:
@@ -110,6 +151,10 @@ class FakeStore:
     def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]:
         entries = [e for e in reversed(self.state.audit) if environment_id in (None, e.environment_id)]
         return entries[:limit]
+
+    def pat_record(self, jti: str) -> PatRecord | None:
+        self.pat_reads += 1
+        return self.state.pats.get(jti)
 
 
 class CountingWakeup:

@@ -16,7 +16,7 @@ from services.issuer.secrets import SecretConfigError, resolve_encryption_key, r
 from shared.settings import RuntimeSettings
 from shared.tokens import generate_token
 
-SECRET = "x" * 40
+SECRET = "k7Qd9-xLpZ2vN4mR8sTbW1yHc6eJ0aUf-3gE5iO"
 
 
 def test_pat_round_trip_and_roles() -> None:

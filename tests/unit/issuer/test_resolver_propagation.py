@@ -75,7 +75,7 @@ def test_an_unreachable_replica_is_pending_with_its_reason() -> None:
     }
 
 
-def test_rotate_and_revoke_answer_without_polling_and_reveal_polls_outside_the_transaction() -> None:
+def test_only_the_propagation_view_polls_and_outside_the_transaction() -> None:
     store_holder: list[FakeStore] = []
 
     def no_open_transaction() -> None:
@@ -98,11 +98,13 @@ def test_rotate_and_revoke_answer_without_polling_and_reveal_polls_outside_the_t
     assert resolvers.polls == []
 
     resolvers.answers = {A: (3, True)}
+    # The token state is what agents fetch: it must not wait on resolvers (nor make them work per fetch).
     shown = handlers.reveal_tokens(deps, env.id, actor="a")
     assert shown.propagation is not None
-    assert shown.propagation.resolvers == "applied"
+    assert (shown.propagation.resolvers, shown.propagation.resolver_detail) == ("pending", ())
+    assert resolvers.polls == []
     assert handlers.propagation(deps, env.id).resolvers == "applied"
-    assert resolvers.polls == [env.id, env.id]
+    assert resolvers.polls == [env.id]
 
 
 # -- the HTTP probe -----------------------------------------------------------------------------------------
