@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from services.resolver.admin import TopicAdmin, TopicAdminError, TopicExists, TopicInfo
 from services.resolver.credentials import PublicBroker
 from services.resolver.metrics import ResolverMetrics
-from services.resolver.replica import Status
+from services.resolver.replica import SERVING, Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import Match, TokenTable
 from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token, error_body
@@ -250,7 +250,7 @@ async def environment_generation(environment_id: str, request: Request, resolver
         {
             "environment_id": environment_id,
             "generation": resolver.table.generation(environment_id),
-            "ready": resolver.status() is Status.READY,
+            "ready": resolver.status() in SERVING,
         }
     )
 
@@ -616,6 +616,6 @@ def install_routes(app: FastAPI) -> None:
 def ready_detail(resolver_status: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bool, dict[str, Any]]]:
     def ready() -> tuple[bool, dict[str, Any]]:
         detail = resolver_status()
-        return detail["status"] == Status.READY, detail
+        return detail["status"] in SERVING, detail
 
     return ready

@@ -51,7 +51,11 @@ def build_app(
         )
     table = table if table is not None else TokenTable()
     metrics = metrics or ResolverMetrics()
-    metrics.bind_table(lambda: float(len(table)), lambda: float(table.fingerprint_count))
+
+    def swap_in(rebuilt: TokenTable) -> None:
+        # One attribute assignment on the event loop: a lookup reads the old table or the new one.
+        resolver.table = rebuilt
+
     if replica is None and start_replica:
         replica = TableReplica(
             table,
@@ -60,7 +64,11 @@ def build_app(
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             degraded_after_seconds=settings.degraded_after_seconds,
             probe_interval_seconds=settings.probe_interval_seconds,
+            rebuild_empty_grace_seconds=settings.rebuild_empty_grace_seconds,
+            on_swap=swap_in,
         )
+    elif replica is not None and replica.on_swap is None:
+        replica.on_swap = swap_in
 
     def replica_status() -> Status:
         return replica.status if replica is not None else Status.READY
@@ -70,7 +78,7 @@ def build_app(
     def snapshot() -> dict[str, Any]:
         if replica is not None:
             return replica.snapshot()
-        return {"status": str(current_status()), "environments": len(table)}
+        return {"status": str(current_status()), "environments": len(resolver.table)}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,7 +100,7 @@ def build_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    app.state.resolver = app.resolver = Resolver(
+    resolver = Resolver(
         table,
         current_status,
         admin
@@ -102,6 +110,8 @@ def build_app(
         metrics,
         clock,
     )
+    app.state.resolver = app.resolver = resolver
+    metrics.bind_table(lambda: float(len(resolver.table)), lambda: float(resolver.table.fingerprint_count))
     app.state.replica = replica
     app.include_router(health_router(ready_detail(snapshot), metrics.registry))
     install_routes(app)

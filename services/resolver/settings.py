@@ -56,6 +56,13 @@ class ResolverSettings(BaseSettings):
     probe_interval_seconds: float = Field(
         2.0, gt=0, description="STREAMTOKEN_RESOLVER_PROBE_INTERVAL_SECONDS: status/lag/partitions check"
     )
+    rebuild_empty_grace_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="STREAMTOKEN_RESOLVER_REBUILD_EMPTY_GRACE_SECONDS: a recreated topic still empty this "
+        "long after the rebuild began replaces a table that holds environments (until then the last good "
+        "table keeps answering while the issuer republishes)",
+    )
 
     # Portal API topic creation.
     metadata_cache_seconds: float = Field(

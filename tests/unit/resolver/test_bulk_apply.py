@@ -38,6 +38,9 @@ class FakeMessage:
     def offset(self) -> int:
         return self._offset
 
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1_700_000_000_000 + self._offset  # TIMESTAMP_CREATE_TIME, milliseconds
+
 
 def _edit(value: bytes, change: object) -> bytes:
     data = json.loads(value)
