@@ -327,6 +327,7 @@ def test_a_broker_that_refuses_keeps_the_batch_pending_and_readiness_degraded(
     # Public readiness gives the short state only (shared.web.short_reason); the reason, in one line, is in
     # the relay's log.
     assert ready["broker_access"] == "retrying"
+    assert ready["broker_access_reason"] == "CLUSTER_AUTHORIZATION_FAILED"  # the Kafka error name, no text
     assert ready["status"] == "degraded"
     retries = [line for line in captured_logs.lines if "outbox_relay_retry" in line]
     assert any("CLUSTER_AUTHORIZATION_FAILED" in line for line in retries), retries[-1:]
