@@ -232,10 +232,23 @@ def config_values(
     advertised_host: str | None = None,
     reauth_ms: int = 60_000,
     offsets_partitions: int = 5,
+    node_id: int = 1,
+    voters: dict[int, int] | None = None,
+    replication_factor: int = 1,
+    min_insync: int = 1,
 ) -> dict[str, object]:
-    """Every value of the template: the local stack and the tests (loopback) and compose (``kafka``)."""
+    """Every value of the template: the local stack and the tests (loopback), compose (``kafka``), and a
+    node of a cluster (``voters``: node id → controller port, all on ``host``)."""
+    quorum = (
+        "controller.quorum.voters=" + ",".join(f"{n}@{host}:{p}" for n, p in sorted(voters.items()))
+        if voters
+        else f"controller.quorum.bootstrap.servers={host}:{controller_port}"
+    )
     return {
-        "node_id": 1,
+        "node_id": node_id,
+        "quorum": quorum,
+        "replication_factor": replication_factor,
+        "min_insync": min_insync,
         "listen_host": listen_host or host,
         "advertised_host": advertised_host or host,
         "port": port,
@@ -345,8 +358,18 @@ class ApacheKafkaBroker:
         reauth_ms: int = 60_000,
         progress: Any = None,
         fast_start: bool | None = None,
+        node_id: int = 1,
+        voters: dict[int, int] | None = None,
+        replication_factor: int = 1,
+        credentials: BrokerCredentials | None = None,
+        tls: BrokerTls | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.node_id = node_id
+        self.voters = voters
+        self.replication_factor = replication_factor
+        self.cluster_id = cluster_id
         self.host = host
         self.port = port
         self.controller_port = controller_port
@@ -361,8 +384,8 @@ class ApacheKafkaBroker:
         self.fast_start = RuntimeSettings().env == "test" if fast_start is None else fast_start
         self._progress = progress
         self._process: subprocess.Popen[bytes] | None = None
-        self.credentials = BrokerCredentials.load_or_create(self.data_dir / "credentials.json")
-        self.tls: BrokerTls | None = None
+        self.credentials = credentials or BrokerCredentials.load_or_create(self.data_dir / "credentials.json")
+        self.tls: BrokerTls | None = tls
         self.ready_after_s: float | None = None
 
     # -- what clients need -----------------------------------------------------------------------------
@@ -421,6 +444,10 @@ class ApacheKafkaBroker:
             host=self.host,
             reauth_ms=self.reauth_ms,
             offsets_partitions=self.offsets_partitions,
+            node_id=self.node_id,
+            voters=self.voters,
+            replication_factor=self.replication_factor,
+            min_insync=min(2, self.replication_factor),
         )
 
     def jit_flags(self) -> list[str]:
@@ -433,6 +460,14 @@ class ApacheKafkaBroker:
 
     def start(self, timeout: float = 120.0) -> ApacheKafkaBroker:
         started = time.monotonic()
+        self.launch()
+        self._wait_ready(started + timeout)
+        self.ready_after_s = time.monotonic() - started
+        return self
+
+    def launch(self) -> None:
+        """Format (once) and start the JVM without waiting for it to answer (a cluster starts every node
+        before any of them can be ready)."""
         java = java_binary()
         lib = ensure_jars(self.version, self._progress)
         if not port_is_free(self.host, self.port):
@@ -445,10 +480,12 @@ class ApacheKafkaBroker:
         state_path = self.data_dir / "ports.json"
         if self.controller_port is None and state_path.is_file():
             self.controller_port = int(json.loads(state_path.read_text())["controller_port"])
-        if self.controller_port is None or not port_is_free(self.host, self.controller_port):
+        if self.voters:
+            self.controller_port = self.voters[self.node_id]
+        elif self.controller_port is None or not port_is_free(self.host, self.controller_port):
             self.controller_port = free_port(self.host)
         state_path.write_text(json.dumps({"controller_port": self.controller_port}))
-        self.tls = broker_tls(self.data_dir / "tls", ("localhost", self.host))
+        self.tls = self.tls or broker_tls(self.data_dir / "tls", ("localhost", self.host))
         config = self.data_dir / "server.properties"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -468,6 +505,7 @@ class ApacheKafkaBroker:
                     "-Djava.awt.headless=true",
                     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                     "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
+                    "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.raft.QuorumState=info",
                     "-cp",
                     classpath,
                     "kafka.Kafka",
@@ -482,13 +520,10 @@ class ApacheKafkaBroker:
             raise BrokerError(f"Could not run {java}: {exc.strerror}.") from None
         finally:
             log.close()
-        self._wait_ready(started + timeout)
-        self.ready_after_s = time.monotonic() - started
-        return self
 
     def _format(self, java: str, classpath: str, config: Path) -> None:
         self._say(f"formatting a new Kafka log directory in {self.data_dir / 'logs'}")
-        cluster_id = _random_cluster_id()
+        cluster_id = self.cluster_id or _random_cluster_id()
         command = [
             java,
             "-cp",
@@ -499,13 +534,16 @@ class ApacheKafkaBroker:
             cluster_id,
             "-c",
             str(config),
-            "--standalone",
+            *([] if self.voters else ["--standalone"]),
         ]
         command += scram_arguments(self.credentials)
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             lines = [line for line in (result.stdout + result.stderr).splitlines() if "SLF4J" not in line]
             raise BrokerError(f"Formatting the Kafka log directory failed: {' / '.join(lines[-3:])}.")
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        self._wait_ready(time.monotonic() + timeout)
 
     def _wait_ready(self, deadline: float) -> None:
         from confluent_kafka.admin import AdminClient
@@ -579,3 +617,105 @@ def _random_cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
+
+
+class KafkaCluster:
+    """``size`` Apache Kafka nodes on loopback, each broker + controller, a static controller quorum of all of
+    them, topics replicated ``size`` times with ``min.insync.replicas=2`` (issue 10's fault tests). Nodes
+    share the passwords and the TLS material; each node can be killed and started again."""
+
+    def __init__(self, data_dir: Path, size: int = 3, heap: str = "384m", host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.credentials = BrokerCredentials.load_or_create(self.data_dir / "credentials.json")
+        self.tls = broker_tls(self.data_dir / "tls", ("localhost", host))
+        cluster_id = _random_cluster_id()
+        ports = {node: free_port(host) for node in range(1, size + 1)}
+        voters = {node: free_port(host) for node in range(1, size + 1)}
+        self.nodes = {
+            node: ApacheKafkaBroker(
+                self.data_dir / f"node-{node}",
+                port=ports[node],
+                host=host,
+                heap=heap,
+                node_id=node,
+                voters=voters,
+                replication_factor=size,
+                credentials=self.credentials,
+                tls=self.tls,
+                cluster_id=cluster_id,
+            )
+            for node in ports
+        }
+        self.version = KAFKA_VERSION
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes.values())
+
+    @property
+    def ca_path(self) -> Path:
+        return self.tls.ca_cert
+
+    def start(self, timeout: float = 180.0) -> KafkaCluster:
+        for node in self.nodes.values():
+            node.launch()
+        for node in self.nodes.values():
+            node.wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def poll(self) -> int | None:
+        """An exit status when every node has ended, else None (the cluster is up while one node is)."""
+        codes = [node.poll() for node in self.nodes.values()]
+        return None if any(code is None for code in codes) else codes[0]
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would."""
+        self.nodes[node_id].kill()
+
+    def restart(self, node_id: int, timeout: float = 180.0) -> None:
+        node = self.nodes[node_id]
+        node.stop()
+        node.launch()
+        node.wait_ready(timeout)
+
+    def settings_for(self, user: str, **overrides: Any) -> KafkaSettings:
+        values: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "replication_factor": 3}
+        values.update(overrides)
+        return next(iter(self.nodes.values())).settings_for(user, **values)
+
+    def admin_settings(self, **overrides: Any) -> KafkaSettings:
+        return self.settings_for(ADMIN_USER, **overrides)
+
+    def environment_for(self, user: str, **overrides: Any) -> dict[str, str]:
+        return self.settings_for(user, **overrides).environment()
+
+    def grant_services(self, control_topic: str, notifier_group: str = "notifier") -> None:
+        create_grants(self.admin_settings(), service_grants(control_topic, notifier_group))
+
+    def leaders(self, topic: str) -> dict[int, int]:
+        """Partition → the node that leads it now."""
+        from confluent_kafka.admin import AdminClient
+
+        metadata = AdminClient(_kafka_admin_config(self.admin_settings())).list_topics(topic, timeout=10)
+        return {p.id: p.leader for p in metadata.topics[topic].partitions.values()}
+
+    def controller(self) -> int | None:
+        """The node that leads the controller quorum, from the nodes' logs (the newest epoch's leader)."""
+        best: tuple[int, int] | None = None
+        for node_id, node in self.nodes.items():
+            if not node.log_path.is_file():
+                continue
+            for match in _LEADER.finditer(node.log_path.read_text(errors="replace")):
+                epoch = int(match.group(1))
+                if best is None or epoch >= best[0]:
+                    best = (epoch, node_id)
+        return None if best is None else best[1]
+
+
+_LEADER = re.compile(r"Completed transition to Leader\(.*?epoch=(\d+)")

@@ -17,7 +17,7 @@ import httpx
 
 from cli.dev import SAMPLE_APP, Broker, Child, Stack, mint_admin_pat, service_child, service_environments
 from shared.broker import free_port
-from shared.kafka_broker import ApacheKafkaBroker
+from shared.kafka_broker import ApacheKafkaBroker, KafkaCluster
 from tests.support import read_records, wait_until
 
 PRODUCED = re.compile(r"f1_producer: (\d+) messages produced to (\S+)")
@@ -151,7 +151,7 @@ def read_topic(broker: Broker, topic: str, at_least: int, timeout: float = 60.0)
     """Every record of ``topic`` (JSON values), read from the beginning of every partition (as admin)."""
     connection = (
         broker.admin_settings().librdkafka()
-        if isinstance(broker, ApacheKafkaBroker)
+        if isinstance(broker, ApacheKafkaBroker | KafkaCluster)
         else {"bootstrap.servers": broker.bootstrap_servers}
     )
     records = read_records(connection, topic, at_least, timeout, settle=2.0)
