@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -33,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.issuer.auth import Role, mint_pat  # noqa: E402
+from cli.dev import mint_admin_pat  # noqa: E402
 from shared.broker import EmbeddedBroker, free_port  # noqa: E402
 
 POSTGRES_ADMIN = os.environ.get("STREAMTOKEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -96,7 +95,8 @@ def issuer_process(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the issuer did not start")
             time.sleep(0.1)
-        yield url, mint_pat(jwt_secret, "bench", Role.ADMIN, timedelta(hours=1))
+        # PATs are records now (issue 11): the issuer's own bootstrap command writes one.
+        yield url, mint_admin_pat({k: v for k, v in env.items() if k.startswith("STREAMTOKEN_")})
     finally:
         process.terminate()
         try:

@@ -66,11 +66,14 @@ class IssuerClient:
         except ValueError:
             raise IssuerError(f"{what}: the issuer's answer is not JSON", response.status_code) from None
 
-    async def streaming_tokens(self, environment_id: str) -> dict[str, Any]:
+    async def streaming_tokens(self, environment_id: str, slot: int | None = None) -> dict[str, Any]:
+        """The environment's token state; ``slot=2`` asks for Token 2 too (a deployment PAT answers only the
+        current Token 1 unless asked for the slot its deployment uses)."""
+        query = "?slot=2" if slot == 2 else ""
         body = await self._json(
             f"reading the tokens of {environment_id}",
             "GET",
-            f"/v1/environments/{environment_id}/streaming-tokens",
+            f"/v1/environments/{environment_id}/streaming-tokens{query}",
             (200,),
         )
         if not isinstance(body, dict):

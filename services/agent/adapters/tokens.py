@@ -86,7 +86,7 @@ class IssuerTokenSource:
 
     async def fetch(self) -> Credential:
         try:
-            body = await self.issuer.streaming_tokens(self.environment_id)
+            body = await self.issuer.streaming_tokens(self.environment_id, self.slot)
         except IssuerError as exc:
             raise self._unavailable(exc) from None
         return self._credential_from(body)

@@ -36,6 +36,8 @@ def issuer(status: int, body: object = None, slot: int = 1) -> IssuerTokenSource
     def answer(request: httpx.Request) -> httpx.Response:
         assert request.headers["authorization"] == "Bearer pat-123"
         assert request.url.path == "/v1/environments/acme-telemetry-dev/streaming-tokens"
+        # A deployment PAT answers Token 2 only when asked for it (the zero-downtime strategy's slot).
+        assert request.url.params.get("slot") == ("2" if slot == 2 else None)
         return httpx.Response(status, json=body if body is not None else {"error": "x", "message": "x"})
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
