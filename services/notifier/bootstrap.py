@@ -13,21 +13,78 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from services.notifier.api import build_router, replay_limits
 from services.notifier.auth import ResolverWhoami, TokenVerifier
 from services.notifier.consumer import EventConsumer
 from services.notifier.delivery import DeliveryEngine, NotifierMetrics, webhook_client
+from services.notifier.health import Assessment, ConsumerView, HealthGauges, assess
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import Store
+from services.notifier.store import Store, database_unavailable
+from shared.errors import error_body
 from shared.kafka import KafkaSettings
 from shared.logs import get_logger
 from shared.settings import RuntimeSettings
 from shared.web import health_router, install_error_handlers
 
 log = get_logger(__name__)
+
+STARTING = ConsumerView(
+    running=True,
+    joined=False,
+    ever_joined=False,
+    assigned=(),
+    brokers_up=None,
+    lag=None,
+    last_record_at=None,
+    topic_missing=False,
+    recording_blocked=False,
+    failing=False,
+    replays=0,
+)
+
+DATABASE_MESSAGES = {
+    "locked": "the database is locked by another connection; retry shortly",
+    "full": "the database's disk is full; nothing was changed, retry once space has been freed",
+    "read_only": "the database is read-only right now; retry shortly",
+    "unreachable": "the database is unreachable right now; nothing was changed, retry shortly",
+}
+
+
+def install_database_errors(app: FastAPI) -> None:
+    """A database that cannot serve now (unreachable, restarting, locked, disk full) is a 503
+    ``database_unavailable`` with one sentence and ``Retry-After``, never a 500 with a trace."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        kind = database_unavailable(exc)
+        if kind is None:
+            log.error(
+                "unhandled_error", path=request.url.path, error=type(exc).__name__, detail=str(exc)[:300]
+            )
+            return JSONResponse(
+                error_body("internal_error", "the service failed to handle this request; see its log"),
+                status_code=500,
+            )
+        log.warning(
+            "database_unavailable",
+            path=request.url.path,
+            kind=kind,
+            error=type(exc).__name__,
+            detail=str(getattr(exc, "orig", exc))[:300],
+        )
+        return JSONResponse(
+            error_body("database_unavailable", DATABASE_MESSAGES[kind]),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    for kind in (OperationalError, InterfaceError, DisconnectionError, PoolTimeout):
+        app.add_exception_handler(kind, _unavailable)
 
 
 def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
@@ -64,8 +121,11 @@ def build_app(
 ) -> FastAPI:
     """The notifier as an ASGI app. Overrides replace the adapters built from settings (tests pass fakes)."""
     kafka = kafka_settings or KafkaSettings()
-    store = store or Store.from_url(settings.resolved_database_url(runtime))
+    store = store or Store.from_url(
+        settings.resolved_database_url(runtime), settings.database_busy_timeout_seconds
+    )
     metrics = NotifierMetrics(registry or CollectorRegistry())
+    gauges = HealthGauges(metrics.registry)
     verifier = verifier or ResolverWhoami(
         settings.resolver_url, settings.whoami_cache_seconds, max_entries=settings.whoami_cache_entries
     )
@@ -86,6 +146,7 @@ def build_app(
             consumer = EventConsumer(kafka, settings, store, metrics, lambda _: engine.wake())
             consumer.start()
         state["consumer"] = consumer
+        refreshing = asyncio.create_task(_refresh_gauges(stop))
         log.info(
             "notifier_started",
             topic=kafka.topic,
@@ -97,6 +158,9 @@ def build_app(
             yield
         finally:
             stop.set()
+            refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refreshing
             if consumer is not None:
                 await asyncio.to_thread(consumer.stop)
             if delivering is not None:
@@ -107,18 +171,25 @@ def build_app(
             store.dispose()
             log.info("notifier_stopped")
 
-    def ready() -> tuple[bool, dict[str, Any]]:
-        database = store.ping()
+    def assessment(database_ok: bool) -> Assessment:
         consumer: EventConsumer | None = state.get("consumer")
-        consuming = consumer is None or (consumer.alive and consumer.subscribed.is_set())
-        detail: dict[str, Any] = {
-            "status": "ready" if database and consuming else "not_ready",
-            "database": database,
-            "consumer": "disabled" if consumer is None else ("subscribed" if consuming else "starting"),
-        }
-        if consumer is not None and consumer.last_error:
-            detail["consumer_error"] = consumer.last_error
-        return database and consuming, detail
+        view = consumer.view() if consumer is not None else None
+        if view is None and settings.consume:
+            view = STARTING
+        result = assess(database_ok, view)
+        gauges.update(result, view, database_ok)
+        return result
+
+    async def _refresh_gauges(stop: asyncio.Event) -> None:
+        """The health gauges, refreshed every second (a scrape of /metrics reads them)."""
+        while not stop.is_set():
+            assessment(await asyncio.to_thread(store.ping))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        result = assessment(store.ping())
+        return result.ready, result.detail
 
     app = FastAPI(
         redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
@@ -134,6 +205,7 @@ def build_app(
     app.state.engine = None
     app.state.replay_limits = replay_limits(settings)
     install_error_handlers(app)
+    install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
     app.include_router(build_router())
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.cookiejar
@@ -198,6 +199,7 @@ class DeliveryEngine:
         self._low_water = size // 2  # the workers wake the dispatcher when the queue is down to this
         self._more_due = False  # the last claim was full: more deliveries may be due right now
         self._results: list[AttemptResult] = []
+        self._unwritten: set[str] = set()  # ids of results not in the database yet
         self._results_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -228,6 +230,7 @@ class DeliveryEngine:
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         last_depth = 0.0
+        failures = 0
         while not stop.is_set():
             now = self.clock()
             if now - last_depth > 1.0:
@@ -245,8 +248,13 @@ class DeliveryEngine:
                         self.settings.restart_concurrency,
                         self.settings.poll_interval_seconds,
                     )
+                    failures = 0
                 except Exception as exc:
+                    failures += 1
                     log.error("claim_failed", error=type(exc).__name__, detail=str(exc)[:300])
+                    # the database refuses: back off (up to 2 s) instead of asking every poll interval
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=min(0.1 * 2**failures, 2.0))
             for item in claimed:
                 self._queue.put_nowait(item)  # only this task puts, and it claimed at most the room left
             self._more_due = bool(claimed) and len(claimed) >= want
@@ -278,15 +286,22 @@ class DeliveryEngine:
             if not lease_covers_a_request(self.clock(), item.lease_until, timeout):
                 self.lease_expired += 1  # not sending it is safe: it is due again when the lease ends
                 continue
+            if item.id in self._unwritten:
+                continue  # sent already, its result waits for the database: it is written, not resent
             try:
                 result = await self.attempt(item)
             except Exception as exc:  # never lose the worker; the lease makes the delivery due again
                 log.error("attempt_crashed", delivery_id=item.id, error=type(exc).__name__)
                 continue
+            self._unwritten.add(result.id)
             self._results.append(result)
             self._results_ready.set()
 
     async def _writer(self, stop: asyncio.Event) -> None:
+        """Write results in batches. While the database refuses (a restart, a lock), a batch is kept and
+        written again with back-off: its deliveries were sent, and writing them late is better than
+        letting their leases expire and sending them again."""
+        delay = 0.1
         while True:
             if not self._results:
                 if stop.is_set():
@@ -301,10 +316,30 @@ class DeliveryEngine:
             try:
                 await asyncio.to_thread(self.store.complete, batch, self.clock())
             except Exception as exc:
-                # Not written: their leases expire and they are sent again (same webhook-id).
-                log.error(
-                    "results_not_recorded", count=len(batch), error=type(exc).__name__, detail=str(exc)[:300]
+                if stop.is_set():
+                    # Not written: their leases expire and they are sent again (same webhook-id).
+                    log.error(
+                        "results_not_recorded",
+                        count=len(batch),
+                        error=type(exc).__name__,
+                        detail=str(exc)[:300],
+                    )
+                    self._unwritten.difference_update(r.id for r in batch)
+                    continue
+                log.warning(
+                    "results_retry",
+                    count=len(batch),
+                    error=type(exc).__name__,
+                    detail=str(exc)[:300],
+                    retry_in=delay,
                 )
+                self._results = batch + self._results
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            self._unwritten.difference_update(r.id for r in batch)
             if any(r.status is not DeliveryStatus.PENDING for r in batch):
                 self._wake.set()
 

@@ -138,6 +138,23 @@ class NotifierSettings(BaseSettings):
         description="STREAMTOKEN_NOTIFIER_CONSUMER_BATCH: records recorded per transaction",
     )
 
+    topic_check_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "STREAMTOKEN_NOTIFIER_TOPIC_CHECK_INTERVAL_SECONDS: how often the consumer compares the control "
+            "topic's id with the one it consumes (a recreated topic is replayed from the beginning)"
+        ),
+    )
+    database_busy_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "STREAMTOKEN_NOTIFIER_DATABASE_BUSY_TIMEOUT_SECONDS: SQLite only, how long a statement waits "
+            "for a lock held by another connection before it fails (the API answers 503)"
+        ),
+    )
+
     @field_validator("allowed_webhook_hosts", "allowed_webhook_networks", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:

@@ -37,7 +37,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlmodel import Column, Field, SQLModel, create_engine
 
 from services.notifier.domain import (
@@ -243,22 +249,52 @@ def _deliverable() -> Any:
     return or_(S.c.enabled.is_(True), D.c.generation <= func.coalesce(S.c.ended_generation, 0))
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_seconds: float = 30.0) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        busy_ms = int(busy_timeout_seconds * 1000)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
             cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed batch survives a crash of the machine, not only of the process, before
             # the Kafka offset that it covers is committed.
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # pre-ping: a connection the server dropped (a restart) is replaced at checkout instead of failing
+    # the next statement; connect_timeout: an unreachable server fails fast (readiness, 503s) instead of
+    # hanging.
+    return create_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"connect_timeout": 5}
+    )
+
+
+# SQLite's and PostgreSQL's words for "not now": the API answers 503 database_unavailable with these.
+_UNAVAILABLE = (
+    (("database is locked", "database table is locked", "database is busy"), "locked"),
+    (("database or disk is full", "no space left", "disk full", "diskfull"), "full"),
+    (("readonly database", "read-only"), "read_only"),
+)
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """Why a database error means the database cannot serve now (``locked``, ``full``, ``read_only``,
+    ``unreachable``); None for any other error (a bug, which stays a 500)."""
+    if isinstance(exc, SQLAlchemyTimeoutError | DisconnectionError):
+        return "unreachable"
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    text = str(getattr(exc, "orig", exc)).lower()
+    for needles, kind in _UNAVAILABLE:
+        if any(n in text for n in needles):
+            return kind
+    return "unreachable"
 
 
 class Store:
@@ -269,8 +305,8 @@ class Store:
         self._complete_sql = _COMPLETE_SQL if qmark else _COMPLETE_SQL.replace("?", "%s")
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, busy_timeout_seconds: float = 30.0) -> Store:
+        return cls(make_engine(url, busy_timeout_seconds))
 
     def create_tables(self) -> None:
         SQLModel.metadata.create_all(self.engine, tables=TABLES)
