@@ -12,7 +12,34 @@ import pytest
 from services.notifier.bootstrap import build_app
 from services.notifier.settings import NotifierSettings
 from shared.kafka import KafkaSettings
+from tests.conftest import POSTGRES_ADMIN_URL, _postgres_required, _sqlalchemy_url
 from tests.integration.notifier.standins import ResolverStandin
+
+
+@pytest.fixture
+def restartable_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database like ``postgres_url``, for tests that restart the server: it holds no
+    admin connection across the test (a restart would kill it) and drops the database through a new one."""
+    import psycopg
+
+    def admin() -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+
+    try:
+        conn = admin()
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {exc}".strip()
+        if _postgres_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    name = "st_" + uuid.uuid4().hex[:12]
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _sqlalchemy_url(f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}")
+    finally:
+        with admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
