@@ -192,6 +192,7 @@ def run(
         None,
         "--state-dir",
         envvar="STREAMTOKEN_AGENT_STATE_DIR",
+        readable=False,  # checked when the key is written (0700, created on first use)
         help="where the subscription's management key is kept (0600), so a restarted agent can register "
         "the same --deployment-id again [default: ~/.local/state/streamtoken/agent]",
         show_default=False,

@@ -29,8 +29,11 @@ from shared.kafka import KafkaSettings
 from shared.kafka_broker import ApacheKafkaBroker
 
 os.environ.setdefault("STREAMTOKEN_ENV", "test")  # unset means prod; the session broker and services are test
-# Agents started by tests keep their subscription keys here, not in the user's ~/.local/state.
-os.environ.setdefault("STREAMTOKEN_AGENT_STATE_DIR", tempfile.mkdtemp(prefix="streamtoken-agent-state-"))
+# Agents started by tests keep their subscription keys here, not in the user's ~/.local/state (sticky and
+# world-writable like /tmp: some tests run the agent as another user; each key file is 0600).
+if "STREAMTOKEN_AGENT_STATE_DIR" not in os.environ:
+    os.environ["STREAMTOKEN_AGENT_STATE_DIR"] = tempfile.mkdtemp(prefix="streamtoken-agent-state-")
+    os.chmod(os.environ["STREAMTOKEN_AGENT_STATE_DIR"], 0o1777)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "STREAMTOKEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
