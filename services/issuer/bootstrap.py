@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from services.issuer import handlers
 from services.issuer.adapters import migrate
 from services.issuer.adapters.broker import make_broker_access
-from services.issuer.adapters.db import SqlStore, make_engine
+from services.issuer.adapters.db import SqlStore, database_problem, make_engine
 from services.issuer.adapters.kafka import KafkaTopicAdmin, QuixPublisher
-from services.issuer.adapters.relay import OutboxRelay
+from services.issuer.adapters.relay import OutboxRelay, RelayHealth
 from services.issuer.adapters.resolvers import HttpResolverProbe
 from services.issuer.api import build_router
 from services.issuer.auth import Role
@@ -30,6 +31,7 @@ from services.issuer.pats import PatVerifier
 from services.issuer.ports import PatRecord
 from services.issuer.secrets import resolve_encryption_keys, resolve_jwt_secret
 from services.issuer.settings import IssuerSettings
+from shared.errors import error_body
 from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
 
@@ -58,7 +60,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     settings = settings or IssuerSettings()
     cipher = TokenCipher(resolve_encryption_keys(settings.encryption_key, settings.runtime))
     jwt_secret = resolve_jwt_secret(settings.jwt_secret, settings.runtime)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), busy_timeout_s=settings.sqlite_busy_timeout_s)
     store = SqlStore(engine)
     metrics: IssuerMetrics = overrides.get("metrics") or IssuerMetrics()
     publisher = overrides.get("publisher") or QuixPublisher(settings.kafka, settings.relay_delivery_timeout_s)
@@ -75,6 +77,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         batch_size=settings.relay_batch_size,
         backoff_max_s=settings.relay_backoff_max_s,
         poll_interval_s=settings.relay_poll_interval_s,
+        topic_check_interval_s=settings.relay_topic_check_interval_s,
         observer=overrides.get("relay_observer"),
         housekeeping=lambda: housekeeping(),
         republish=(
@@ -155,25 +158,18 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             engine.dispose()
 
     def ready() -> tuple[bool, dict[str, Any]]:
-        # Public: states and Kafka error names only (shared.web cuts every text to its first words); the
-        # full reason is in the relay's outbox_relay_retry log line.
-        kafka_ok = relay.healthy or relay.broker_error is not None
-        detail: dict[str, Any] = {
-            "database": "migrated" if state["migrated"] else "starting",
-            "relay": ("running" if relay.running else "stopped") if start_relay else "disabled",
-            "kafka": "ok" if kafka_ok else "retrying",
-        }
-        if not kafka_ok:
-            detail["kafka_reason"] = relay.error_code or "unknown"
-        if not relay.broker_enforced:
-            detail["broker_access"] = "off"
-        elif relay.broker_error is None:
-            detail["broker_access"] = "ok"
-        else:
-            detail["broker_access"] = "retrying"
-            detail["broker_access_reason"] = relay.error_code or "unknown"
-        detail["status"] = "ok" if relay.healthy else "degraded"
-        return state["migrated"] and (relay.running or not start_relay), detail
+        # Public: states, error names and numbers only (shared.web cuts every text to its first words);
+        # the full reason is in the relay's outbox_relay_retry log line. Never a database call here:
+        # this runs on the event loop, and a locked SQLite file would block it.
+        running = relay.running or not start_relay
+        return state["migrated"] and running, readiness(
+            relay.health(),
+            deps.clock(),
+            migrated=state["migrated"],
+            relay_state=("running" if relay.running else "stopped") if start_relay else "disabled",
+            broker_enforced=relay.broker_enforced,
+            stale_after_s=settings.outbox_stale_after_s,
+        )
 
     def issue_pat(
         subject: str,
@@ -206,6 +202,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
     app.include_router(build_router(deps))
     app.state.deps = deps
@@ -215,6 +212,82 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     app.state.pats = pats
     app.state.issue_pat = issue_pat
     return app
+
+
+def readiness(
+    health: RelayHealth,
+    now: datetime,
+    *,
+    migrated: bool,
+    relay_state: str,
+    broker_enforced: bool,
+    stale_after_s: float,
+) -> dict[str, Any]:
+    """The body of ``/health/ready``: each part's state, and ``status`` ``ok`` or ``degraded`` with the
+    first ``reason`` (``relay_stopped``, ``database_unavailable``/``_locked``/``_full``,
+    ``kafka_unreachable``, ``broker_access_failing``, ``outbox_stale``)."""
+
+    def age(moment: datetime | None) -> float | None:
+        return None if moment is None else round(max((now - moment).total_seconds(), 0.0), 3)
+
+    oldest_age = age(health.oldest_pending_at)
+    detail: dict[str, Any] = {
+        "database": ("unavailable" if health.database_error else "migrated") if migrated else "starting",
+        "relay": relay_state,
+        "kafka": "retrying" if health.kafka_error else "ok",
+        "kafka_last_success_s_ago": age(health.kafka_last_success_at),
+        "kafka_last_error": health.kafka_last_error,
+        "outbox_pending": health.pending,
+        "outbox_oldest_pending_age_s": oldest_age,
+    }
+    if health.kafka_error:
+        detail["kafka_reason"] = health.kafka_error
+    if health.database_error:
+        detail["database_reason"] = health.database_error
+    if not broker_enforced:
+        detail["broker_access"] = "off"
+    elif health.broker_error is None:
+        detail["broker_access"] = "ok"
+    else:
+        detail["broker_access"] = "retrying"
+        detail["broker_access_reason"] = health.broker_error
+    if health.topic_lost is not None:
+        detail["topic_last_republish_reason"] = health.topic_lost
+    reasons = [
+        *(["relay_stopped"] if relay_state == "stopped" else []),
+        *([health.database_error] if health.database_error else []),
+        *(["kafka_unreachable"] if health.kafka_error else []),
+        *(["broker_access_failing"] if health.broker_error else []),
+        *(["outbox_stale"] if oldest_age is not None and oldest_age > stale_after_s else []),
+    ]
+    detail["status"] = "degraded" if reasons else "ok"
+    if reasons:
+        detail["reason"] = reasons[0]
+    return detail
+
+
+def install_database_errors(app: FastAPI) -> None:
+    """A database that is down, locked or full answers 503 ``{"error": "database_unavailable" | ...}``
+    with what to do and ``Retry-After``, never a 500 with a trace (the transaction rolled back)."""
+    import sqlalchemy as sa
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        problem = database_problem(exc)
+        if problem is None:
+            log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, detail=str(exc))
+            return JSONResponse(
+                error_body("internal_error", "the service failed to handle this request; see its log"),
+                status_code=500,
+            )
+        orig = getattr(exc, "orig", None) or exc  # the driver's message, not SQL and its parameters
+        first_line = (str(orig).strip().splitlines() or [""])[0][:200]
+        log.warning("database_error", path=request.url.path, error=problem.code, detail=first_line)
+        return JSONResponse(
+            error_body(problem.code, problem.message), status_code=503, headers={"Retry-After": "2"}
+        )
+
+    app.add_exception_handler(sa.exc.DBAPIError, database_error)
+    app.add_exception_handler(sa.exc.TimeoutError, database_error)
 
 
 # -- commands run on the issuer's machine, straight on its database ---------------------------------------

@@ -24,6 +24,37 @@ class IssuerMetrics:
             "Outbox rows not yet acknowledged by Kafka",
             registry=self.registry,
         )
+        self.oldest_pending_age = Gauge(
+            "streamtoken_issuer_outbox_oldest_pending_age_seconds",
+            "Age of the oldest outbox row not yet acknowledged by Kafka (0: none pending)",
+            registry=self.registry,
+        )
+        self.last_publish_success = Gauge(
+            "streamtoken_issuer_last_publish_success_timestamp_seconds",
+            "Unix time of the last record Kafka acknowledged (0: none yet)",
+            registry=self.registry,
+        )
+        self.kafka_up = Gauge(
+            "streamtoken_issuer_kafka_up",
+            "1 while the relay's last Kafka call (publish or topic check) succeeded, else 0",
+            registry=self.registry,
+        )
+        self.broker_access_up = Gauge(
+            "streamtoken_issuer_broker_access_up",
+            "1 while the broker's users and ACLs can be managed (or broker access is off), 0 while failing",
+            registry=self.registry,
+        )
+        self.database_up = Gauge(
+            "streamtoken_issuer_database_up",
+            "1 while the relay's last database call succeeded, else 0",
+            registry=self.registry,
+        )
+        self.topic_republishes = Counter(
+            "streamtoken_issuer_topic_republishes",
+            "Republishes queued because the control topic was missing, empty, recreated or truncated",
+            ["reason"],
+            registry=self.registry,
+        )
         self.published = Counter(
             "streamtoken_issuer_outbox_published", "Outbox rows acknowledged by Kafka", registry=self.registry
         )

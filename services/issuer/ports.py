@@ -164,10 +164,20 @@ class OutboxClaim(Protocol):
     def mark_published(self, ids: Sequence[int], at: datetime) -> None: ...
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The outbox rows not yet acknowledged by Kafka: how many, and when the oldest was committed."""
+
+    pending: int
+    oldest_created_at: datetime | None
+
+
 class OutboxStore(Protocol):
     def claim(self, limit: int) -> AbstractContextManager[OutboxClaim]: ...
 
     def pending_count(self) -> int: ...
+
+    def backlog(self) -> Backlog: ...
 
 
 class Wakeup(Protocol):
@@ -183,6 +193,8 @@ class Delivery:
     message_id: int
     error: str | None
     acknowledged_at: datetime  # when the delivery report arrived
+    partition: int | None = None  # where the broker wrote it (acknowledged records only)
+    offset: int | None = None
 
 
 class Publisher(Protocol):
@@ -195,6 +207,14 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class TopicIdentity:
+    """Which topic the broker holds under the control topic's name now: a recreated topic has a new id."""
+
+    topic_id: str
+    partitions: tuple[int, ...]
+
+
 class TopicAdmin(Protocol):
     def ensure_topic(self) -> bool:
         """Create the topic unless it exists; True when this call created it (the broker had lost it)."""
@@ -202,6 +222,20 @@ class TopicAdmin(Protocol):
 
     def is_empty(self) -> bool:
         """True when the topic holds no record, read by a consumer (not ListOffsets, see BROKER.md)."""
+        ...
+
+    def identity(self) -> TopicIdentity | None:
+        """The topic's id and partitions (None: the broker says it does not exist). Raises when the broker
+        does not answer."""
+        ...
+
+    def latest_offsets(self) -> dict[int, int]:
+        """The end offset of each partition as ListOffsets says (cheap; wrong on Tansu after multi-record
+        batches, so a drop is confirmed with :meth:`high_watermarks`)."""
+        ...
+
+    def high_watermarks(self) -> dict[int, int]:
+        """The end offset of each partition as fetch responses carry it (a consumer: right everywhere)."""
         ...
 
 

@@ -85,6 +85,27 @@ class IssuerSettings(BaseSettings):
         description="STREAMTOKEN_ISSUER_RELAY_POLL_INTERVAL_S: safety-net scan for rows committed by "
         "other replicas (commits in this process wake the relay at once)",
     )
+    relay_topic_check_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="STREAMTOKEN_ISSUER_RELAY_TOPIC_CHECK_INTERVAL_S: how often the relay asks the broker "
+        "whether the control topic is still the one it published to (id, end offsets); also the Kafka "
+        "health check while nothing is published",
+    )
+    outbox_stale_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="STREAMTOKEN_ISSUER_OUTBOX_STALE_AFTER_S: readiness is degraded while the oldest "
+        "pending outbox row is older than this",
+    )
+    sqlite_busy_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="STREAMTOKEN_ISSUER_SQLITE_BUSY_TIMEOUT_S: how long a write waits for another "
+        "process's lock on the SQLite file before the request fails with 503 database_locked",
+    )
     republish_on_start: bool = Field(
         True,
         description="STREAMTOKEN_ISSUER_REPUBLISH_ON_START: republish every environment when the topic "

@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from services.issuer.domain import Environment, TokenRecord, Transition
-from services.issuer.ports import AuditEntry, IdempotentResult, OutboxMessage, PatRecord, StoreConflict
+from services.issuer.ports import (
+    AuditEntry,
+    Backlog,
+    IdempotentResult,
+    OutboxMessage,
+    PatRecord,
+    StoreConflict,
+)
 from shared.events import Change
 from shared.ids import hyphen_prefixes
 
@@ -140,17 +148,20 @@ class IdempotencyRow(SQLModel, table=True):
     created_at: datetime = Field(sa_type=_TZ)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions."""
+def make_engine(url: str, *, busy_timeout_s: float = 30.0, connect_timeout_s: int = 5) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` transactions;
+    PostgreSQL a connect timeout and ``pool_pre_ping`` (a restarted server's dead connections are replaced
+    before use)."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        busy_ms = int(busy_timeout_s * 1000)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _: Any) -> None:
             dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN itself
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
@@ -160,7 +171,78 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_timeout=30)
+    return sa.create_engine(
+        url,
+        pool_size=10,
+        max_overflow=30,
+        pool_pre_ping=True,
+        pool_timeout=30,
+        connect_args={"connect_timeout": connect_timeout_s},
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseProblem:
+    """Why the database refused an operation, for a 503 answer and readiness: a stable code, one sentence
+    saying what to do (no SQL, no address)."""
+
+    code: str
+    message: str
+
+
+def database_problem(exc: BaseException) -> DatabaseProblem | None:
+    """What a database error means for the caller (None: not an outage — a bug, a constraint...)."""
+    unavailable = DatabaseProblem(
+        "database_unavailable",
+        "the issuer's database is unavailable (restarting or unreachable); this request changed nothing, "
+        "retry in a few seconds",
+    )
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return unavailable
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = getattr(exc, "orig", None)
+    text = str(orig or exc).lower()
+    if "database or disk is full" in text or "no space left" in text:
+        return DatabaseProblem(
+            "database_full",
+            "the issuer's database is full (no space left on its disk); this request changed nothing: "
+            "free space on the data directory's disk, then retry",
+        )
+    if "database is locked" in text or "database table is locked" in text:
+        return DatabaseProblem(
+            "database_locked",
+            "the issuer's database file is locked by another process for longer than "
+            "STREAMTOKEN_ISSUER_SQLITE_BUSY_TIMEOUT_S; this request changed nothing: end that process's "
+            "transaction (or run one issuer per SQLite file), then retry",
+        )
+    if type(orig).__module__.startswith("sqlite3"):
+        if "disk i/o error" in text or "unable to open database" in text or "readonly" in text:
+            return unavailable
+        return None
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or exc.connection_invalidated:
+        return unavailable
+    return None
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "database or disk is full" in text or "no space left" in text or "disk full" in text:
+        return DatabaseProblem(
+            "database_full",
+            "the issuer's database is full (no space left on its disk); free space or move the data "
+            "directory, then retry",
+        )
+    if "database is locked" in text or "database table is locked" in text or "busy" in text:
+        return DatabaseProblem(
+            "database_locked",
+            "the issuer's database is locked by another process for longer than the busy timeout "
+            "(STREAMTOKEN_ISSUER_SQLITE_BUSY_TIMEOUT_S); end that process's transaction, then retry",
+        )
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or exc.connection_invalidated:
+        return DatabaseProblem(
+            "database_unavailable",
+            "the issuer's database is unavailable (restarting or unreachable); nothing was changed, "
+            "retry in a few seconds",
+        )
+    return None
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -551,6 +633,16 @@ class SqlStore:
                 sa.select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.published_at).is_(None))
             )
             return int(connection.execute(query).scalar_one())
+
+    def backlog(self) -> Backlog:
+        with self.serialised(), self.engine.connect() as connection:
+            query = (
+                sa.select(sa.func.count(), sa.func.min(col(OutboxRow.created_at)))
+                .select_from(OutboxRow)
+                .where(col(OutboxRow.published_at).is_(None))
+            )
+            count, oldest = connection.execute(query).one()
+        return Backlog(int(count), _utc(oldest) if oldest is not None else None)
 
     @contextmanager
     def claim(self, limit: int) -> Iterator[SqlOutboxClaim]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from services.issuer.ports import Delivery, OutboxMessage
+from services.issuer.ports import Delivery, OutboxMessage, TopicIdentity
 from shared.events import encode_key
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from shared.logs import get_logger
@@ -59,9 +59,12 @@ class QuixPublisher:
         reports: dict[int, Delivery] = {}
 
         def report(message_id: int) -> Any:
-            def on_delivery(error: Any, _: Any) -> None:
+            def on_delivery(error: Any, record: Any) -> None:
+                if error is not None:
+                    reports[message_id] = Delivery(message_id, str(error), datetime.now(UTC))
+                    return
                 reports[message_id] = Delivery(
-                    message_id, None if error is None else str(error), datetime.now(UTC)
+                    message_id, None, datetime.now(UTC), record.partition(), record.offset()
                 )
 
             return on_delivery
@@ -100,17 +103,57 @@ class QuixPublisher:
 
 
 class KafkaTopicAdmin:
-    """:class:`~services.issuer.ports.TopicAdmin` for the streaming-tokens topic."""
+    """:class:`~services.issuer.ports.TopicAdmin` for the streaming-tokens topic (one AdminClient, kept)."""
 
     def __init__(self, settings: KafkaSettings, timeout_s: float = 5.0) -> None:
         self._settings = settings
         self._timeout = timeout_s
+        self._admin: Any = None
+
+    def _client(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient({**self._settings.librdkafka(), "error_cb": _error_callback})
+        return self._admin
 
     def ensure_topic(self) -> bool:
         return ensure_streaming_tokens_topic(self._settings, timeout=self._timeout)
 
     def is_empty(self) -> bool:
         return topic_is_empty(self._settings, timeout_s=self._timeout)
+
+    def identity(self) -> TopicIdentity | None:
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+        topic = self._settings.topic
+        futures = self._client().describe_topics(TopicCollection([topic]), request_timeout=self._timeout)
+        future = futures[topic]
+        try:
+            described = future.result(self._timeout + 1.0)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise
+        return TopicIdentity(str(described.topic_id), tuple(sorted(p.id for p in described.partitions)))
+
+    def latest_offsets(self) -> dict[int, int]:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        identity = self.identity()
+        if identity is None:
+            return {}
+        requests = {TopicPartition(self._settings.topic, p): OffsetSpec.latest() for p in identity.partitions}
+        futures = self._client().list_offsets(requests, request_timeout=self._timeout)
+        return {tp.partition: int(f.result(self._timeout + 1.0).offset) for tp, f in futures.items()}
+
+    def high_watermarks(self) -> dict[int, int]:
+        return high_watermarks(self._settings, timeout_s=self._timeout)
+
+    def reset(self) -> None:
+        """Forget the AdminClient (after a failure): the next call connects afresh."""
+        self._admin = None
 
 
 def topic_is_empty(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
@@ -153,5 +196,43 @@ def topic_is_empty(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
             if len(at_eof) == len(partitions):
                 return True
         raise TimeoutError(f"no fetch answer from {settings.bootstrap_servers} in {timeout_s:g} s")
+    finally:
+        consumer.close()
+
+
+def high_watermarks(settings: KafkaSettings, timeout_s: float = 5.0) -> dict[int, int]:
+    """Each partition's high watermark as the fetch responses of a fresh consumer carry it (ListOffsets is
+    wrong on Tansu, see BROKER.md). Raises ``TimeoutError`` when some partition gave no fetch answer."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            **settings.librdkafka(),
+            "group.id": f"streamtoken-issuer-probe-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 50,
+            "error_cb": _error_callback,
+        },
+        logger=_quiet,
+    )
+    try:
+        metadata = consumer.list_topics(settings.topic, timeout=timeout_s)
+        topic = metadata.topics.get(settings.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise TimeoutError(f"topic {settings.topic!r} is not available")
+        partitions = [TopicPartition(settings.topic, p, OFFSET_BEGINNING) for p in topic.partitions]
+        consumer.assign(partitions)
+        deadline = time.monotonic() + timeout_s
+        highs: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            consumer.poll(0.1)
+            for tp in partitions:
+                high = consumer.get_watermark_offsets(tp, cached=True)
+                if high is not None and high[1] >= 0:
+                    highs[tp.partition] = int(high[1])
+            if len(highs) == len(partitions):
+                return highs
+        raise TimeoutError(f"no fetch answer for every partition in {timeout_s:g} s")
     finally:
         consumer.close()

@@ -9,6 +9,13 @@ topic. While Kafka is unreachable the relay retries with capped exponential back
 every environment (the republish skips an environment whose newest state is already pending in the
 outbox: that row puts it on the topic anyway, and a second record would only repeat it).
 
+While it runs, every ``topic_check_interval_s`` the relay also asks the broker whether the topic is still
+the one it published to: missing, another topic id (deleted and created again), or an end offset below
+what the broker acknowledged to this relay (truncated) all queue the same republish and a reconcile of
+the broker's users and ACLs, without a restart. That check is also the Kafka health signal while nothing
+is published: :meth:`OutboxRelay.health` says what the relay can do now (Kafka, database, broker access,
+backlog).
+
 Broker access (``ports.BrokerAccess``): before a batch is published, each of its environments' current
 valid tokens are made the broker's users and ACLs for that environment. When that fails nothing of the batch
 is published (the rows stay pending) and the relay backs off and retries as for a Kafka failure. On its
@@ -22,13 +29,16 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 
+from services.issuer.adapters.db import database_problem
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.ports import (
     AccessSource,
+    Backlog,
     BrokerAccess,
     Delivery,
     EnvironmentAccess,
@@ -36,6 +46,7 @@ from services.issuer.ports import (
     OutboxStore,
     Publisher,
     TopicAdmin,
+    TopicIdentity,
 )
 from shared.backoff import equal_jitter, exponential
 from shared.logs import get_logger
@@ -74,6 +85,20 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class RelayHealth:
+    """What the relay can do now, for readiness and the gauges (error names only, never texts)."""
+
+    kafka_error: str | None  # the Kafka error name while publishing or checking the topic fails
+    kafka_last_error: str | None  # the last Kafka error name seen (kept after recovery)
+    kafka_last_success_at: datetime | None  # last acknowledgement or answered topic check
+    database_error: str | None  # database_unavailable, database_locked, database_full
+    broker_error: str | None  # the broker-access error name while syncing users/ACLs fails
+    pending: int | None  # outbox rows not yet acknowledged (None: not read yet)
+    oldest_pending_at: datetime | None
+    topic_lost: str | None  # why the last republish of the topic was queued (missing, recreated, ...)
+
+
 def acknowledged_prefix(messages: Sequence[OutboxMessage], deliveries: Sequence[Delivery]) -> list[int]:
     """Ids safe to mark published: every acknowledged message not preceded by a failure of its environment."""
     errors = {d.message_id: d.error for d in deliveries}
@@ -106,6 +131,7 @@ class OutboxRelay:
         batch_size: int = 500,
         backoff_max_s: float = 5.0,
         poll_interval_s: float = 1.0,
+        topic_check_interval_s: float = 5.0,
         observer: PublishObserver | None = None,
         housekeeping: Callable[[], object] | None = None,
         housekeeping_interval_s: float = 3600.0,
@@ -138,6 +164,22 @@ class OutboxRelay:
         self._expiry: dict[str, datetime] = {}  # environment → earliest end of a grace period synced
         self.broker_error: str | None = None  # the last broker-access failure, while it lasts
         self.error_code: str | None = None  # the Kafka error name of the last failure (for readiness)
+        self._topic_check_interval_s = topic_check_interval_s
+        self._next_topic_check = 0.0
+        self._identity: TopicIdentity | None = None  # the topic this relay publishes to
+        self._published_end: dict[int, int] = {}  # partition → offset after the last record acked here
+        self._list_offsets_trusted = True  # False once ListOffsets was seen below the acked end (Tansu)
+        self._lost_reason: str | None = None  # a loss found by the watch, for the next check_topic
+        self.kafka_error: str | None = None
+        self.kafka_last_error: str | None = None
+        self.kafka_ok_at: datetime | None = None
+        self.database_error: str | None = None
+        self.topic_lost: str | None = None
+        self._backlog: Backlog | None = None
+        self._metrics.kafka_up.set(1)
+        self._metrics.database_up.set(1)
+        self._metrics.broker_access_up.set(1)
+        self._metrics.oldest_pending_age.set_function(self._oldest_pending_age)
 
     @property
     def broker_enforced(self) -> bool:
@@ -182,37 +224,68 @@ class OutboxRelay:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                self.check_topic()
-                self.reconcile_if_needed()
-                self.drain()
-                self.resync_expired()
+                self.run_once()
             except Exception as exc:
-                self.failures += 1
-                self.last_error = type(exc).__name__
-                self.broker_error = str(exc) if isinstance(exc, BrokerSyncFailed) else None
-                self.error_code = error_code(str(exc)) or type(exc).__name__
-                self._metrics.publish_failures.inc()
-                self._publisher.reset()
-                self._topic_checked = self._topic_admin is None
-                self._update_depth()
-                delay = backoff_delay(self.failures, self._backoff_max_s)
-                log.warning(
-                    "outbox_relay_retry",
-                    attempt=self.failures,
-                    error=type(exc).__name__,
-                    detail=str(exc)[:200],
-                    retry_in_s=round(delay, 3),
-                )
+                delay = self._failed(exc)
                 self._stopping.wait(delay)
                 continue
-            if self.failures:
-                log.info("outbox_relay_recovered", after_attempts=self.failures)
-            self.failures = 0
-            self.last_error = None
-            self.broker_error = None
-            self.error_code = None
             self._housekeep()
             self._wake.wait(self._poll_interval_s)
+
+    def run_once(self) -> None:
+        """One pass: the topic (checked when due), the broker's users and ACLs, the outbox, grace ends.
+        Raises on a failure (the loop backs off); on success clears the failure state."""
+        self.check_topic()
+        self.watch_topic()
+        self.reconcile_if_needed()
+        self.drain()
+        self.resync_expired()
+        if self.failures:
+            log.info("outbox_relay_recovered", after_attempts=self.failures)
+        self.failures = 0
+        self.last_error = None
+        self.broker_error = None
+        self.error_code = None
+        self.kafka_error = None
+        self.database_error = None
+        self._metrics.kafka_up.set(1)
+        self._metrics.database_up.set(1)
+        self._metrics.broker_access_up.set(1)
+
+    def _failed(self, exc: Exception) -> float:
+        """Record a failed pass (what failed: the database, broker access or Kafka); the back-off delay."""
+        self.failures += 1
+        self.last_error = type(exc).__name__
+        problem = database_problem(exc)
+        self.broker_error = None
+        if problem is not None:
+            self.database_error = problem.code
+            self.error_code = problem.code
+            self._metrics.database_up.set(0)
+        else:
+            self.error_code = error_code(str(exc)) or type(exc).__name__
+            if isinstance(exc, BrokerSyncFailed):
+                self.broker_error = str(exc)
+                self._metrics.broker_access_up.set(0)
+            else:
+                self.kafka_error = self.kafka_last_error = self.error_code
+                self._metrics.kafka_up.set(0)
+                self._publisher.reset()
+                reset = getattr(self._topic_admin, "reset", None)
+                if callable(reset):
+                    reset()
+                self._topic_checked = self._topic_admin is None
+        self._metrics.publish_failures.inc()
+        self._update_depth()
+        delay = backoff_delay(self.failures, self._backoff_max_s)
+        log.warning(
+            "outbox_relay_retry",
+            attempt=self.failures,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+            retry_in_s=round(delay, 3),
+        )
+        return delay
 
     def _housekeep(self) -> None:
         if self._housekeeping is None or time.monotonic() < self._next_housekeeping:
@@ -226,15 +299,111 @@ class OutboxRelay:
     # -- one pass ----------------------------------------------------------------------------------------
 
     def check_topic(self) -> None:
-        """Make sure the topic exists; when it was missing or is empty, queue a republish of every state."""
+        """Make sure the topic exists; when it was missing, is empty, or is not the topic this relay
+        published to (another id, or a loss the watch found), queue a republish of every state and a
+        reconcile of the broker's users and ACLs."""
         if self._topic_checked or self._topic_admin is None:
             return
         created = self._topic_admin.ensure_topic()
-        empty = created or self._topic_admin.is_empty()
-        if empty and self._republish is not None:
-            log.info("topic_empty_republishing", created=created)
-            self._republish()
+        identity = self._topic_admin.identity()
+        self._kafka_answered()
+        reason = self._lost_reason or ("missing" if created else None)
+        known = self._identity
+        if reason is None and known and identity and identity.topic_id != known.topic_id:
+            reason = "recreated"
+        if reason is None and self._topic_admin.is_empty():
+            reason = "empty"
+        if identity is None or self._identity is None or identity.topic_id != self._identity.topic_id:
+            self._published_end = {}
+        self._identity = identity
+        if reason is not None:
+            self._published_end = {}
+            self.topic_lost = reason
+            self._metrics.topic_republishes.labels(reason).inc()
+            if self._republish is not None:
+                log.info("topic_empty_republishing", created=created, reason=reason)
+                self._republish()
+                self.request_reconcile()  # a lost topic may come with a lost broker: users and ACLs too
+        self._lost_reason = None
         self._topic_checked = True
+        self._next_topic_check = time.monotonic() + self._topic_check_interval_s
+
+    def watch_topic(self) -> None:
+        """When due, ask the broker whether the topic is still the one this relay published to; when not
+        (missing, another id, an end offset below what was acknowledged here), run :meth:`check_topic`
+        again at once, which republishes. Raises when the broker does not answer (Kafka is down)."""
+        if self._topic_admin is None or not self._topic_checked:
+            return
+        if time.monotonic() < self._next_topic_check:
+            return
+        self._next_topic_check = time.monotonic() + self._topic_check_interval_s
+        identity = self._topic_admin.identity()
+        self._kafka_answered()
+        reason: str | None = None
+        if identity is None:
+            reason = "missing"
+        elif self._identity is not None and identity.topic_id != self._identity.topic_id:
+            reason = "recreated"
+        elif self._published_end:
+            reason = self._truncated()
+        if self._identity is None:
+            self._identity = identity
+        if reason is None:
+            return
+        log.warning(
+            "control_topic_lost",
+            reason=reason,
+            topic_id=identity.topic_id if identity else None,
+            before=self._identity.topic_id if self._identity else None,
+        )
+        self._publisher.reset()  # a fresh producer id: the old one's sequence numbers mean nothing there
+        self._lost_reason = reason
+        self._topic_checked = False
+        self.check_topic()
+
+    def _truncated(self) -> str | None:
+        """ "truncated" when some partition ends below the offset this relay had acknowledged there."""
+        assert self._topic_admin is not None
+        if self._list_offsets_trusted:
+            latest = self._topic_admin.latest_offsets()
+            if all(latest.get(p, 0) >= end for p, end in self._published_end.items()):
+                return None
+        highs = self._topic_admin.high_watermarks()  # fetch responses: right on every broker
+        ends = self._published_end.items()
+        dropped = {p: (highs.get(p, 0), end) for p, end in ends if highs.get(p, 0) < end}
+        if dropped:
+            log.warning("control_topic_truncated", partitions={p: list(v) for p, v in dropped.items()})
+            return "truncated"
+        if self._list_offsets_trusted:
+            # ListOffsets answered below the acknowledged end while fetches say the records are there:
+            # this broker's ListOffsets is wrong (Tansu, BROKER.md); stop asking it. Tansu keeps data in
+            # memory only, so it loses a topic whole (a new id), never a part of one.
+            log.info("list_offsets_unreliable", detail="truncation checks off; recreation checks go on")
+            self._list_offsets_trusted = False
+            self._published_end = {}
+        return None
+
+    def _kafka_answered(self) -> None:
+        self.kafka_ok_at = self._clock()
+
+    def health(self) -> RelayHealth:
+        backlog = self._backlog
+        return RelayHealth(
+            kafka_error=self.kafka_error,
+            kafka_last_error=self.kafka_last_error,
+            kafka_last_success_at=self.kafka_ok_at,
+            database_error=self.database_error,
+            broker_error=self.error_code if self.broker_error is not None else None,
+            pending=backlog.pending if backlog is not None else None,
+            oldest_pending_at=backlog.oldest_created_at if backlog is not None else None,
+            topic_lost=self.topic_lost,
+        )
+
+    def _oldest_pending_age(self) -> float:
+        backlog = self._backlog
+        if backlog is None or backlog.oldest_created_at is None:
+            return 0.0
+        return max((self._clock() - backlog.oldest_created_at).total_seconds(), 0.0)
 
     def drain(self) -> int:
         """Publish pending rows until none is left; the number published. Raises on a failed delivery."""
@@ -249,6 +418,7 @@ class OutboxRelay:
                 ok = acknowledged_prefix(messages, deliveries)
                 claim.mark_published(ok, datetime.now(UTC))
             self._record(messages, deliveries, ok)
+            self._note_offsets(deliveries, ok)
             total += len(ok)
             if len(ok) < len(messages):
                 failed = next(d for d in deliveries if d.error is not None)
@@ -282,6 +452,8 @@ class OutboxRelay:
                 else:
                     pending = []
             except Exception as exc:
+                if database_problem(exc) is not None:
+                    raise
                 raise BrokerSyncFailed(_one_line(exc)) from None
             self._remember_expiry(current.values())
 
@@ -302,6 +474,8 @@ class OutboxRelay:
             self._access.record_applied(list(desired.values()))
             after = self._access.everything()
         except Exception as exc:
+            if database_problem(exc) is not None:
+                raise
             raise BrokerSyncFailed(_one_line(exc)) from None
         self._expiry = {}
         self._remember_expiry(desired.values())
@@ -320,9 +494,22 @@ class OutboxRelay:
             log.info("broker_grace_expired_resynced", environments=due)
         return due
 
+    def _note_offsets(self, deliveries: Sequence[Delivery], ok: list[int]) -> None:
+        published = set(ok)
+        acked = [d for d in deliveries if d.message_id in published]
+        for delivery in acked:
+            if delivery.partition is not None and delivery.offset is not None and delivery.offset >= 0:
+                end = self._published_end.get(delivery.partition, 0)
+                self._published_end[delivery.partition] = max(end, delivery.offset + 1)
+        if acked:
+            at = max(d.acknowledged_at for d in acked)
+            self.kafka_ok_at = at
+            self._metrics.last_publish_success.set(at.timestamp())
+
     def _update_depth(self) -> None:
         try:
-            self._metrics.outbox_depth.set(self._store.pending_count())
+            self._backlog = self._store.backlog()
+            self._metrics.outbox_depth.set(self._backlog.pending)
         except Exception as exc:  # the database may be what is failing
             log.debug("outbox_depth_unavailable", error=type(exc).__name__)
 
