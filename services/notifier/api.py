@@ -158,7 +158,10 @@ _DESCRIPTIONS = {
     413: "the request body is larger than the notifier accepts",
     422: "invalid input (body, path or query)",
     429: "too many requests of this kind; wait Retry-After seconds",
-    503: "the token could not be checked because the resolver is unreachable",
+    503: (
+        "resolver_unavailable: the token could not be checked because the resolver is unreachable; "
+        "database_unavailable: the database is unreachable, restarting, locked or full (Retry-After)"
+    ),
 }
 
 

@@ -5,13 +5,14 @@ transaction; only then are the batch's offsets committed. A crash before the com
 consumed again, which the store makes a no-op (unique event id + subscription, last notified generation).
 Runs in its own thread because the Kafka client blocks.
 
-A control topic that was **recreated** (its topic id changed: checked at start and every
-``topic_check_interval_seconds``) or **truncated** (a committed position lies beyond a partition's end,
-checked when partitions are assigned; librdkafka resets a live position beyond the end to the start itself,
-``auto.offset.reset=earliest``) is replayed from the beginning: the consumer starts again and takes its
-partitions at their first offset. Replays send nothing twice: the store records a (subscription, generation)
-once. What the thread sees (group membership, assignment, broker connections from librdkafka's statistics
-and error callbacks, lag, the last record) is :meth:`EventConsumer.view`, for ``/health/ready``.
+A control topic that was **recreated** (its topic id changed: checked at start, before each batch is
+recorded and every ``topic_check_interval_seconds``) or **truncated** (a committed position lies beyond
+a partition's end, checked when partitions are assigned; librdkafka resets a live position beyond the
+end to the start itself, ``auto.offset.reset=earliest``) is replayed from the beginning: the consumer
+starts again and takes its partitions at their first offset. Replays send nothing twice: the store
+records a (subscription, generation) once. What the thread sees (group membership, assignment, broker
+connections from librdkafka's statistics and error callbacks, lag, the last record) is
+:meth:`EventConsumer.view`, for ``/health/ready``.
 """
 
 from __future__ import annotations
@@ -332,6 +333,10 @@ class EventConsumer:
                     return
                 if self._to_check:
                     self._replay_beyond_end(consumer)
+                if messages and not self._same_topic(admin):
+                    self.joined = False
+                    self.assigned = ()
+                    return  # the batch may come from a new topic at old positions: replay instead
                 if messages and not self._handle(consumer, messages, TopicPartition):
                     return  # stopping before the batch was recorded: do not commit it
                 if check is None and time.monotonic() >= next_check:
@@ -343,6 +348,23 @@ class EventConsumer:
                         self.assigned = ()
                         return  # recreated: start again and take the partitions from the beginning
                     check = None
+
+    def _same_topic(self, admin: Any) -> bool:
+        """Before a batch is recorded: is the topic still the one this consumer started on? A consumer
+        whose topic was deleted and created again fetches the new topic at its old positions, skipping
+        what lies before them; such a batch is dropped (not committed) and the topic replayed instead.
+        Raises (the consumer starts again, nothing committed) when the broker cannot say."""
+        future = self._describe(admin)
+        try:
+            future.result(timeout=DESCRIBE_TIMEOUT * 2)
+            topic_id = self._topic_id_of(future)
+        except TopicMissing:
+            log.warning(
+                "control_topic_missing", topic=self.kafka.topic, detail="batch dropped, starting again"
+            )
+            self.topic_missing = True
+            return False
+        return not self._note_topic_id(topic_id)
 
     def _checked(self, future: Any) -> bool:
         """Read a finished topic check; True if the topic was recreated."""
