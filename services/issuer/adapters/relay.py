@@ -176,6 +176,7 @@ class OutboxRelay:
         self.database_error: str | None = None
         self.topic_lost: str | None = None
         self._backlog: Backlog | None = None
+        self._acked_unmarked: set[int] = set()  # acknowledged by Kafka, the database's mark not committed
         self._metrics.kafka_up.set(1)
         self._metrics.database_up.set(1)
         self._metrics.broker_access_up.set(1)
@@ -208,6 +209,7 @@ class OutboxRelay:
             self._thread.join(timeout)
             self._thread = None
         self._publisher.close()
+        self._forget_topic_admin_client()
         if self._broker is not None:
             self._broker.close()
 
@@ -271,9 +273,7 @@ class OutboxRelay:
                 self.kafka_error = self.kafka_last_error = self.error_code
                 self._metrics.kafka_up.set(0)
                 self._publisher.reset()
-                reset = getattr(self._topic_admin, "reset", None)
-                if callable(reset):
-                    reset()
+                self._forget_topic_admin_client()
                 self._topic_checked = self._topic_admin is None
         self._metrics.publish_failures.inc()
         self._update_depth()
@@ -383,6 +383,11 @@ class OutboxRelay:
             self._published_end = {}
         return None
 
+    def _forget_topic_admin_client(self) -> None:
+        reset = getattr(self._topic_admin, "reset", None)  # KafkaTopicAdmin keeps an AdminClient
+        if callable(reset):
+            reset()
+
     def _kafka_answered(self) -> None:
         self.kafka_ok_at = self._clock()
 
@@ -410,13 +415,20 @@ class OutboxRelay:
         total = 0
         while not self._stopping.is_set():
             with self._store.claim(self._batch_size) as claim:
-                messages = claim.messages
-                if not messages:
+                if not claim.messages:
                     break
-                self._sync_environments([m.environment_id for m in messages])
-                deliveries = self._publisher.publish(messages)
+                # Rows the broker acknowledged while the database lost the mark (it restarted before the
+                # commit): record them now instead of sending them again (a duplicate on the topic).
+                marked = [m.id for m in claim.messages if m.id in self._acked_unmarked]
+                messages = [m for m in claim.messages if m.id not in self._acked_unmarked]
+                deliveries: list[Delivery] = []
+                if messages:
+                    self._sync_environments([m.environment_id for m in messages])
+                    deliveries = self._publisher.publish(messages)
                 ok = acknowledged_prefix(messages, deliveries)
-                claim.mark_published(ok, datetime.now(UTC))
+                self._acked_unmarked.update(ok)
+                claim.mark_published([*marked, *ok], datetime.now(UTC))
+            self._acked_unmarked.difference_update([*marked, *ok])
             self._record(messages, deliveries, ok)
             self._note_offsets(deliveries, ok)
             total += len(ok)

@@ -285,3 +285,35 @@ def test_a_broker_that_stops_answering_turns_the_health_to_kafka_retrying() -> N
         assert relay.health().kafka_last_error == "_TRANSPORT"
     finally:
         relay.stop()
+
+
+class LosingOutbox(FakeOutbox):
+    """The database restarts once while the relay marks rows published: the mark is lost."""
+
+    def __init__(self, messages: list[OutboxMessage]) -> None:
+        super().__init__(messages)
+        self.lose_next_mark = True
+
+    def mark_published(self, ids: Sequence[int], at: datetime) -> None:
+        if self.lose_next_mark:
+            self.lose_next_mark = False
+            raise ConnectionError("the database restarted before the commit")
+        super().mark_published(ids, at)
+
+
+def test_rows_acknowledged_while_the_database_lost_their_mark_are_not_sent_twice() -> None:
+    outbox = LosingOutbox([message(1, "a", 1), message(2, "a", 2)])
+    publisher = FakePublisher()
+    relay = OutboxRelay(outbox, publisher, metrics=IssuerMetrics())
+    try:
+        relay.drain()
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("the lost mark must fail the pass")
+    assert publisher.sent == [1, 2]
+    assert [m.id for m in outbox.pending] == [1, 2]  # still pending in the database
+    outbox.pending.append(message(3, "a", 3))
+    assert relay.drain() == 1
+    assert publisher.sent == [1, 2, 3]  # 1 and 2 were only marked, not sent again
+    assert outbox.published == [1, 2, 3]
