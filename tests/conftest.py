@@ -149,9 +149,16 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     name = "st_" + uuid.uuid4().hex[:12]
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-        yield _sqlalchemy_url(f"{base}/{name}")
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield _sqlalchemy_url(f"{base}/{name}")
+    # A fresh connection: a test (or another test on this machine) may have restarted the server meanwhile.
+    for _ in range(30):
+        try:
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            break
+        except psycopg.OperationalError:
+            time.sleep(1)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
