@@ -83,3 +83,11 @@ def test_missing_java_and_missing_maven_say_what_to_install(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BrokerError, match=r"Maven is missing .* \(apt-get install maven\)"):
         ensure_jars()
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    from shared.kafka_broker import _random_cluster_id
+
+    ids = [_random_cluster_id() for _ in range(2000)]  # about 1 in 64 would start with "-" otherwise
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
