@@ -616,9 +616,8 @@ def _random_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what ``random-uuid`` prints)."""
     import base64
 
-    while (
-        True
-    ):  # as Kafka's Uuid.randomUuid: never one starting with "-" (the storage tool reads it as an option)
+    # As Kafka's Uuid.randomUuid: never one starting with "-", which the storage tool reads as an option.
+    while True:
         cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
         if not cluster_id.startswith("-"):
             return cluster_id
