@@ -62,6 +62,7 @@ class Operation(StrEnum):
     DESCRIBE = "describe"
     DESCRIBE_CONFIGS = "describe_configs"
     ALTER = "alter"
+    DELETE = "delete"
 
 
 @dataclass(frozen=True, order=True)
@@ -117,8 +118,9 @@ def service_grants(control_topic: str, notifier_group: str = "notifier") -> tupl
     """Least privilege for our services.
 
     issuer: create/write/read the control topic (read: the empty-topic probe), manage SCRAM users and ACLs
-    (ALTER and DESCRIBE on the cluster); resolver: read the control topic, create and describe tenants'
-    topics; notifier: read the control topic in its consumer group. Each may create the control topic.
+    (ALTER and DESCRIBE on the cluster), delete a purged environment's topics (DELETE on topics);
+    resolver: read the control topic, create and describe tenants' topics; notifier: read the control topic
+    in its consumer group. Each may create the control topic.
     """
     issuer, resolver, notifier = principal(ISSUER_USER), principal(RESOLVER_USER), principal(NOTIFIER_USER)
     topic = (Resource.TOPIC, control_topic, Pattern.LITERAL)
@@ -129,6 +131,8 @@ def service_grants(control_topic: str, notifier_group: str = "notifier") -> tupl
         Grant(issuer, Resource.GROUP, ISSUER_PROBE_GROUP_PREFIX, Pattern.PREFIXED, Operation.READ),
         Grant(issuer, *cluster, Operation.ALTER),
         Grant(issuer, *cluster, Operation.DESCRIBE),
+        # Purging an environment id deletes its topics ``{id}-*`` (DELETE implies DESCRIBE: it lists them).
+        Grant(issuer, Resource.TOPIC, "*", Pattern.LITERAL, Operation.DELETE),
         # Any service may create the control topic when it starts first (list_topics, then create).
         Grant(resolver, *topic, Operation.READ),
         Grant(resolver, *topic, Operation.CREATE),

@@ -204,6 +204,7 @@ def acl_binding(grant: Grant) -> Any:
         Operation.DESCRIBE: AclOperation.DESCRIBE,
         Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
         Operation.ALTER: AclOperation.ALTER,
+        Operation.DELETE: AclOperation.DELETE,
     }[grant.operation]
     return AclBinding(resource, grant.name, pattern, grant.principal, "*", operation, AclPermissionType.ALLOW)
 

@@ -89,6 +89,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         else None,
         broker=broker_access,
         access=access,
+        purges=handlers.StoreTopicPurges(store, lambda: deps.clock()),
         clock=lambda: deps.clock(),
     )
     resolver_urls = settings.resolver_url_list()

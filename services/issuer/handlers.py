@@ -29,9 +29,10 @@ from services.issuer.ports import (
     ResolverProbe,
     StoreConflict,
     StoreTx,
+    TopicPurge,
     Wakeup,
 )
-from shared.broker_access import broker_password
+from shared.broker_access import broker_password, tenant_prefix
 from shared.events import encode_event
 from shared.ids import environment_id, validate_environment_id
 from shared.logs import get_logger
@@ -328,6 +329,12 @@ def create_environment(
                         "'{org}-{project}-{environment}', so choose other names"
                     )
                 raise Conflict(f"environment {env_id!r} already exists")
+            if tx.topic_purge_pending(env_id):
+                raise Conflict(
+                    f"environment id {env_id!r} was purged and its topics are still being deleted at the "
+                    "broker; it can be created again once that is done (the relay retries while the broker "
+                    "is unreachable), so try again shortly"
+                )
             before = tx.deleted_names(env_id)
             if before is not None and before != (org, project, name) and not tx.purged(env_id):
                 # Its topics and subscriptions may still exist: other names must not inherit them.
@@ -536,8 +543,11 @@ def delete_environment(
     deps: Deps, env_id: str, *, actor: str, pat_id: str | None = None, purge: bool = False
 ) -> None:
     """End the environment and its tokens (a tombstone goes out). ``purge``: also let the id be created
-    again under other names; an id already deleted can be purged later the same way."""
+    again under other names; an id already deleted can be purged later the same way. A purge also records
+    that the topics ``{id}-*`` are to be deleted at the broker: the relay does it after the commit (and
+    retries while the broker is unreachable), and the id cannot be created again until then."""
     now = deps.clock()
+    ended: tuple[str, ...] | None = None  # None: an id deleted before, purged now
     with deps.store.transaction() as tx:
         try:
             validate_environment_id(env_id)
@@ -545,30 +555,34 @@ def delete_environment(
             raise Invalid(str(exc)) from None
         env = tx.environment(env_id, for_update=True)
         if env is None:
-            if purge and tx.purge_environment(env_id):
-                tx.add_audit(
-                    AuditEntry(at=now, actor=actor, action="purge", environment_id=env_id, pat_id=pat_id)
-                )
-                log.info("environment_purged", environment_id=env_id, actor=actor)
-                return
-            raise NotFound(f"environment {env_id!r} does not exist")
-        ended = domain.delete(env)
-        tx.mark_deleted(env, now)
-        tx.add_outbox(env.id, env.generation, None, now)
-        tx.add_audit(
-            AuditEntry(
-                at=now,
-                actor=actor,
-                action="delete",
-                environment_id=env.id,
-                token_ids=ended,
-                detail={"generation": env.generation, **({"purge": 1} if purge else {})},
-                pat_id=pat_id,
+            if not (purge and tx.purge_environment(env_id)):
+                raise NotFound(f"environment {env_id!r} does not exist")
+            tx.request_topic_purge(env_id, now)
+            tx.add_audit(
+                AuditEntry(at=now, actor=actor, action="purge", environment_id=env_id, pat_id=pat_id)
             )
-        )
-        if purge:
-            tx.purge_environment(env.id)
+        else:
+            ended = domain.delete(env)
+            tx.mark_deleted(env, now)
+            tx.add_outbox(env.id, env.generation, None, now)
+            tx.add_audit(
+                AuditEntry(
+                    at=now,
+                    actor=actor,
+                    action="delete",
+                    environment_id=env.id,
+                    token_ids=ended,
+                    detail={"generation": env.generation, **({"purge": 1} if purge else {})},
+                    pat_id=pat_id,
+                )
+            )
+            if purge:
+                tx.purge_environment(env.id)
+                tx.request_topic_purge(env.id, now)
     deps.wakeup.wake()
+    if ended is None:
+        log.info("environment_purged", environment_id=env_id, actor=actor)
+        return
     deps.metrics.changes.labels("deleted").inc()
     log.info("environment_deleted", environment_id=env_id, actor=actor, ended=list(ended), purged=purge)
 
@@ -789,3 +803,50 @@ class StoreAccessSource:
             for access in applied:
                 if access.generation > 0:
                     tx.record_broker_generation(access.environment_id, access.generation, now)
+
+
+# -- purges: the relay deletes a purged id's topics -------------------------------------------------------
+
+
+class StoreTopicPurges:
+    """:class:`~services.issuer.ports.TopicPurgeSource` on the issuer's store: the purged ids whose topics
+    are still to be deleted, each with the topic prefixes of other ids (live or deleted) that extend it —
+    the nesting rule keeps such ids from existing, so ``keep`` is empty unless older data holds one."""
+
+    def __init__(self, store: IssuerStore, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._clock = clock
+
+    def pending(self) -> list[TopicPurge]:
+        with self._store.transaction() as tx:
+            found = []
+            for env_id, requested_at in tx.pending_topic_purges():
+                longer = [i for i in tx.nested_environment_ids(env_id) if i.startswith(tenant_prefix(env_id))]
+                found.append(TopicPurge(env_id, requested_at, tuple(tenant_prefix(i) for i in longer)))
+            return found
+
+    def done(self, purge: TopicPurge, deleted: Sequence[str], *, enforced: bool) -> None:
+        now = self._clock()
+        with self._store.transaction() as tx:
+            if not tx.finish_topic_purge(purge.environment_id, purge.requested_at):
+                return  # another replica recorded it, or it was purged again (done on a later pass)
+            detail: dict[str, str | int | None] = {"topics_deleted": len(deleted)}
+            if purge.keep:
+                detail["kept_prefixes"] = ",".join(purge.keep)
+            if not enforced:
+                detail["broker"] = "off"  # this broker enforces nothing: no topic was deleted
+            tx.add_audit(
+                AuditEntry(
+                    at=now,
+                    actor="system:relay",
+                    action="purge_topics",
+                    environment_id=purge.environment_id,
+                    detail=detail,
+                )
+            )
+        log.info(
+            "environment_topics_purged",
+            environment_id=purge.environment_id,
+            topics_deleted=len(deleted),
+            broker_enforced=enforced,
+        )

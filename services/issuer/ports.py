@@ -31,7 +31,7 @@ class OutboxMessage:
 class AuditEntry:
     at: datetime
     actor: str
-    action: str  # create | reveal | rotate | revoke | delete | republish
+    action: str  # create | reveal | rotate | revoke | delete | purge | purge_topics | republish
     environment_id: str | None
     token_ids: tuple[str, ...] = ()
     detail: dict[str, str | int | None] = field(default_factory=dict)
@@ -146,6 +146,24 @@ class StoreTx(Protocol):
 
     def record_broker_generation(self, env_id: str, generation: int, at: datetime) -> None:
         """Remember that the broker matches ``generation`` of ``env_id`` (never lowers a recorded one)."""
+
+    def request_topic_purge(self, env_id: str, at: datetime) -> None:
+        """Record that the topics ``{env_id}-*`` of the purged id must be deleted at the broker (the relay
+        does it, :class:`TopicPurgeSource`); the id cannot be created again until that is done."""
+        ...
+
+    def topic_purge_pending(self, env_id: str) -> bool:
+        """The id's topics are still to be deleted at the broker."""
+        ...
+
+    def pending_topic_purges(self) -> list[tuple[str, datetime]]:
+        """``(environment id, requested at)`` of every topic purge not done yet, oldest first."""
+        ...
+
+    def finish_topic_purge(self, env_id: str, requested_at: datetime) -> bool:
+        """Mark the purge requested at ``requested_at`` done (False: none pending, or requested again
+        since, which stays pending)."""
+        ...
 
 
 class IssuerStore(Protocol):
@@ -290,7 +308,34 @@ class BrokerAccess(Protocol):
         ``User:tid_…`` ACL not in ``desired`` is deleted."""
         ...
 
+    def delete_topics(self, prefix: str, keep: Sequence[str] = ()) -> list[str]:
+        """Delete every topic whose name starts with ``prefix`` (a purged environment's ``{id}-``) except
+        those starting with one of ``keep`` (other environments' prefixes that extend it), never the
+        control topic nor an internal one; the names deleted. Idempotent (a topic already gone is no
+        error); raises when the broker refuses or cannot be reached. A broker that cannot enforce does
+        nothing and answers ``[]``."""
+        ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TopicPurge:
+    """A purged environment id whose topics are still to be deleted at the broker."""
+
+    environment_id: str
+    requested_at: datetime
+    keep: tuple[str, ...] = ()  # topic prefixes of other environment ids that extend this one
+
+
+class TopicPurgeSource(Protocol):
+    """The relay's view of the store for purges: what to delete, and where to record that it was done."""
+
+    def pending(self) -> list[TopicPurge]: ...
+
+    def done(self, purge: TopicPurge, deleted: Sequence[str], *, enforced: bool) -> None:
+        """Record the purge done and audit it (``purge_topics``, the number of topics deleted)."""
+        ...
 
 
 @dataclass(frozen=True)

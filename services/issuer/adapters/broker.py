@@ -83,6 +83,7 @@ class _Mapping:
             Operation.DESCRIBE: AclOperation.DESCRIBE,
             Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
             Operation.ALTER: AclOperation.ALTER,
+            Operation.DELETE: AclOperation.DELETE,
         }
         self.mechanism = {
             "SCRAM-SHA-256": ScramMechanism.SCRAM_SHA_256,
@@ -189,6 +190,23 @@ class KafkaBrokerAccess:
         self._apply(changes, odd)
         log.info("broker_reconciled", environments=len(desired), **changes.summary())
 
+    def delete_topics(self, prefix: str, keep: Sequence[str] = ()) -> list[str]:
+        # First: without DELETE (which implies DESCRIBE) the listing would miss topics and report none.
+        self._check_topic_delete_right()
+        names = self._topics_under(prefix, keep)
+        if names:
+            client = self._client()
+            for chunk in _chunks(names):
+                self._wait(
+                    "delete_topics",
+                    client.delete_topics(
+                        list(chunk), operation_timeout=self._timeout, request_timeout=self._timeout
+                    ),
+                    missing_ok=True,
+                )
+        log.info("broker_topics_deleted", prefix=prefix, topics=len(names), kept_prefixes=list(keep))
+        return names
+
     def close(self) -> None:
         self._admin = None
 
@@ -263,6 +281,48 @@ class KafkaBrokerAccess:
             raise BrokerAccessError(
                 f"CLUSTER_AUTHORIZATION_FAILED: principal User:{user} may not manage SCRAM users and ACLs "
                 "(it needs ALTER and DESCRIBE on the cluster; see shared.broker_access.service_grants)"
+            )
+
+    def _topics_under(self, prefix: str, keep: Sequence[str]) -> list[str]:
+        """The topics the broker shows us under ``prefix``, minus ``keep``'s, the control topic and internal
+        ones (``__consumer_offsets``, ...). Our DELETE on topics implies DESCRIBE, so all are shown."""
+        if not prefix:
+            raise ValueError("refusing to delete topics without a prefix")
+        try:
+            metadata = self._client().list_topics(timeout=self._timeout)
+        except Exception as exc:
+            raise BrokerAccessError(f"list_topics failed ({_describe(exc)})") from None
+        return sorted(
+            name
+            for name in metadata.topics
+            if name.startswith(prefix)
+            and not any(name.startswith(k) for k in keep)
+            and name != self._settings.topic
+            and not name.startswith("_")
+        )
+
+    def _check_topic_delete_right(self) -> None:
+        """Refuse when our principal may not delete topics (``service_grants``: DELETE on topics ``*``),
+        asked of the control topic (covered by the same grant; the relay made sure it exists), so that a
+        missing grant is one clear error rather than a listing without the topics and "0 deleted"."""
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AclOperation
+
+        try:
+            futures = self._client().describe_topics(
+                TopicCollection([self._settings.topic]),
+                include_authorized_operations=True,
+                request_timeout=self._timeout,
+            )
+            described = next(iter(futures.values())).result(self._timeout + 1)
+        except Exception as exc:
+            raise BrokerAccessError(f"describe_topics failed ({_describe(exc)})") from None
+        allowed = set(described.authorized_operations or ())
+        if not allowed & {AclOperation.ALL, AclOperation.DELETE}:
+            user = self._settings.sasl_username or "ANONYMOUS"
+            raise BrokerAccessError(
+                f"TOPIC_AUTHORIZATION_FAILED: principal User:{user} may not delete topics (it needs DELETE "
+                "on topics; see shared.broker_access.service_grants)"
             )
 
     def _credentials(self, description: Any) -> frozenset[tuple[str, int]]:
@@ -364,7 +424,8 @@ class KafkaBrokerAccess:
                 future.result(self._timeout + 1)
             except Exception as exc:
                 error = _kafka_error(exc)
-                if missing_ok and error is not None and error.code() == KafkaError.RESOURCE_NOT_FOUND:
+                missing = (KafkaError.RESOURCE_NOT_FOUND, KafkaError.UNKNOWN_TOPIC_OR_PART)
+                if missing_ok and error is not None and error.code() in missing:
                     continue
                 first = first or exc
         if first is not None:
@@ -381,6 +442,9 @@ class NoBrokerAccess:
 
     def reconcile_all(self, desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
         return None
+
+    def delete_topics(self, prefix: str, keep: Sequence[str] = ()) -> list[str]:
+        return []
 
     def close(self) -> None:
         return None

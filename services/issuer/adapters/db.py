@@ -59,6 +59,8 @@ class EnvironmentRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=_TZ)
     deleted_at: datetime | None = Field(default=None, sa_type=_TZ)
     purged_at: datetime | None = Field(default=None, sa_type=_TZ)  # a deleted id free for other names
+    # A purge's deletion of the topics {id}-* at the broker, not done yet (the relay does it, then clears it).
+    topic_purge_requested_at: datetime | None = Field(default=None, sa_type=_TZ)
 
 
 class TokenRow(SQLModel, table=True):
@@ -516,6 +518,36 @@ class SqlTx:
     def purged(self, env_id: str) -> bool:
         row = self._row(env_id, for_update=False)
         return row is not None and row.deleted_at is not None and row.purged_at is not None
+
+    def request_topic_purge(self, env_id: str, at: datetime) -> None:
+        self.session.execute(
+            sa.update(EnvironmentRow)
+            .where(col(EnvironmentRow.id) == env_id, col(EnvironmentRow.deleted_at).is_not(None))
+            .values(topic_purge_requested_at=at)
+        )
+
+    def topic_purge_pending(self, env_id: str) -> bool:
+        row = self._row(env_id, for_update=False)
+        return row is not None and row.topic_purge_requested_at is not None
+
+    def pending_topic_purges(self) -> list[tuple[str, datetime]]:
+        query = (
+            select(EnvironmentRow.id, EnvironmentRow.topic_purge_requested_at)
+            .where(col(EnvironmentRow.topic_purge_requested_at).is_not(None))
+            .order_by(col(EnvironmentRow.topic_purge_requested_at), col(EnvironmentRow.id))
+        )
+        return [(env_id, _utc(at)) for env_id, at in self.session.exec(query).all() if at is not None]
+
+    def finish_topic_purge(self, env_id: str, requested_at: datetime) -> bool:
+        row = self._row(env_id, for_update=True)
+        if row is None or row.topic_purge_requested_at is None:
+            return False
+        if _utc(row.topic_purge_requested_at) != _utc(requested_at):
+            return False  # purged again meanwhile: that request is still to be done
+        row.topic_purge_requested_at = None
+        self.session.add(row)
+        self.session.flush()
+        return True
 
     def deleted_names(self, env_id: str) -> tuple[str, str, str] | None:
         row = self._row(env_id, for_update=False)

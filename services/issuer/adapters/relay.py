@@ -21,6 +21,12 @@ valid tokens are made the broker's users and ACLs for that environment. When tha
 is published (the rows stay pending) and the relay backs off and retries as for a Kafka failure. On its
 first pass, and when asked (``admin republish``), the relay reconciles the whole broker. It remembers the
 earliest end of a grace period among the environments it synced and syncs those again when it is due.
+
+Purges (``ports.TopicPurgeSource``): after the outbox is drained (so a purged environment's users and ACLs
+are already gone), the relay deletes the topics ``{id}-*`` of every purged id still pending, through the
+broker port (a no-op on a broker that cannot enforce), and records each done with an audit entry. When the
+broker refuses or is unreachable the purge stays pending and the relay retries with the same back-off; the
+id cannot be created again meanwhile.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from services.issuer.ports import (
     Publisher,
     TopicAdmin,
     TopicIdentity,
+    TopicPurgeSource,
 )
 from shared.backoff import equal_jitter, exponential
 from shared.logs import get_logger
@@ -137,6 +144,7 @@ class OutboxRelay:
         housekeeping_interval_s: float = 3600.0,
         broker: BrokerAccess | None = None,
         access: AccessSource | None = None,
+        purges: TopicPurgeSource | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._store = store
@@ -159,6 +167,8 @@ class OutboxRelay:
         self.last_error: str | None = None
         self._broker = broker if broker is not None and broker.enforcing and access is not None else None
         self._access = access
+        self._purges = purges
+        self._purger = broker  # deletes purged ids' topics (its no-op when the broker cannot enforce)
         self._clock = clock
         self._reconcile_needed = self._broker is not None
         self._expiry: dict[str, datetime] = {}  # environment → earliest end of a grace period synced
@@ -242,6 +252,7 @@ class OutboxRelay:
         self.reconcile_if_needed()
         self.drain()
         self.resync_expired()
+        self.purge_topics()
         if self.failures:
             log.info("outbox_relay_recovered", after_attempts=self.failures)
         self.failures = 0
@@ -505,6 +516,24 @@ class OutboxRelay:
             self._sync_environments(due, verify=True)
             log.info("broker_grace_expired_resynced", environments=due)
         return due
+
+    def purge_topics(self) -> int:
+        """Delete the topics of every purged id still pending and record each done; how many purges were
+        done. Raises :class:`BrokerSyncFailed` when the broker refuses (the rest stay pending)."""
+        if self._purges is None:
+            return 0
+        pending = self._purges.pending()
+        for purge in pending:
+            prefix = f"{purge.environment_id}-"
+            try:
+                deleted = self._purger.delete_topics(prefix, purge.keep) if self._purger is not None else []
+            except Exception as exc:
+                if database_problem(exc) is not None:
+                    raise
+                raise BrokerSyncFailed(_one_line(exc)) from None
+            enforced = self._purger is not None and self._purger.enforcing
+            self._purges.done(purge, deleted, enforced=enforced)
+        return len(pending)
 
     def _note_offsets(self, deliveries: Sequence[Delivery], ok: list[int]) -> None:
         published = set(ok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_grace_tokens_are_capped_with_a_clear_409(
 def test_a_deleted_id_is_not_inherited_by_other_names_unless_purged(
     database_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
 ) -> None:
-    issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
+    issuer = issuer_factory(database_url, kafka_settings)  # the relay deletes the purged id's topics
     first = {"org": "acme", "project": "data-prod", "name": "eu"}
     other = {"org": "acme-data", "project": "prod", "name": "eu"}  # the same id, acme-data-prod-eu
     assert issuer.admin.post("/v1/environments", json=first).status_code == 201
@@ -90,7 +91,11 @@ def test_a_deleted_id_is_not_inherited_by_other_names_unless_purged(
     assert (
         issuer.admin.delete("/v1/environments/acme-data-prod-eu", params={"purge": "true"}).status_code == 204
     )
-    created = issuer.admin.post("/v1/environments", json=other)
+    deadline = time.monotonic() + 30
+    while (created := issuer.admin.post("/v1/environments", json=other)).status_code == 409:
+        assert "still being deleted" in created.json()["message"]  # until the relay deleted its topics
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     assert created.status_code == 201
     assert (created.json()["org"], created.json()["generation"]) == ("acme-data", 2)
     # Once re-created, it is protected again.

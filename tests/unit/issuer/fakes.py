@@ -27,6 +27,7 @@ class State:
     pats: dict[str, PatRecord] = field(default_factory=dict)
     deleted_names: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     purged: set[str] = field(default_factory=set)
+    topic_purges: dict[str, datetime] = field(default_factory=dict)  # id → requested at (pending)
 
 
 class FakeTx:
@@ -127,6 +128,22 @@ class FakeTx:
     def purged(self, env_id: str) -> bool:
         return env_id in self.state.purged
 
+    def request_topic_purge(self, env_id: str, at: datetime) -> None:
+        if env_id in self.state.deleted:
+            self.state.topic_purges[env_id] = at
+
+    def topic_purge_pending(self, env_id: str) -> bool:
+        return env_id in self.state.topic_purges
+
+    def pending_topic_purges(self) -> list[tuple[str, datetime]]:
+        return sorted(self.state.topic_purges.items(), key=lambda item: (item[1], item[0]))
+
+    def finish_topic_purge(self, env_id: str, requested_at: datetime) -> bool:
+        if self.state.topic_purges.get(env_id) != requested_at:
+            return False
+        del self.state.topic_purges[env_id]
+        return True
+
 
 class FakeStore:
     """Transactions work on a copy that replaces the state only when the block ends without an error."""
@@ -174,7 +191,8 @@ class FakeBrokerAccess:
         self.fail = fail
         self.error = error
         self.environments: dict[str, dict[str, str]] = {}  # environment → token id → password
-        self.calls: list[tuple[str, str]] = []  # ("sync", env) | ("reconcile", "*")
+        self.topics: set[str] = set()  # the broker's topics (``delete_topics`` removes from it)
+        self.calls: list[tuple[str, str]] = []  # ("sync", env) | ("reconcile", "*") | ("delete_topics", p)
         self.closed = False
 
     def _maybe_fail(self) -> None:
@@ -194,6 +212,13 @@ class FakeBrokerAccess:
         self.calls.append(("reconcile", "*"))
         self._maybe_fail()
         self.environments = {env: dict(tokens) for env, tokens in desired.items() if tokens}
+
+    def delete_topics(self, prefix: str, keep: Sequence[str] = ()) -> list[str]:
+        self.calls.append(("delete_topics", prefix))
+        self._maybe_fail()
+        gone = sorted(t for t in self.topics if t.startswith(prefix) and not t.startswith(tuple(keep)))
+        self.topics.difference_update(gone)
+        return gone
 
     def users(self) -> set[str]:
         return {token_id for tokens in self.environments.values() for token_id in tokens}

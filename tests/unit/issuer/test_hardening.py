@@ -164,6 +164,11 @@ def test_a_deleted_id_goes_to_other_names_only_after_a_purge(deps: handlers.Deps
         handlers.create_environment(deps, "acme-data", "prod", "eu", actor="a")
     again = handlers.create_environment(deps, "acme", "data-prod", "eu", actor="a")  # the same names: fine
     handlers.delete_environment(deps, again.id, actor="a", purge=True)
+    with pytest.raises(handlers.Conflict, match="still being deleted"):  # its topics are not gone yet
+        handlers.create_environment(deps, "acme-data", "prod", "eu", actor="a")
+    purges = handlers.StoreTopicPurges(deps.store, deps.clock)
+    for purge in purges.pending():  # what the relay does once the broker deleted the topics
+        purges.done(purge, [], enforced=True)
     other = handlers.create_environment(deps, "acme-data", "prod", "eu", actor="a")
     assert other.generation == again.generation + 1  # consumers that remember the id still follow
     handlers.delete_environment(deps, other.id, actor="a")
