@@ -257,7 +257,8 @@ class TenantClient(threading.Thread):
                 self.produced += 1
             except BufferError:
                 pass
-            producer.poll(PRODUCE_EVERY)
+            producer.poll(0)
+            time.sleep(PRODUCE_EVERY)  # poll(timeout) returns at the first event: the rate would follow acks
         for p in [*draining, producer]:
             if p is not None:
                 p.flush(30)
