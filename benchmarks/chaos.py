@@ -288,11 +288,12 @@ def workload(args: argparse.Namespace, rng: random.Random, cluster: KafkaCluster
     never_ok: list[str] = []
     not_applied: list[Rotation] = []
     print(f"{args.minutes} min of rotations and faults (seed {args.seed}, {len(tenants)} environments)")
-    try:
+
+    def rotations() -> None:
+        nonlocal attempted
         for tenant in itertools.cycle(tenants):
             if time.monotonic() > deadline:
-                break
-            chaos.tick()
+                return
             wait_until(lambda t=tenant: drained(t), STEP_TIMEOUT, every=0.02)  # type: ignore[misc]
             attempted += 1
             try:
@@ -311,7 +312,18 @@ def workload(args: argparse.Namespace, rng: random.Random, cluster: KafkaCluster
             except AssertionError as exc:
                 not_applied.append(rotation)
                 print(f"  {str(exc)[:300]}")
+
+    # Rotations on a thread of their own, faults on this one (it spawns the restarted processes), so a
+    # restart happens on time even while a rotation waits for the service that is down.
+    rotator = threading.Thread(target=rotations, name="rotations", daemon=True)
+    rotator.start()
+    try:
+        while rotator.is_alive() and time.monotonic() < deadline + 2 * STEP_TIMEOUT + 60:
+            if time.monotonic() <= deadline or chaos.pending is not None:
+                chaos.tick()
+            time.sleep(0.1)
         chaos.finish()
+        rotator.join(2 * STEP_TIMEOUT + 60)
     finally:
         lookups.stop.set()
         phase.name = "after"
@@ -353,6 +365,10 @@ def report(
     topic_missing = sum(1 for r in succeeded if r.generation not in set(on_topic.get(r.environment_id, [])))
     topic_repeats = sum(sum(n - 1 for n in Counter(v).values() if n > 1) for v in on_topic.values())
     topic_disorder = sum(sum(1 for a, b in itertools.pairwise(v) if b <= a) for v in on_topic.values())
+    for environment_id, generations in on_topic.items():
+        repeated = sorted(g for g, n in Counter(generations).items() if n > 1)
+        if repeated:
+            print(f"  control topic: {environment_id} has generations {repeated} more than once")
 
     def delivered() -> bool:
         return all(
