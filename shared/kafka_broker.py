@@ -36,9 +36,6 @@ from shared.broker_access import (
     BROKER_USER,
     SERVICE_USERS,
     Grant,
-    Operation,
-    Pattern,
-    Resource,
     service_grants,
 )
 from shared.kafka import KafkaSettings
@@ -180,33 +177,9 @@ def _kafka_admin_config(settings: KafkaSettings) -> dict[str, Any]:
 
 def acl_binding(grant: Grant) -> Any:
     """The confluent-kafka ``AclBinding`` of a grant."""
-    from confluent_kafka.admin import (
-        AclBinding,
-        AclOperation,
-        AclPermissionType,
-        ResourcePatternType,
-        ResourceType,
-    )
+    from shared.kafka_acls import AclMapping
 
-    resource = {
-        Resource.TOPIC: ResourceType.TOPIC,
-        Resource.GROUP: ResourceType.GROUP,
-        Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID,
-        Resource.CLUSTER: ResourceType.BROKER,
-    }[grant.resource]
-    pattern = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}[
-        grant.pattern
-    ]
-    operation = {
-        Operation.READ: AclOperation.READ,
-        Operation.WRITE: AclOperation.WRITE,
-        Operation.CREATE: AclOperation.CREATE,
-        Operation.DESCRIBE: AclOperation.DESCRIBE,
-        Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
-        Operation.ALTER: AclOperation.ALTER,
-        Operation.DELETE: AclOperation.DELETE,
-    }[grant.operation]
-    return AclBinding(resource, grant.name, pattern, grant.principal, "*", operation, AclPermissionType.ALLOW)
+    return AclMapping().binding(grant)
 
 
 def create_grants(settings: KafkaSettings, grants: Iterable[Grant], timeout: float = 15.0) -> None:

@@ -25,13 +25,11 @@ from services.issuer.settings import IssuerSettings
 from shared.broker_access import (
     SCRAM_ITERATIONS,
     Grant,
-    Operation,
-    Pattern,
-    Resource,
     is_tenant_principal,
     tenant_prefix,
 )
 from shared.kafka import KafkaSettings
+from shared.kafka_acls import AclMapping
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -52,89 +50,6 @@ def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
 
 def _error_callback(error: Any) -> None:
     log.debug("kafka_admin_client_error", error=str(error))
-
-
-class _Mapping:
-    """Our ``shared.broker_access`` values ↔ confluent-kafka's enums (imported lazily)."""
-
-    def __init__(self) -> None:
-        from confluent_kafka.admin import (
-            AclOperation,
-            AclPermissionType,
-            ResourcePatternType,
-            ResourceType,
-            ScramMechanism,
-        )
-
-        self.resource = {
-            Resource.TOPIC: ResourceType.TOPIC,
-            Resource.GROUP: ResourceType.GROUP,
-            Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID,
-            Resource.CLUSTER: ResourceType.BROKER,
-        }
-        self.pattern = {
-            Pattern.LITERAL: ResourcePatternType.LITERAL,
-            Pattern.PREFIXED: ResourcePatternType.PREFIXED,
-        }
-        self.operation = {
-            Operation.READ: AclOperation.READ,
-            Operation.WRITE: AclOperation.WRITE,
-            Operation.CREATE: AclOperation.CREATE,
-            Operation.DESCRIBE: AclOperation.DESCRIBE,
-            Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
-            Operation.ALTER: AclOperation.ALTER,
-            Operation.DELETE: AclOperation.DELETE,
-        }
-        self.mechanism = {
-            "SCRAM-SHA-256": ScramMechanism.SCRAM_SHA_256,
-            "SCRAM-SHA-512": ScramMechanism.SCRAM_SHA_512,
-        }
-        self.back_resource = {v: k for k, v in self.resource.items()}
-        self.back_pattern = {v: k for k, v in self.pattern.items()}
-        self.back_operation = {v: k for k, v in self.operation.items()}
-        self.back_mechanism = {v: k for k, v in self.mechanism.items()}
-        self.allow = AclPermissionType.ALLOW
-
-    def binding(self, grant: Grant) -> Any:
-        from confluent_kafka.admin import AclBinding
-
-        return AclBinding(
-            self.resource[grant.resource],
-            grant.name,
-            self.pattern[grant.pattern],
-            grant.principal,
-            "*",
-            self.operation[grant.operation],
-            self.allow,
-        )
-
-    def exact_filter(self, binding: Any) -> Any:
-        from confluent_kafka.admin import AclBindingFilter
-
-        return AclBindingFilter(
-            binding.restype,
-            binding.name,
-            binding.resource_pattern_type,
-            binding.principal,
-            binding.host,
-            binding.operation,
-            binding.permission_type,
-        )
-
-    def grant(self, binding: Any) -> Grant | None:
-        """The grant a binding is, or None when it is not one we could have made (DENY, a host, ...)."""
-        if binding.permission_type != self.allow or binding.host != "*":
-            return None
-        try:
-            return Grant(
-                binding.principal,
-                self.back_resource[binding.restype],
-                binding.name,
-                self.back_pattern[binding.resource_pattern_type],
-                self.back_operation[binding.operation],
-            )
-        except KeyError:
-            return None
 
 
 def _kafka_error(exc: BaseException) -> Any:
@@ -158,7 +73,7 @@ class KafkaBrokerAccess:
         self._settings = settings
         self._timeout = timeout_s
         self._admin: Any = None
-        self._map: _Mapping | None = None
+        self._map: AclMapping | None = None
 
     # -- the port ----------------------------------------------------------------------------------------
 
@@ -221,9 +136,9 @@ class KafkaBrokerAccess:
             )
         return self._admin
 
-    def _mapping(self) -> _Mapping:
+    def _mapping(self) -> AclMapping:
         if self._map is None:
-            self._map = _Mapping()
+            self._map = AclMapping()
         return self._map
 
     def _filter(self, *, name: str | None = None, pattern: str = "any", principal: str | None = None) -> Any:
