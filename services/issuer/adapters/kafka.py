@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,10 +157,10 @@ class KafkaTopicAdmin:
         self._admin = None
 
 
-def topic_is_empty(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
-    """Read the topic from the beginning: empty when no record arrives and every partition's high watermark,
-    as carried by fetch responses, is 0. Raises ``TimeoutError`` when the broker does not answer in time.
-    """
+@contextmanager
+def _probe(settings: KafkaSettings, timeout_s: float) -> Iterator[tuple[Any, list[Any]]]:
+    """A fresh consumer (no group join, nothing committed) assigned to every partition of the topic from the
+    beginning, closed afterwards. Raises ``TimeoutError`` when the topic is not available."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer(
@@ -180,6 +181,16 @@ def topic_is_empty(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
             raise TimeoutError(f"topic {settings.topic!r} is not available")
         partitions = [TopicPartition(settings.topic, p, OFFSET_BEGINNING) for p in topic.partitions]
         consumer.assign(partitions)
+        yield consumer, partitions
+    finally:
+        consumer.close()
+
+
+def topic_is_empty(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
+    """Read the topic from the beginning: empty when no record arrives and every partition's high watermark,
+    as carried by fetch responses, is 0. Raises ``TimeoutError`` when the broker does not answer in time.
+    """
+    with _probe(settings, timeout_s) as (consumer, partitions):
         at_eof: set[int] = set()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -196,33 +207,12 @@ def topic_is_empty(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
             if len(at_eof) == len(partitions):
                 return True
         raise TimeoutError(f"no fetch answer from {settings.bootstrap_servers} in {timeout_s:g} s")
-    finally:
-        consumer.close()
 
 
 def high_watermarks(settings: KafkaSettings, timeout_s: float = 5.0) -> dict[int, int]:
     """Each partition's high watermark as the fetch responses of a fresh consumer carry it (ListOffsets is
     wrong on Tansu, see BROKER.md). Raises ``TimeoutError`` when some partition gave no fetch answer."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            **settings.librdkafka(),
-            "group.id": f"streamtoken-issuer-probe-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-            "error_cb": _error_callback,
-        },
-        logger=_quiet,
-    )
-    try:
-        metadata = consumer.list_topics(settings.topic, timeout=timeout_s)
-        topic = metadata.topics.get(settings.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise TimeoutError(f"topic {settings.topic!r} is not available")
-        partitions = [TopicPartition(settings.topic, p, OFFSET_BEGINNING) for p in topic.partitions]
-        consumer.assign(partitions)
+    with _probe(settings, timeout_s) as (consumer, partitions):
         deadline = time.monotonic() + timeout_s
         highs: dict[int, int] = {}
         while time.monotonic() < deadline:
@@ -234,5 +224,3 @@ def high_watermarks(settings: KafkaSettings, timeout_s: float = 5.0) -> dict[int
             if len(highs) == len(partitions):
                 return highs
         raise TimeoutError(f"no fetch answer for every partition in {timeout_s:g} s")
-    finally:
-        consumer.close()
