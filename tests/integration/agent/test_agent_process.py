@@ -520,10 +520,21 @@ def unprivileged(tmp_path: Path) -> Iterator[Unprivileged]:
         )
     directory = Path(tempfile.mkdtemp(prefix="agent-probe-"))
     os.chown(directory, NOBODY, NOBODY)
+    # The agent runs as nobody from this checkout and this venv: the folders above them (a CI clone may sit
+    # in a 0700 mktemp directory) must let it through for the test's time; restored afterwards.
+    opened: list[tuple[Path, int]] = []
+    for leaf in (REPO, Path(os.path.realpath(sys.executable)).parent, Path(sys.prefix)):
+        for folder in (leaf, *leaf.parents):
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                opened.append((folder, mode))
+                folder.chmod(mode | 0o001)
     try:
         yield Unprivileged(NOBODY, directory, system_python)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        for folder, mode in reversed(opened):
+            folder.chmod(mode & 0o7777)
 
 
 @pytest.mark.parametrize("how", ["STREAMTOKEN_PAT", "STREAMTOKEN_PAT_FILE", "--pat-file", "--pat"])
