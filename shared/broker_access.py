@@ -41,6 +41,7 @@ SERVICE_USERS = (ADMIN_USER, BROKER_USER, ISSUER_USER, RESOLVER_USER, NOTIFIER_U
 # Consumer groups our services use (prefixes): the resolver's replay readers and the issuer's topic probe.
 RESOLVER_GROUP_PREFIX = "streamtoken-resolver-"
 ISSUER_PROBE_GROUP_PREFIX = "streamtoken-issuer-probe-"
+ISSUER_USAGE_GROUP = "streamtoken-issuer-usage"  # the issuer's fold of the usage topic
 
 
 class Resource(StrEnum):
@@ -114,13 +115,16 @@ def tenant_grants(environment_id: str, token_id: str) -> tuple[Grant, ...]:
     )
 
 
-def service_grants(control_topic: str, notifier_group: str = "notifier") -> tuple[Grant, ...]:
+def service_grants(
+    control_topic: str, notifier_group: str = "notifier", usage_topic: str = "streamtoken.usage"
+) -> tuple[Grant, ...]:
     """Least privilege for our services.
 
     issuer: create/write/read the control topic (read: the empty-topic probe), manage SCRAM users and ACLs
     (ALTER and DESCRIBE on the cluster), delete a purged environment's topics (DELETE on topics);
     resolver: read the control topic, create and describe tenants' topics; notifier: read the control topic
-    in its consumer group. Each may create the control topic.
+    in its consumer group. Each may create the control topic. The usage topic (``shared.usage``): the
+    resolver writes it, the issuer reads it in its own group; either may create it; tenants get nothing.
     """
     issuer, resolver, notifier = principal(ISSUER_USER), principal(RESOLVER_USER), principal(NOTIFIER_USER)
     topic = (Resource.TOPIC, control_topic, Pattern.LITERAL)
@@ -144,4 +148,12 @@ def service_grants(control_topic: str, notifier_group: str = "notifier") -> tupl
         Grant(notifier, *topic, Operation.READ),
         Grant(notifier, *topic, Operation.CREATE),
         Grant(notifier, Resource.GROUP, notifier_group, Pattern.LITERAL, Operation.READ),
+        # Usage per token (issue 12): the resolver publishes what it saw, the issuer folds it.
+        *(Grant(resolver, Resource.TOPIC, usage_topic, Pattern.LITERAL, op) for op in _WRITE_USAGE),
+        *(Grant(issuer, Resource.TOPIC, usage_topic, Pattern.LITERAL, op) for op in _READ_USAGE),
+        Grant(issuer, Resource.GROUP, ISSUER_USAGE_GROUP, Pattern.LITERAL, Operation.READ),
     )
+
+
+_WRITE_USAGE = (Operation.CREATE, Operation.WRITE, Operation.DESCRIBE)
+_READ_USAGE = (Operation.CREATE, Operation.READ, Operation.DESCRIBE)

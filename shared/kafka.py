@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.topics import STREAMING_TOKENS
+from shared.usage import USAGE_TOPIC
 
 if TYPE_CHECKING:
     from quixstreams.kafka.configuration import ConnectionConfig
@@ -32,6 +33,12 @@ class KafkaSettings(BaseSettings):
     ssl_ca_location: str | None = Field(None, description="STREAMTOKEN_KAFKA_SSL_CA_LOCATION: CA bundle path")
     topic: str = Field(STREAMING_TOKENS, description="STREAMTOKEN_KAFKA_TOPIC: the compacted token topic")
     topic_partitions: int = Field(3, ge=1, le=1000, description="STREAMTOKEN_KAFKA_TOPIC_PARTITIONS")
+    usage_topic: str = Field(
+        USAGE_TOPIC,
+        min_length=1,
+        max_length=249,
+        description="STREAMTOKEN_KAFKA_USAGE_TOPIC: the compacted topic of token usage (resolver -> issuer)",
+    )
     replication_factor: int = Field(1, ge=1, le=10, description="STREAMTOKEN_KAFKA_REPLICATION_FACTOR")
     session_timeout_ms: int = Field(
         6000, ge=1000, description="consumer-group session timeout; small values keep group joins fast"
@@ -64,6 +71,7 @@ class KafkaSettings(BaseSettings):
             "SSL_CA_LOCATION": self.ssl_ca_location,
             "TOPIC": self.topic,
             "TOPIC_PARTITIONS": str(self.topic_partitions),
+            "USAGE_TOPIC": self.usage_topic,
             "REPLICATION_FACTOR": str(self.replication_factor),
             "SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
         }
@@ -119,3 +127,10 @@ def ensure_streaming_tokens_topic(settings: KafkaSettings, timeout: float = 15.0
     from shared.topics import STREAMING_TOKENS_CONFIG
 
     return ensure_topic(settings, settings.topic, settings.topic_partitions, STREAMING_TOKENS_CONFIG, timeout)
+
+
+def ensure_usage_topic(settings: KafkaSettings, timeout: float = 15.0) -> bool:
+    """Create the compacted usage topic (``settings.usage_topic``, keyed by token id) unless it exists."""
+    from shared.usage import USAGE_TOPIC_CONFIG, USAGE_TOPIC_PARTITIONS
+
+    return ensure_topic(settings, settings.usage_topic, USAGE_TOPIC_PARTITIONS, USAGE_TOPIC_CONFIG, timeout)

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -24,10 +25,12 @@ from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import SERVING, Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import Match, TokenTable
+from services.resolver.usage import UsageTracker
 from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token, error_body
 from shared.ids import InvalidIdentifier, hyphen_prefixes, short_name, topic_id
 from shared.logs import get_logger
 from shared.topics import kafka_topic_config
+from shared.usage import DEPLOYMENT_ID_PATTERN
 from shared.web import error_responses
 
 log = get_logger(__name__)
@@ -56,8 +59,10 @@ class Resolver:
         broker: PublicBroker,
         metrics: ResolverMetrics,
         clock: Callable[[], float] = time.time,
+        usage: UsageTracker | None = None,
     ) -> None:
         self.table = table
+        self.usage = usage  # None: usage tracking off (STREAMTOKEN_RESOLVER_USAGE_ENABLED=false)
         self.status = status
         self.admin = admin
         self.settings = settings
@@ -75,8 +80,17 @@ class Resolver:
             lock = self._create_locks[environment_id] = asyncio.Lock()
         return lock
 
-    def authenticate(self, authorization: str | None) -> Match:
-        """The table's match for ``Authorization: Bearer <token>``, or an :class:`ApiError` (401/503)."""
+    def authenticate(
+        self,
+        authorization: str | None,
+        address: str | None = None,
+        user_agent: str = "",
+        source: str = "lookup",
+        deployment_id: str | None = None,
+    ) -> Match:
+        """The table's match for ``Authorization: Bearer <token>``, or an :class:`ApiError` (401/503).
+        With an ``address``, the use is counted as usage of the token by that client (``services.resolver
+        .usage``)."""
         try:
             token = bearer_streaming_token(authorization)
         except ApiError as exc:
@@ -88,7 +102,8 @@ class Resolver:
         if self.status() is Status.LOADING:
             raise ApiError(503, "not_ready", "the resolver is still loading its table; retry shortly")
         digest = hashlib.sha256(token.encode("ascii")).digest()
-        match = self.table.lookup_digest(digest, self.clock())
+        now = self.clock()
+        match = self.table.lookup_digest(digest, now)
         if match is None:
             self.counts["miss"] += 1
             # Anyone can mint well-formed tokens: log a sample (every refusal is counted in the metric).
@@ -99,6 +114,9 @@ class Resolver:
                 401, "invalid_token", "unknown or deactivated streaming token", INVALID_TOKEN_CHALLENGE
             )
         self.counts["hit"] += 1
+        usage = self.usage
+        if usage is not None and address is not None:
+            usage.seen(match, digest, now, address, user_agent, source, deployment_id)
         return match
 
 
@@ -134,8 +152,25 @@ def _resolver(request: Request) -> Resolver:
     return resolver
 
 
+def _client(request: Request) -> tuple[str, str]:
+    """The client a use is counted for: the remote address and the User-Agent."""
+    client = request.client
+    return (client.host if client is not None else ""), request.headers.get("user-agent", "")
+
+
+def _source(path: str) -> str:
+    if path.startswith("/v1/topics/"):
+        return "lookup"
+    if path == "/v1/whoami":
+        return "whoami"
+    return "portal"
+
+
 def _caller(request: Request) -> Match:
-    return _resolver(request).authenticate(request.headers.get("authorization"))
+    address, user_agent = _client(request)
+    return _resolver(request).authenticate(
+        request.headers.get("authorization"), address, user_agent, _source(request.url.path)
+    )
 
 
 Caller = Annotated[Match, Depends(_caller)]
@@ -241,11 +276,8 @@ INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
     ),
 )
 async def environment_generation(environment_id: str, request: Request, resolver: ResolverDep) -> Response:
-    key = resolver.settings.internal_key
-    if key is not None:
-        given = request.headers.get(INTERNAL_KEY_HEADER, "")
-        if not hmac.compare_digest(given.encode("utf-8"), key.get_secret_value().encode("utf-8")):
-            raise ApiError(401, "unauthorized", f"send the resolver's internal key as {INTERNAL_KEY_HEADER}")
+    if not _internal_key_ok(resolver, request):
+        raise ApiError(401, "unauthorized", f"send the resolver's internal key as {INTERNAL_KEY_HEADER}")
     return _json(
         {
             "environment_id": environment_id,
@@ -255,18 +287,121 @@ async def environment_generation(environment_id: str, request: Request, resolver
     )
 
 
+def _internal_key_ok(resolver: Resolver, request: Request) -> bool:
+    """The request carries the resolver's internal key, or the resolver has none (then every caller is
+    trusted as on the open propagation endpoint; docs/resolver.md)."""
+    key = resolver.settings.internal_key
+    if key is None:
+        return True
+    given = request.headers.get(INTERNAL_KEY_HEADER, "")
+    return hmac.compare_digest(given.encode("utf-8"), key.get_secret_value().encode("utf-8"))
+
+
+FORWARDED_FOR_HEADER = "X-Streamtoken-Forwarded-For"
+FORWARDED_USER_AGENT_HEADER = "X-Streamtoken-Forwarded-User-Agent"
+
+
 @native.get(
     "/v1/whoami",
     summary="The environment, slot and token id of the caller's streaming token",
     responses=TOKEN_ERRORS,
+    description=(
+        "Counted as usage of the token (source `whoami`, the caller's address and User-Agent). The "
+        f"notifier checks its callers' tokens here and sends `{FORWARDED_FOR_HEADER}` and "
+        f"`{FORWARDED_USER_AGENT_HEADER}`: with the resolver's internal key (or when the resolver has "
+        "none), the use is counted for that client with source `notifier` instead of for the notifier."
+    ),
 )
-async def whoami(caller: Caller) -> Response:
+async def whoami(request: Request, resolver: ResolverDep) -> Response:
+    forwarded = request.headers.get(FORWARDED_FOR_HEADER)
+    if forwarded is not None and _internal_key_ok(resolver, request):
+        caller = resolver.authenticate(
+            request.headers.get("authorization"),
+            forwarded,
+            request.headers.get(FORWARDED_USER_AGENT_HEADER, ""),
+            "notifier",
+        )
+    else:
+        caller = _caller(request)
     return _json(
         {
             "environment_id": caller.environment_id,
             "slot": caller.slot,
             "token_id": caller.token_id,
             "generation": caller.generation,
+        }
+    )
+
+
+HEARTBEAT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["deployment_id"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "deployment_id": {
+                            "type": "string",
+                            "pattern": DEPLOYMENT_ID_PATTERN,
+                            "description": "the agent's deployment id (1-100 of A-Z a-z 0-9 . _ : -)",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+_DEPLOYMENT_ID = re.compile(DEPLOYMENT_ID_PATTERN)
+
+
+@native.post(
+    "/v1/heartbeat",
+    summary="An agent reports the token its child runs with (usage with the deployment id)",
+    responses=error_responses(401, 413, 422, 503),
+    openapi_extra=HEARTBEAT_BODY,
+    description=(
+        '`Authorization: Bearer <the token the deployment runs with>`, body `{"deployment_id": ...}`. '
+        "Counted as usage of that token (source `heartbeat`, with the deployment id), so the issuer's "
+        "readiness view shows which deployments run on Token 1 and which on Token 2. Answers the token's "
+        "environment, id and `slot` (1 or 2; `null` for an outgoing Token 1 in its grace period). 401 for "
+        "an unknown or rotated-out token, 422 for a bad body."
+    ),
+)
+async def heartbeat(request: Request, resolver: ResolverDep) -> Response:
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(422, "invalid_request", "the body must be a JSON object") from None
+    deployment_id = body.get("deployment_id") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"deployment_id"}
+        or not isinstance(deployment_id, str)
+        or _DEPLOYMENT_ID.fullmatch(deployment_id) is None
+    ):
+        raise ApiError(
+            422,
+            "invalid_request",
+            'the body must be {"deployment_id": "..."}: 1-100 of A-Z a-z 0-9 . _ : -, nothing else',
+        )
+    address, user_agent = _client(request)
+    match = resolver.authenticate(
+        request.headers.get("authorization"), address, user_agent, "heartbeat", deployment_id
+    )
+    state = resolver.table.environment(match.environment_id)
+    grace = state is not None and any(
+        t.token_id == match.token_id and t.valid_until is not None for t in state.tokens
+    )
+    return _json(
+        {
+            "environment_id": match.environment_id,
+            "token_id": match.token_id,
+            "slot": None if grace else match.slot,
+            "generation": match.generation,
         }
     )
 
@@ -567,13 +702,18 @@ def answer_topic_lookup(resolver: Resolver, scope: dict[str, Any]) -> tuple[int,
     if not name or "/" in name:
         return None
     authorization = None
+    user_agent = b""
     for key, value in scope["headers"]:
         if key == b"authorization":
             authorization = value.decode("latin-1")
-            break
+        elif key == b"user-agent":
+            user_agent = value
+    client = scope.get("client")
     headers = [(b"content-type", b"application/json")]
     try:
-        match = resolver.authenticate(authorization)
+        match = resolver.authenticate(
+            authorization, client[0] if client else "", user_agent.decode("latin-1"), "lookup"
+        )
         environment_id = match.environment_id
         full = _topic_id(resolver, environment_id, name)
         body = orjson.dumps({"topic_id": full, "environment_id": environment_id})

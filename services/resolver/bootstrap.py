@@ -16,6 +16,7 @@ from services.resolver.metrics import ResolverMetrics
 from services.resolver.replica import Status, TableReplica
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import TokenTable
+from services.resolver.usage import KafkaUsagePublisher, UsageFlusher, UsagePublisher, UsageTracker
 from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
 
@@ -32,6 +33,7 @@ def build_app(
     start_replica: bool = True,
     status: Callable[[], Status] | None = None,
     clock: Callable[[], float] = time.time,
+    usage_publisher: UsagePublisher | None = None,
 ) -> FastAPI:
     """The resolver's ASGI app. With ``start_replica=False`` nothing talks to Kafka for the table (tests
     fill ``table`` themselves and pass ``status``)."""
@@ -80,13 +82,29 @@ def build_app(
             return replica.snapshot()
         return {"status": str(current_status()), "environments": len(resolver.table)}
 
+    usage: UsageTracker | None = None
+    flusher: UsageFlusher | None = None
+    if settings.usage_enabled:
+        usage = UsageTracker(settings.usage_interval_seconds, settings.usage_max_clients)
+        flusher = UsageFlusher(
+            usage,
+            usage_publisher or KafkaUsagePublisher(settings.kafka, settings.admin_timeout_seconds),
+            tick=settings.usage_tick_seconds,
+            on_published=metrics.usage_records.inc,
+            on_failed=metrics.usage_failures.inc,
+        )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if replica is not None:
             await replica.start()
+        if flusher is not None:
+            flusher.start()
         try:
             yield
         finally:
+            if flusher is not None:
+                await flusher.stop()
             if replica is not None:
                 await replica.stop()
 
@@ -109,8 +127,12 @@ def build_app(
         broker,
         metrics,
         clock,
+        usage,
     )
     app.state.resolver = app.resolver = resolver
+    app.state.usage_flusher = flusher
+    if usage is not None:
+        metrics.bind_usage(lambda: float(len(usage.pending)), lambda: float(usage.dropped))
     metrics.bind_table(lambda: float(len(resolver.table)), lambda: float(resolver.table.fingerprint_count))
     app.state.replica = replica
     app.include_router(health_router(ready_detail(snapshot), metrics.registry))

@@ -39,6 +39,26 @@ class ResolverMetrics:
         self.topics_created = Counter(
             "streamtoken_resolver_topics_created", "Kafka topics created through the Portal API", registry=r
         )
+        self.usage_records = Counter(
+            "streamtoken_resolver_usage_records",
+            "Usage records published to the usage topic (one per token and tick with due clients)",
+            registry=r,
+        )
+        self.usage_failures = Counter(
+            "streamtoken_resolver_usage_publish_failures",
+            "Usage publications the broker did not take (their uses are sent again at the next tick)",
+            registry=r,
+        )
+        self.usage_pending = Gauge(
+            "streamtoken_resolver_usage_pending_clients",
+            "(token, client) pairs counted and not published yet",
+            registry=r,
+        )
+        self.usage_overflow = Gauge(
+            "streamtoken_resolver_usage_overflow_uses",
+            "Uses counted under a token's '(more clients)' entry because too many clients were tracked",
+            registry=r,
+        )
         self.environments = Gauge(
             "streamtoken_resolver_table_environments", "Environments in the table", registry=r
         )
@@ -123,6 +143,10 @@ class ResolverMetrics:
     def bind_table(self, environments: Callable[[], float], fingerprints: Callable[[], float]) -> None:
         self.environments.set_function(environments)
         self.fingerprints.set_function(fingerprints)
+
+    def bind_usage(self, pending: Callable[[], float], overflow: Callable[[], float]) -> None:
+        self.usage_pending.set_function(pending)
+        self.usage_overflow.set_function(overflow)
 
     def set_status(self, status: str) -> None:
         for name in STATUSES:

@@ -110,6 +110,29 @@ class ResolverSettings(BaseSettings):
         60, ge=0, description="STREAMTOKEN_RESOLVER_REFUSED_LOG_PER_MINUTE: token_refused lines a minute"
     )
 
+    # Usage per token (issue 12): published to STREAMTOKEN_KAFKA_USAGE_TOPIC, folded by the issuer.
+    usage_enabled: bool = Field(
+        True,
+        description="STREAMTOKEN_RESOLVER_USAGE_ENABLED: count every authenticated use of a token (lookups, "
+        "Portal API, whoami, heartbeats) and publish it to the usage topic",
+    )
+    usage_interval_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="STREAMTOKEN_RESOLVER_USAGE_INTERVAL_SECONDS: at most one usage record per token and "
+        "client this often (a new client is published at the next tick)",
+    )
+    usage_tick_seconds: float = Field(
+        1.0, gt=0, le=60, description="STREAMTOKEN_RESOLVER_USAGE_TICK_SECONDS: how often due usage is sent"
+    )
+    usage_max_clients: int = Field(
+        100_000,
+        ge=1,
+        description="STREAMTOKEN_RESOLVER_USAGE_MAX_CLIENTS: (token, client) pairs kept between "
+        "publications; further clients of a token are counted under one '(more clients)' entry",
+    )
+
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, exclude=True)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, exclude=True)
 
