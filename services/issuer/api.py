@@ -15,6 +15,8 @@ from services.issuer.auth import MAX_SUBJECT, Action, AuthError, Principal
 from services.issuer.domain import MAX_GRACE, Environment
 from services.issuer.handlers import Deps, IssuerError, PreconditionFailed
 from services.issuer.ports import PatRecord
+from services.issuer.web import api_principal
+from services.issuer.web.sessions import COOKIE
 from shared.errors import ApiError
 from shared.ids import (
     ENVIRONMENT_ID_MAX,
@@ -243,6 +245,11 @@ def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    # The page's cookie session (no Authorization header): the principal of the PAT it was opened with.
+    session_id = request.cookies.get(COOKIE)
+    ui_sessions = getattr(request.app.state, "ui_sessions", None)
+    if session_id and ui_sessions is not None and "authorization" not in request.headers:
+        return api_principal(ui_sessions, request, session_id)
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(
             401,

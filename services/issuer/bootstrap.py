@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.issuer import handlers
+from services.issuer import handlers, web
 from services.issuer.adapters import migrate
 from services.issuer.adapters.broker import make_broker_access
 from services.issuer.adapters.db import SqlStore, database_problem, make_engine
@@ -117,7 +117,13 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         max_grace_tokens=settings.max_grace_tokens,
     )
     pats = PatVerifier(jwt_secret, store, lambda: deps.clock(), ttl_s=settings.pat_cache_ttl_s)
-    deps.pat_revoked = pats.forget
+    ui_sessions = web.session_manager(store, pats, jwt_secret, lambda: deps.clock(), settings)
+
+    def pat_revoked(jti: str) -> None:  # after the revocation's commit: its cache entry and page sessions end
+        pats.forget(jti)
+        ui_sessions.end_for_pat(jti)
+
+    deps.pat_revoked = pat_revoked
     if "clock" in overrides:
         deps.clock = overrides["clock"]
     if "token_factory" in overrides:
@@ -206,6 +212,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
     app.include_router(build_router(deps))
+    web.install_ui(app, ui_sessions)  # the page under /ui (services/issuer/web)
     app.state.deps = deps
     app.state.relay = relay
     app.state.settings = settings

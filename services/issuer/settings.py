@@ -51,6 +51,18 @@ class IssuerSettings(BaseSettings):
         description="STREAMTOKEN_ISSUER_PAT_CACHE_TTL_S: how long a PAT's record is cached per replica; a "
         "revocation takes effect on every replica within this time",
     )
+    ui_session_idle_s: float = Field(
+        1800,
+        ge=60,
+        le=86400,
+        description="STREAMTOKEN_ISSUER_UI_SESSION_IDLE_S: a page session unused this long ends",
+    )
+    ui_session_max_s: float = Field(
+        43200,
+        ge=60,
+        le=7 * 86400,
+        description="STREAMTOKEN_ISSUER_UI_SESSION_MAX_S: the longest a page session lasts (≤ its PAT)",
+    )
     max_grace_tokens: int = Field(
         4,
         ge=1,
