@@ -13,6 +13,7 @@ import typer
 
 if TYPE_CHECKING:
     from services.agent.adapters.tokens import TokenSource
+    from services.agent.domain import AdoptMode
 
 RUN_HELP = """Run CMD with a streaming token, and restart or reload it when the token is rotated.
 
@@ -122,6 +123,25 @@ def _signal_number(name: str) -> int | None:
         return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
     except KeyError:
         raise _fail(f"--reload-signal {name!r} is not a signal name (e.g. SIGHUP, SIGUSR1, none)") from None
+
+
+def _adopt_mode(
+    adopt: str | None, slot: int | None, token_file_out: Path | None, window: object, after_given: bool
+) -> AdoptMode:
+    """``--adopt``, or its default: close the zero-downtime loop without restarting outside a window."""
+    if adopt is not None and adopt not in ("restart", "reload", "off"):
+        raise _fail(f"--adopt must be restart, reload or off, not {adopt!r}")
+    if adopt is None:
+        if slot != 2:
+            return "off"
+        if token_file_out is not None:
+            return "reload"
+        return "restart" if window is not None or after_given else "off"
+    if adopt != "off" and slot != 2:
+        raise _fail(f"--adopt {adopt} moves the child onto Token 2: it needs --environment with --slot 2")
+    if adopt == "reload" and token_file_out is None:
+        raise _fail("--adopt reload hands the child the new token through --token-file-out: give it too")
+    return adopt  # type: ignore[return-value]
 
 
 def run(
@@ -234,6 +254,33 @@ def run(
     start_retries: int = typer.Option(
         5, "--start-retries", min=0, help="retries when the token cannot be obtained at start (back-off)"
     ),
+    heartbeat_interval: float = typer.Option(
+        30.0,
+        "--heartbeat-interval",
+        min=0.0,
+        metavar="SECONDS",
+        help="report the child's token to the resolver this often (and after every token change); 0: never",
+    ),
+    adopt: str | None = typer.Option(
+        None,
+        "--adopt",
+        help="with --slot 2: move the child onto the new Token 2 after a rotation: restart, reload or off "
+        "[default: reload with --token-file-out, restart with --adopt-window, else off]",
+        show_default=False,
+    ),
+    adopt_window: str | None = typer.Option(
+        None,
+        "--adopt-window",
+        metavar="HH:MM-HH:MM",
+        help="adopt (restart) only inside this daily window, in UTC (22:00-02:00 wraps midnight)",
+        show_default=False,
+    ),
+    adopt_after: str = typer.Option(
+        "0",
+        "--adopt-after",
+        metavar="DURATION",
+        help="adopt no sooner than this after the new Token 2 is known (90s, 15m, 2h)",
+    ),
     insecure_http: bool = typer.Option(
         False,
         "--insecure-http",
@@ -254,6 +301,7 @@ def run(
     from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
     from services.agent.domain import RELOAD, RESTART, Policy
     from services.agent.runtime import AgentConfig, AgentRuntime, ListenError
+    from services.agent.settings import parse_duration, parse_window
     from shared.ids import InvalidIdentifier, validate_environment_id
     from shared.logs import configure_logging
     from shared.settings import RuntimeSettings
@@ -311,6 +359,13 @@ def run(
         raise _fail(f"--action must be restart or reload, not {chosen_action!r}")
     if restart not in ("always", "on-failure", "never"):
         raise _fail(f"--restart must be always, on-failure or never, not {restart!r}")
+    try:
+        window = parse_window(adopt_window) if adopt_window else None
+        after = parse_duration(adopt_after)
+    except ValueError as exc:
+        raise _fail(f"--adopt-window/--adopt-after: {exc}") from None
+    issuer_slot = slot if environment else None
+    chosen_adopt = _adopt_mode(adopt, issuer_slot, token_file_out, window, after > 0)
     if reload_signal is None:
         signum = None if token_file_out else int(signal.SIGHUP)
     else:
@@ -323,6 +378,12 @@ def run(
         logging.getLogger("streamtoken.agent").warning(
             "action reload with Token 1: after a rotation the token the child holds is refused; "
             "the zero-downtime strategy runs on Token 2 (--slot 2)"
+        )
+    if environment and slot == 2 and adopt is None and chosen_adopt == "off":
+        logging.getLogger("streamtoken.agent").warning(
+            "--slot 2 without adoption: after a rotation the child keeps the promoted token (now Token 1), "
+            "which the next rotation deactivates; give --adopt-window HH:MM-HH:MM (a graceful restart inside "
+            "it, UTC) or --token-file-out (a reload), or --adopt off to silence this"
         )
     config = AgentConfig(
         command=list(command),
@@ -342,6 +403,10 @@ def run(
             stop_timeout=stop_timeout,
             restart_policy=restart,  # type: ignore[arg-type]
             start_retries=start_retries,
+            heartbeat_interval=heartbeat_interval,
+            adopt=chosen_adopt,
+            adopt_after=after,
+            adopt_window=window,
         ),
     )
     runtime = AgentRuntime(config, source)

@@ -1,9 +1,11 @@
 """The deployment agent's decisions: a small state machine, pure (no I/O, no clock, no randomness).
 
 The runtime feeds it :data:`Event` values (a token was obtained, the child exited, a verified webhook
-arrived, a signal was received, a timer fired) and carries out the :data:`Effect` values it returns (fetch a
-token, start, stop, signal or reload the child, acknowledge a generation, exit). Everything the agent decides
-lives here, so every rule is a unit test with plain data.
+arrived, a signal was received, a timer fired, the resolver answered a heartbeat) and carries out the
+:data:`Effect` values it returns (fetch a token, start, stop, signal or reload the child, acknowledge a
+generation, report the child's token, schedule an adoption, exit). Everything the agent decides lives here,
+so every rule is a unit test with plain data. The one rule that needs the time of day (when an adoption
+window opens) is the pure function :func:`adoption_delay`, which the runtime calls with its clock.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import signal
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Literal
 
@@ -21,6 +24,8 @@ RESTART: Literal["restart"] = "restart"
 RELOAD: Literal["reload"] = "reload"
 Action = Literal["restart", "reload"]
 RestartPolicy = Literal["always", "on-failure", "never"]
+AdoptMode = Literal["restart", "reload", "off"]
+HeartbeatOutcome = Literal["ok", "refused", "unsupported", "failed"]
 
 ROTATED = "streaming_tokens.rotated"
 REVOKED = "streaming_tokens.revoked"
@@ -39,6 +44,8 @@ class Phase(StrEnum):
 class Timer(StrEnum):
     RESTART_CHILD = "restart_child"  # the back-off after a crash is over
     RETRY_FETCH = "retry_fetch"  # try to obtain the token again
+    HEARTBEAT = "heartbeat"  # report the child's token to the resolver again
+    ADOPT = "adopt"  # the adoption's moment has come (--adopt-after elapsed, inside --adopt-window)
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,46 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class AdoptWindow:
+    """``--adopt-window HH:MM-HH:MM``, in UTC; ``start > end`` wraps midnight (``22:00-02:00``)."""
+
+    start: time
+    end: time
+
+    def __post_init__(self) -> None:
+        if self.start == self.end:
+            raise ValueError("an adoption window must not be empty (start equals end)")
+
+    def contains(self, moment: time) -> bool:
+        if self.start < self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M} UTC"
+
+
+def adoption_delay(now: datetime, after: float, window: AdoptWindow | None) -> float:
+    """Seconds from ``now`` (UTC) until an adoption may happen: ``after`` seconds on, and inside ``window``.
+
+    Pure: the runtime calls it with its clock when the machine asks for :class:`ScheduleAdoption`.
+    """
+    earliest = now + timedelta(seconds=max(after, 0.0))
+    if window is not None and not window.contains(earliest.time()):
+        start = earliest.replace(hour=window.start.hour, minute=window.start.minute, second=0, microsecond=0)
+        if start <= earliest:
+            start += timedelta(days=1)
+        earliest = start
+    return max((earliest - now).total_seconds(), 0.0)
+
+
+@dataclass(frozen=True)
 class Policy:
-    """How the agent behaves; every field but the last two is a ``streamtoken run`` option."""
+    """How the agent behaves; most fields are ``streamtoken run`` options.
+
+    The defaults here are the machine's (heartbeats off, no adoption); the command's defaults are in
+    ``services.agent.settings``.
+    """
 
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
@@ -80,6 +125,16 @@ class Policy:
     behind_answers: int = 5
     # A webhook may claim at most this many generations beyond what the agent knows; more is cut to it.
     generation_jump: int = 1000
+    # Report the child's token to the resolver this often (and at once after every token change); 0: never.
+    heartbeat_interval: float = 0.0
+    # Zero-downtime strategy (--slot 2): move the child onto the environment's new Token 2 after a rotation
+    # left it on the promoted token (now Token 1): a graceful restart, or a token-file reload.
+    adopt: AdoptMode = "off"
+    adopt_after: float = 0.0
+    adopt_window: AdoptWindow | None = None
+    # With adopt "reload" a reload hands the child its token (a rewritten --token-file-out the app reads
+    # again on the signal): the child then runs on the reloaded token. Otherwise a reload leaves the child
+    # on the token it was started with.
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -148,6 +203,23 @@ class TimerFired:
     timer: Timer
 
 
+@dataclass(frozen=True)
+class HeartbeatAnswered:
+    """The resolver's answer to a heartbeat sent with the token of fingerprint ``fingerprint``.
+
+    ``ok``: 200 with the token's ``token_id`` and ``slot`` (1, 2, or ``None`` when it knows no slot);
+    ``refused``: 401, the token was rotated out or revoked; ``unsupported``: 404, a resolver without the
+    route; ``failed``: unreachable, a 5xx, an unexpected answer (``message`` says which).
+    """
+
+    fingerprint: str
+    outcome: HeartbeatOutcome
+    token_id: str | None = None
+    slot: int | None = None
+    environment_id: str | None = None
+    message: str = ""
+
+
 Event = (
     AgentStarted
     | TokenObtained
@@ -158,6 +230,7 @@ Event = (
     | StopRequested
     | SignalReceived
     | TimerFired
+    | HeartbeatAnswered
 )
 
 
@@ -220,6 +293,25 @@ class ScheduleTimer:
 
 
 @dataclass(frozen=True)
+class SendHeartbeat:
+    """Tell the resolver which token the child runs with (``POST /v1/heartbeat``, Bearer = that token)."""
+
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class ScheduleAdoption:
+    """Fire :attr:`Timer.ADOPT` at the first moment ``after`` seconds from now inside ``window`` (UTC).
+
+    The runtime computes the delay with :func:`adoption_delay` and its clock.
+    """
+
+    after: float
+    window: AdoptWindow | None
+    credential: Credential  # the token the child will be moved onto (logged by id)
+
+
+@dataclass(frozen=True)
 class Exit:
     status: int
     error: str | None = None
@@ -243,6 +335,8 @@ Effect = (
     | ReloadChild
     | Acknowledge
     | ScheduleTimer
+    | SendHeartbeat
+    | ScheduleAdoption
     | Exit
     | Log
 )
@@ -279,6 +373,16 @@ class AgentMachine:
     restart_due: bool = False  # the back-off is over; the child starts once the token fetch is done
     last_status: int | None = None
     seen_webhooks: deque[str] = field(default_factory=lambda: deque(maxlen=_SEEN_WEBHOOKS))
+    child_credential: Credential | None = None  # the token the child runs with: what heartbeats report
+    heartbeat_supported: bool = True  # False once the resolver answered 404 (no heartbeat route)
+    heartbeat_in_flight: bool = False
+    heartbeat_again: bool = False  # the child's token changed while a heartbeat was under way
+    heartbeat_timer: bool = False  # a HEARTBEAT timer is set
+    heartbeat_failures: int = 0
+    heartbeat_reported: tuple[str | None, int | None] | None = None  # (token id, slot) last answered
+    heartbeat_refused: str | None = None  # fingerprint whose refusal was logged as a warning
+    adoption_pending: bool = False  # an ADOPT timer is set
+    adoption_warned: str | None = None  # fingerprint of the Token 2 the "not adopted" warning was about
 
     def handle(self, event: Event) -> list[Effect]:
         if self.phase is Phase.EXITED:
@@ -306,6 +410,8 @@ class AgentMachine:
                 return []
             case TimerFired(timer):
                 return self._timer(timer)
+            case HeartbeatAnswered():
+                return self._heartbeat_answered(event)
         raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
     # --- tokens ------------------------------------------------------------------------------------------
@@ -352,9 +458,11 @@ class AgentMachine:
         if self.phase is Phase.STARTING:
             self.phase = Phase.RUNNING
             self.applied_generation = credential.generation
-            return [log, Subscribe(credential), StartChild(credential)]
+            return [log, Subscribe(credential), *self._start_child(credential)]
         if self.phase is Phase.BACKING_OFF:
             return [*dropped, log, *self._start_after_backoff()] if self.restart_due else [*dropped, log]
+        if rotation is None and self.phase is Phase.RUNNING:
+            return [*dropped, log, *self._consider_adoption()]
         if rotation is None or self.phase is not Phase.RUNNING:
             return [*dropped, log]
         if stale_for_restart:
@@ -386,7 +494,13 @@ class AgentMachine:
                 Log("restarting_child", "info", {**credential.describe(), "reason": "rotation"}),
                 StopChild(signal.SIGTERM, self.policy.stop_timeout),
             ]
-        return [*dropped, log, ReloadChild(credential), *self._rotation_applied()]
+        return [
+            *dropped,
+            log,
+            *self._reload_child(credential),
+            *self._rotation_applied(),
+            *self._consider_adoption(),
+        ]
 
     def _wait_for_issuer(self, rotation: Rotation, credential: Credential) -> list[Effect]:
         """The issuer is behind the notification (a lagging replica, or a forged generation): ask again later.
@@ -518,7 +632,7 @@ class AgentMachine:
             assert self.credential is not None
             return [
                 Log("child_stopped", "info", fields),
-                StartChild(self.credential),
+                *self._start_child(self.credential),
                 *self._rotation_applied(),
             ]
         if self.phase is not Phase.RUNNING:
@@ -540,7 +654,7 @@ class AgentMachine:
         assert self.credential is not None
         self.phase = Phase.RUNNING
         self.restart_due = False
-        effects: list[Effect] = [StartChild(self.credential)]
+        effects: list[Effect] = self._start_child(self.credential)
         if self.rotation is None or self.fetching:
             return effects
         if self.rotation.action == RESTART and self.rotation.replaced == self.credential.fingerprint:
@@ -558,6 +672,10 @@ class AgentMachine:
         return wanted is None or have is None or have >= wanted
 
     def _timer(self, timer: Timer) -> list[Effect]:
+        if timer is Timer.HEARTBEAT:
+            return self._heartbeat_timer()
+        if timer is Timer.ADOPT:
+            return self._adopt_now()
         if timer is Timer.RESTART_CHILD and self.phase is Phase.BACKING_OFF:
             # Fetch again first: a crash may be the old token being refused after a missed notification.
             # When a fetch is already under way, its answer starts the child.
@@ -637,6 +755,184 @@ class AgentMachine:
         if generation is not None:
             effects.append(Acknowledge(generation, credential))
         return effects
+
+    # --- the child's token: heartbeats and adoption ---------------------------------------------------
+
+    def _start_child(self, credential: Credential) -> list[Effect]:
+        """Start the child on ``credential`` and report it: a token change is heartbeated at once."""
+        self.child_credential = credential
+        self.adoption_pending = False  # a pending adoption's timer finds the child on the token it wanted
+        return [StartChild(credential), *self._report()]
+
+    def _reload_child(self, credential: Credential) -> list[Effect]:
+        effects: list[Effect] = [ReloadChild(credential)]
+        if self.policy.adopt == RELOAD:
+            # The app reads the rewritten token file again on the signal: it now runs on this token.
+            self.child_credential = credential
+            effects += self._report()
+        return effects
+
+    def _heartbeats_on(self) -> bool:
+        return self.policy.heartbeat_interval > 0 and self.heartbeat_supported
+
+    def _report(self) -> list[Effect]:
+        """A heartbeat now (the child's token changed), and the periodic timer if it is not set yet."""
+        if not self._heartbeats_on():
+            return []
+        effects: list[Effect] = []
+        if not self.heartbeat_timer:
+            self.heartbeat_timer = True
+            effects.append(ScheduleTimer(Timer.HEARTBEAT, self.policy.heartbeat_interval))
+        return effects + self._send_heartbeat()
+
+    def _send_heartbeat(self) -> list[Effect]:
+        if not self._heartbeats_on() or self.child_credential is None or self.phase is not Phase.RUNNING:
+            self.heartbeat_again = False  # no child to report on (it starts again, with a heartbeat)
+            return []
+        if self.heartbeat_in_flight:
+            self.heartbeat_again = True  # one at a time: the answer sends the next one
+            return []
+        self.heartbeat_in_flight = True
+        return [SendHeartbeat(self.child_credential)]
+
+    def _heartbeat_timer(self) -> list[Effect]:
+        self.heartbeat_timer = False
+        if not self._heartbeats_on():
+            return []
+        self.heartbeat_timer = True
+        effects: list[Effect] = [ScheduleTimer(Timer.HEARTBEAT, self.policy.heartbeat_interval)]
+        if self.phase is Phase.RUNNING:  # no child, or one that is being stopped: nothing to report
+            effects += self._send_heartbeat()
+        return effects
+
+    def _heartbeat_answered(self, answer: HeartbeatAnswered) -> list[Effect]:
+        self.heartbeat_in_flight = False
+        again, self.heartbeat_again = self.heartbeat_again, False
+        child = self.child_credential
+        current = child is not None and child.fingerprint == answer.fingerprint
+        fields: dict[str, object] = {
+            "environment_id": answer.environment_id or (child.environment_id if child else None),
+            "token_id": answer.token_id or (child.token_id if child and current else None),
+            "slot": answer.slot,
+        }
+        effects: list[Effect] = []
+        if answer.outcome == "unsupported":
+            self.heartbeat_supported = False
+            self.heartbeat_timer = False  # a timer still set fires into nothing
+            return [
+                Log(
+                    "heartbeat_unsupported",
+                    "info",
+                    {
+                        **fields,
+                        "hint": "the resolver has no POST /v1/heartbeat (an older version): heartbeats stop; "
+                        "its readiness view will not list this deployment by id",
+                    },
+                )
+            ]
+        if answer.outcome == "ok":
+            self.heartbeat_failures = 0
+            self.heartbeat_refused = None
+            reported = (answer.token_id, answer.slot)
+            level: Literal["debug", "info"] = "debug" if reported == self.heartbeat_reported else "info"
+            self.heartbeat_reported = reported
+            effects.append(Log("heartbeat", level, fields))
+            if current and answer.slot == 1:
+                effects += self._child_not_on_token_2("child_on_token_1")
+        elif answer.outcome == "refused":
+            first = self.heartbeat_refused != answer.fingerprint
+            self.heartbeat_refused = answer.fingerprint
+            effects.append(
+                Log(
+                    "heartbeat_refused",
+                    "warning" if first else "debug",
+                    {
+                        **fields,
+                        "hint": "the resolver refuses the token the child runs with: it was rotated out or "
+                        "revoked (a notification the agent did not get?)",
+                    },
+                )
+            )
+            if current:
+                effects += self._child_not_on_token_2("child_token_refused")
+        else:
+            self.heartbeat_failures += 1
+            effects.append(
+                Log(
+                    "heartbeat_failed",
+                    "warning" if self.heartbeat_failures == 1 else "debug",
+                    {**fields, "error": answer.message, "failures": self.heartbeat_failures},
+                )
+            )
+        if again or not current:
+            effects += self._send_heartbeat()
+        return effects
+
+    def _child_not_on_token_2(self, event: str) -> list[Effect]:
+        """The resolver says the child's token is Token 1 (or no longer valid): under adoption, move on."""
+        if self.policy.adopt == "off" or self.phase is not Phase.RUNNING:
+            return []
+        held, child = self.credential, self.child_credential
+        if held is None or held.slot != 2:
+            return []  # only the zero-downtime strategy (Token 2) adopts
+        if child is not None and held.fingerprint == child.fingerprint:
+            # The agent knows no newer Token 2 (a notification it did not get): ask the issuer.
+            return [Log(event, "info", {**child.describe(), "adopt": self.policy.adopt}), *self._fetch()]
+        return self._consider_adoption()
+
+    def _consider_adoption(self) -> list[Effect]:
+        """The child runs on another token than the one of ``--slot`` the agent holds: move it there."""
+        policy, held, child = self.policy, self.credential, self.child_credential
+        if self.phase is not Phase.RUNNING or self.rotation is not None or held is None or child is None:
+            return []
+        if held.fingerprint == child.fingerprint or held.slot != 2:
+            return []
+        if policy.adopt == "off":
+            if self.adoption_warned == held.fingerprint:
+                return []
+            self.adoption_warned = held.fingerprint
+            return [
+                Log(
+                    "token_not_adopted",
+                    "warning",
+                    {
+                        **held.describe(),
+                        "child_token_id": child.token_id,
+                        "hint": "the child keeps the promoted token (now Token 1), which the next rotation "
+                        "deactivates: --adopt restart with --adopt-window, or --adopt reload with "
+                        "--token-file-out for an app that reads the file again",
+                    },
+                )
+            ]
+        if policy.adopt == RELOAD:
+            return [
+                Log("adopting_token", "info", {**held.describe(), "action": RELOAD, "from": child.token_id}),
+                *self._reload_child(held),
+            ]
+        if self.adoption_pending:
+            return []
+        self.adoption_pending = True
+        return [ScheduleAdoption(policy.adopt_after, policy.adopt_window, held)]
+
+    def _adopt_now(self) -> list[Effect]:
+        if not self.adoption_pending:
+            return []
+        self.adoption_pending = False
+        held, child = self.credential, self.child_credential
+        if self.phase is not Phase.RUNNING or held is None or child is None:
+            return []  # a restart under way, or a crashed child, starts on the newest token anyway
+        if held.fingerprint == child.fingerprint:
+            return []
+        if self.rotation is not None or self.fetching:
+            # A rotation is being applied: look again shortly (inside the window still, or at the next).
+            self.adoption_pending = True
+            retry = max(self.policy.backoff_initial, 1.0)
+            return [ScheduleAdoption(retry, self.policy.adopt_window, held)]
+        self.phase = Phase.RESTARTING
+        return [
+            Log("restarting_child", "info", {**held.describe(), "reason": "adopt", "from": child.token_id}),
+            StopChild(signal.SIGTERM, self.policy.stop_timeout),
+        ]
 
     # --- stopping ----------------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from services.agent.adapters.child import Child, child_environment, write_atomic
 from services.agent.adapters.keys import SubscriptionKeys
 from services.agent.adapters.listener import WEBHOOK_PATH, bind, build_listener, make_server
 from services.agent.adapters.notifier import NotifierClient, NotifierError, Subscription
+from services.agent.adapters.resolver import ResolverClient
 from services.agent.adapters.tokens import TokenSource, TokenUnavailable
 from services.agent.domain import (
     Acknowledge,
@@ -38,17 +41,21 @@ from services.agent.domain import (
     Log,
     Policy,
     ReloadChild,
+    ScheduleAdoption,
     ScheduleTimer,
+    SendHeartbeat,
     SignalChild,
     SignalReceived,
     StartChild,
     StopChild,
     StopRequested,
     Subscribe,
+    Timer,
     TimerFired,
     TokenFailed,
     TokenObtained,
     Unsubscribe,
+    adoption_delay,
     backoff_delay,
 )
 from shared.logs import get_logger
@@ -99,9 +106,14 @@ class AgentConfig:
 
 class AgentRuntime:
     def __init__(
-        self, config: AgentConfig, source: TokenSource, environ: dict[str, str] | None = None
+        self,
+        config: AgentConfig,
+        source: TokenSource,
+        environ: dict[str, str] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.config = config
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.source = source
         self.environ = dict(os.environ if environ is None else environ)
         self.machine = AgentMachine(policy=config.policy)
@@ -117,6 +129,7 @@ class AgentRuntime:
         self._stop_subscribing = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._notifier: NotifierClient | None = None
+        self._resolver: ResolverClient | None = None
 
     # --- wiring ------------------------------------------------------------------------------------------
 
@@ -127,6 +140,7 @@ class AgentRuntime:
         for signum in FORWARDED_SIGNALS:
             loop.add_signal_handler(signum, self.events.put_nowait, SignalReceived(signum))
         self._http = httpx.AsyncClient(timeout=self.config.http_timeout)
+        self._resolver = ResolverClient(self.config.portal_url, self._http)
         server = None
         server_task = None
         try:
@@ -213,6 +227,20 @@ class AgentRuntime:
                 self._spawn(self._acknowledge(generation, credential))
             case ScheduleTimer(timer, delay):
                 asyncio.get_running_loop().call_later(delay, self.events.put_nowait, TimerFired(timer))
+            case SendHeartbeat(credential):
+                self._spawn(self._heartbeat(credential))
+            case ScheduleAdoption(after, window, credential):
+                now = self.clock()
+                delay = adoption_delay(now, after, window)
+                log.info(
+                    "adoption_scheduled",
+                    **credential.describe(),
+                    slot=credential.slot,
+                    at=(now + timedelta(seconds=delay)).isoformat(timespec="seconds"),
+                    window=str(window) if window else None,
+                )
+                loop = asyncio.get_running_loop()
+                loop.call_later(delay, self.events.put_nowait, TimerFired(Timer.ADOPT))
             case Exit(status, error):
                 if error:
                     log.error("agent_failed", error=error)
@@ -228,6 +256,11 @@ class AgentRuntime:
             self.events.put_nowait(TokenFailed(exc.message, exc.permanent))
         else:
             self.events.put_nowait(TokenObtained(credential))
+
+    async def _heartbeat(self, credential: Credential) -> None:
+        assert self._resolver is not None
+        answer = await self._resolver.heartbeat(credential, self.config.deployment_id)
+        self.events.put_nowait(answer)
 
     async def _start_child(self, credential: Credential) -> None:
         self.credential = credential

@@ -1,0 +1,63 @@
+"""The resolver's heartbeat route as the agent uses it: ``POST /v1/heartbeat``, Bearer = the child's token."""
+
+from __future__ import annotations
+
+import httpx
+
+from services.agent.adapters.http import error_message
+from services.agent.domain import Credential, HeartbeatAnswered
+
+HEARTBEAT_PATH = "/v1/heartbeat"
+
+
+class ResolverClient:
+    """Reports which token a deployment's child runs with; never raises (every outcome is an answer)."""
+
+    def __init__(self, portal_url: str, client: httpx.AsyncClient) -> None:
+        self.base_url = portal_url.rstrip("/")
+        self._client = client
+
+    async def heartbeat(self, credential: Credential, deployment_id: str) -> HeartbeatAnswered:
+        fingerprint = credential.fingerprint
+        try:
+            response = await self._client.post(
+                f"{self.base_url}{HEARTBEAT_PATH}",
+                headers={"Authorization": f"Bearer {credential.token}"},
+                json={"deployment_id": deployment_id},
+            )
+        except httpx.HTTPError as exc:
+            return HeartbeatAnswered(
+                fingerprint,
+                "failed",
+                message=f"resolver unreachable at {self.base_url} ({type(exc).__name__})",
+            )
+        status = response.status_code
+        if status == 401:
+            return HeartbeatAnswered(fingerprint, "refused", message=error_message(response))
+        if status in (404, 405):  # an older resolver without the route
+            return HeartbeatAnswered(fingerprint, "unsupported")
+        if status != 200:
+            detail = error_message(response)
+            return HeartbeatAnswered(
+                fingerprint,
+                "failed",
+                message=f"the resolver answered {status}" + (f": {detail}" if detail else ""),
+            )
+        try:
+            body = response.json()
+            slot = body.get("slot")
+            if slot not in (1, 2, None) or isinstance(slot, bool):
+                raise ValueError("slot")
+            token_id = body.get("token_id")
+            environment_id = body.get("environment_id")
+        except (ValueError, AttributeError):
+            return HeartbeatAnswered(
+                fingerprint, "failed", message="the resolver's answer is not the expected shape"
+            )
+        return HeartbeatAnswered(
+            fingerprint,
+            "ok",
+            token_id=str(token_id) if token_id is not None else None,
+            slot=slot,
+            environment_id=str(environment_id) if environment_id is not None else None,
+        )
