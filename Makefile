@@ -31,6 +31,7 @@ run: install ## run the whole local stack (embedded broker, issuer, resolver, no
 test-deps: ## Java 17 + Maven (Apache Kafka) and PostgreSQL on 127.0.0.1:5432, installed from Debian when missing
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash .ci/java && bash .ci/postgres; \
 	else echo "note: not root - install Java 17+, Maven and PostgreSQL (trust auth on 127.0.0.1) yourself"; fi
+	@bash .ci/browser  # Debian's chromium + playwright-core (npm ci) for tests/browser
 
 .PHONY: test
 test: install test-deps ## run every test: unit, integration (Apache Kafka, SQLite, PostgreSQL) and end-to-end
