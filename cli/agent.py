@@ -19,9 +19,10 @@ RUN_HELP = """Run CMD with a streaming token, and restart or reload it when the 
 
 The token comes from the issuer (--environment with --pat), a variable (--token-env) or a file
 (--token-file). The child gets Quix__Sdk__Token (or --inject-as VAR) and Quix__Portal__Api. The agent
-subscribes to the notifier with its own webhook listener on 127.0.0.1 and, on a verified webhook, restarts
-the child with the new Token 1 (action restart) or tells it without restarting (action reload:
---reload-signal / --token-file-out).
+subscribes to the notifier with its own webhook listener (--listen-host, default 127.0.0.1; registered as
+--advertise-url) and, on a verified webhook, restarts the child with the new Token 1 (action restart) or
+tells it without restarting (action reload: --reload-signal / --token-file-out). It reports the child's
+token to the resolver (heartbeats) and, with --slot 2, can move the child onto the new Token 2 (--adopt).
 """
 
 
@@ -238,8 +239,26 @@ def run(
         metavar="PATH",
         help="write the token to PATH (0600) before starting the child and rewrite it atomically on reload",
     ),
+    listen_host: str = typer.Option(
+        "127.0.0.1",
+        "--listen-host",
+        envvar="STREAMTOKEN_AGENT_LISTEN_HOST",
+        metavar="ADDRESS",
+        help="address the webhook listener binds to (0.0.0.0 or :: for every interface: then give "
+        "--advertise-url)",
+    ),
     listen_port: int = typer.Option(
-        0, "--listen-port", min=0, max=65535, help="port of the webhook listener on 127.0.0.1 (0: a free one)"
+        0, "--listen-port", min=0, max=65535, help="port of the webhook listener (0: a free one)"
+    ),
+    advertise_url: str | None = typer.Option(
+        None,
+        "--advertise-url",
+        envvar="STREAMTOKEN_AGENT_ADVERTISE_URL",
+        metavar="URL",
+        help="the webhook URL registered with the notifier: where the notifier reaches this agent "
+        "({port} is the listen port; path /webhook when it has none) "
+        "[default: http://LISTEN_HOST:PORT/webhook]",
+        show_default=False,
     ),
     stop_timeout: float = typer.Option(
         10.0, "--stop-timeout", min=0.0, help="seconds between SIGTERM and SIGKILL when stopping the child"
@@ -297,6 +316,7 @@ def run(
     from typer._click.core import ParameterSource
 
     from services.agent.adapters.keys import SubscriptionKeys, default_directory
+    from services.agent.adapters.listener import WILDCARD_HOSTS, check_advertise_url
     from services.agent.adapters.secrecy import forget_variables, hide_arguments, make_undumpable
     from services.agent.adapters.tokens import FileTokenSource, IssuerTokenSource, VariableTokenSource
     from services.agent.domain import RELOAD, RESTART, Policy
@@ -354,6 +374,15 @@ def run(
     if subscribe:
         cleartext.append(("--notifier-url", notifier_url, "the streaming token"))
     _check_cleartext(cleartext, insecure_http)
+    if subscribe:
+        if advertise_url is None and listen_host.strip("[]") in WILDCARD_HOSTS:
+            raise _fail(
+                f"--listen-host {listen_host} listens on every interface: give --advertise-url, the URL the "
+                "notifier reaches this agent at (e.g. http://POD_IP:{port}/webhook)"
+            )
+        problem = check_advertise_url(advertise_url) if advertise_url is not None else None
+        if problem is not None:
+            raise _fail(f"--advertise-url {problem}")
     chosen_action = action or (RELOAD if inject_as else RESTART)
     if chosen_action not in (RESTART, RELOAD):
         raise _fail(f"--action must be restart or reload, not {chosen_action!r}")
@@ -396,7 +425,9 @@ def run(
         token_source_variable=token_env,
         reload_signal=signum,
         token_file_out=token_file_out,
+        listen_host=listen_host.strip("[]"),
         listen_port=listen_port,
+        advertise_url=advertise_url,
         policy=Policy(
             backoff_initial=backoff_initial,
             backoff_max=max(backoff_max, backoff_initial),

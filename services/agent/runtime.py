@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from services.agent.adapters.child import Child, child_environment, write_atomically
 from services.agent.adapters.keys import SubscriptionKeys
-from services.agent.adapters.listener import WEBHOOK_PATH, bind, build_listener, make_server
+from services.agent.adapters.listener import advertised_url, bind, build_listener, make_server
 from services.agent.adapters.notifier import NotifierClient, NotifierError, Subscription
 from services.agent.adapters.resolver import ResolverClient
 from services.agent.adapters.tokens import TokenSource, TokenUnavailable
@@ -100,6 +101,7 @@ class AgentConfig:
     token_file_out: Path | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
+    advertise_url: str | None = None  # the webhook URL registered; default from the listen address
     policy: Policy = field(default_factory=Policy)
     http_timeout: float = 10.0
 
@@ -156,11 +158,20 @@ class AgentRuntime:
                         f"{exc.strerror or exc}"
                     ) from None
                 port = sock.getsockname()[1]
-                self.webhook_url = f"http://{self.config.listen_host}:{port}{WEBHOOK_PATH}"
-                app = build_listener(self.events.put_nowait, self._secret, self._environment_id)
+                self.webhook_url = advertised_url(self.config.listen_host, port, self.config.advertise_url)
+                app = build_listener(
+                    self.events.put_nowait,
+                    self._secret,
+                    self._environment_id,
+                    extra_paths=(urlsplit(self.webhook_url).path,),
+                )
                 server = make_server(app)
                 server_task = asyncio.create_task(server.serve(sockets=[sock]))
-                log.info("listening", webhook_url=self.webhook_url)
+                log.info(
+                    "listening",
+                    address=f"{self.config.listen_host}:{port}",
+                    webhook_url=self.webhook_url,
+                )
             self.events.put_nowait(AgentStarted())
             while self.exit_status is None:
                 event = await self.events.get()

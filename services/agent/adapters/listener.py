@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -50,8 +51,10 @@ def build_listener(
     secret: Callable[[], str | None],
     environment_id: Callable[[], str | None],
     max_body: int = MAX_BODY,
+    extra_paths: tuple[str, ...] = (),
 ) -> Starlette:
-    """A bare Starlette app: ``POST /webhook`` and ``GET /health/live``; bodies over ``max_body`` → 413."""
+    """A bare Starlette app: ``POST /webhook`` (and ``extra_paths``: the advertised URL's path) and
+    ``GET /health/live``; bodies over ``max_body`` → 413."""
 
     async def live(_: Request) -> JSONResponse:
         return JSONResponse({"status": "live"})
@@ -88,8 +91,12 @@ def build_listener(
             on_webhook(event)
         return JSONResponse({"status": "accepted"}, status_code=202)
 
+    paths = dict.fromkeys((WEBHOOK_PATH, *extra_paths))
     return Starlette(
-        routes=[Route("/health/live", live, methods=["GET"]), Route(WEBHOOK_PATH, webhook, methods=["POST"])]
+        routes=[
+            Route("/health/live", live, methods=["GET"]),
+            *(Route(path, webhook, methods=["POST"]) for path in paths),
+        ]
     )
 
 
@@ -119,9 +126,41 @@ class _Server(uvicorn.Server):
         yield
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def advertised_url(listen_host: str, port: int, advertise_url: str | None = None) -> str:
+    """The webhook URL the agent registers: ``advertise_url`` (``{port}`` replaced by the bound port, and
+    ``/webhook`` as the path when it has none), else ``http://<listen host>:<port>/webhook``."""
+    if advertise_url is None:
+        host = f"[{listen_host}]" if ":" in listen_host else listen_host
+        return f"http://{host}:{port}{WEBHOOK_PATH}"
+    parts = urlsplit(advertise_url.strip().replace("{port}", str(port)))
+    if parts.path in ("", "/"):
+        parts = parts._replace(path=WEBHOOK_PATH)
+    return urlunsplit(parts)
+
+
+def check_advertise_url(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook URL to advertise, or ``None``."""
+    try:
+        parts = urlsplit(url.strip().replace("{port}", "1"))
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return f"{url!r} is not a URL"
+    if parts.scheme not in ("http", "https"):
+        return f"{url!r} must start with http:// or https://"
+    if not parts.hostname:
+        return f"{url!r} has no host"
+    if parts.username or parts.password or parts.fragment or parts.query:
+        return f"{url!r} must not have a user, password, query or fragment"
+    return None
+
+
 def bind(port: int = 0, host: str = "127.0.0.1") -> socket.socket:
-    """A listening socket on loopback (port 0 = a free one), bound before the server starts."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening socket on ``host`` (port 0 = a free one), bound before the server starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

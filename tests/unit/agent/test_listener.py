@@ -7,9 +7,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from standardwebhooks import Webhook
 
-from services.agent.adapters.listener import MAX_BODY, WEBHOOK_PATH, build_listener
+from services.agent.adapters.listener import (
+    MAX_BODY,
+    WEBHOOK_PATH,
+    advertised_url,
+    build_listener,
+    check_advertise_url,
+)
 from services.agent.domain import WebhookReceived
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -102,3 +109,28 @@ async def test_a_body_over_the_cap_is_413_and_never_handed_on() -> None:
     assert received == []
     body = json.dumps(BODY)  # an ordinary one still passes
     assert (await http.post(WEBHOOK_PATH, content=body, headers=signed(body))).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "advertise", "expected"),
+    [
+        ("127.0.0.1", 8080, None, "http://127.0.0.1:8080/webhook"),
+        ("::1", 8080, None, "http://[::1]:8080/webhook"),
+        ("0.0.0.0", 8080, "http://10.42.3.4:{port}", "http://10.42.3.4:8080/webhook"),
+        ("0.0.0.0", 8080, "https://agent-1.deploy.svc/", "https://agent-1.deploy.svc/webhook"),
+        ("0.0.0.0", 9, "https://hooks.example.com/st/agent-1", "https://hooks.example.com/st/agent-1"),
+    ],
+)
+def test_the_advertised_webhook_url(host: str, port: int, advertise: str | None, expected: str) -> None:
+    assert advertised_url(host, port, advertise) == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://agent/x", "http:///webhook", "http://agent:99999/", "http://u:p@agent/", "http://a/#f"]
+)
+def test_urls_that_cannot_be_advertised(url: str) -> None:
+    assert check_advertise_url(url) is not None
+
+
+def test_a_good_advertise_url_passes() -> None:
+    assert check_advertise_url("http://10.42.3.4:{port}/webhook") is None
