@@ -104,7 +104,7 @@ function when(iso) {
 }
 
 function mask(fingerprint) {
-  return `stk_••••••••••••••••${fingerprint ? ` (fingerprint ${fingerprint.slice(0, 12)})` : ''}`;
+  return `stk_••••••••••••${fingerprint ? ` · fingerprint ${fingerprint.slice(0, 12)}` : ''}`;
 }
 
 function openDialog(dialog, opener) {
@@ -578,6 +578,10 @@ $('rotate-force').addEventListener('click', () => rotate(true).catch(failed));
 
 function renderRotated() {
   const view = state.rotated;
+  const grace = (view.grace_tokens || []).filter((g) => g.valid_until);
+  $('rotate-grace-note').textContent = grace.length
+    ? `The old Token 1 (${grace.map((g) => g.token_id).join(', ')}) stays valid until ${grace.map((g) => when(g.valid_until).split(' (')[0]).join(', ')}.`
+    : 'The old Token 1 is deactivated: clients still using it are refused from now on.';
   for (const slot of [1, 2]) {
     const token = slot === 1 ? view.token_1 : view.token_2;
     renderToken($(`rotated-${slot}`), slot, {
@@ -603,8 +607,10 @@ function renderProgress(progress) {
   const broker = progress.broker || {};
   items.push(el('li', { dataset: { step: 'broker', done: String(Boolean(broker.applied)) } }, `${mark(broker.applied)} ${STEP_NAMES.broker}`));
   const resolvers = progress.resolvers || {};
-  const resolved = resolvers.total > 0 && resolvers.applied >= resolvers.total;
-  items.push(el('li', { dataset: { step: 'resolvers', done: String(resolved) } }, `${mark(resolved)} ${STEP_NAMES.resolvers}: ${resolvers.applied ?? '?'} of ${resolvers.total ?? '?'}`));
+  const none = resolvers.total === 0;
+  const resolved = none || (resolvers.total > 0 && resolvers.applied >= resolvers.total);
+  const counted = none ? 'no resolver configured to ask' : `${resolvers.applied ?? '?'} of ${resolvers.total ?? '?'}`;
+  items.push(el('li', { dataset: { step: 'resolvers', done: String(resolved) } }, `${mark(resolved)} ${STEP_NAMES.resolvers}: ${counted}`));
   const d = progress.deployments;
   if (d) {
     const notified = d.subscribed > 0 && d.notified >= d.subscribed;
