@@ -151,7 +151,9 @@ def _http_ok(url: str) -> bool:
 def _seed_subscriptions(database_url: str, environment_id: str, receiver_url: str, count: int) -> None:
     from sqlalchemy import insert
 
-    from services.notifier.store import S, Store, new_secret
+    from services.notifier.domain import new_secret
+    from services.notifier.store import Store
+    from services.notifier.tables import SUBSCRIPTIONS
 
     store = Store.from_url(database_url)
     store.create_tables()
@@ -174,7 +176,7 @@ def _seed_subscriptions(database_url: str, environment_id: str, receiver_url: st
         for i in range(count)
     ]
     with store.engine.begin() as conn:
-        conn.execute(insert(S), rows)
+        conn.execute(insert(SUBSCRIPTIONS), rows)
     store.dispose()
 
 

@@ -2,41 +2,37 @@
 
 Every route takes the caller's streaming token (``Authorization: Bearer stk_...``) and works inside that
 token's environment only; a subscription or delivery of another environment is answered as not found.
-Routes only translate HTTP to store calls; the rules live in :mod:`services.notifier.domain`.
+Routes only translate HTTP to :class:`~services.notifier.handlers.Handlers` calls and their domain values
+to responses; the service rules live in the handlers and :mod:`services.notifier.domain`. Dependencies
+reach the routes through :func:`build_router`'s arguments (closures), never through ``app.state``.
 """
 
-from __future__ import annotations
-
-import asyncio
 import base64
 import binascii
 import math
-import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.notifier.auth import Identity, ResolverUnavailable, TokenVerifier
-from services.notifier.domain import (
-    Action,
-    DeliveryStatus,
-    InvalidWebhookUrl,
-    WindowLimiter,
-    validate_webhook_url,
+from services.notifier.domain import MAX_GENERATION, Action, DeliveryStatus, Subscription, WebhookDelivery
+from services.notifier.handlers import (
+    KEY_HEADER,
+    Conflict,
+    Forbidden,
+    Handlers,
+    InvalidInput,
+    NotFound,
+    NotifierError,
+    RateLimited,
+    Rotations,
 )
-from services.notifier.settings import NotifierSettings
-from services.notifier.store import (
-    MAX_GENERATION,
-    GenerationAhead,
-    Store,
-    SubscriptionConflict,
-    SubscriptionForbidden,
-    SubscriptionLimitReached,
-)
-from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token
+from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token, error_body
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -147,8 +143,14 @@ class DeliveryPublic(BaseModel):
     delivered_at: datetime | None
 
 
-KEY_HEADER = "X-Subscription-Key"
-_PRIVATE = ("secret", "key_hash", "owner_token_id", "owner_generation", "ended_generation", "management_key")
+# Each handler error answers one status (the service layer knows no HTTP).
+STATUS: dict[type[NotifierError], int] = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    RateLimited: 429,
+}
 
 _DESCRIPTIONS = {
     401: "no, a malformed, an unknown or a deactivated streaming token",
@@ -165,6 +167,18 @@ _DESCRIPTIONS = {
 }
 
 
+def install_handler_errors(app: FastAPI) -> None:
+    """Every :class:`NotifierError` as its status with the JSON error body (one place, not per route)."""
+
+    async def _notifier_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, NotifierError)
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status, headers=headers)
+
+    app.add_exception_handler(NotifierError, _notifier_error)
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers of a route, all with the JSON error body."""
     return {
@@ -176,12 +190,20 @@ def _ts(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value else None
 
 
-def _subscription(row: dict[str, Any], with_secret: bool = False) -> dict[str, Any]:
-    data = {**row, "created_at": _ts(row["created_at"]), "updated_at": _ts(row["updated_at"])}
-    for name in _PRIVATE:
-        if not (with_secret and name in ("secret", "management_key")):
-            data.pop(name, None)
-    return data
+def _public(sub: Subscription) -> SubscriptionPublic:
+    return SubscriptionPublic(
+        id=sub.id,
+        environment_id=sub.environment_id,
+        deployment_id=sub.deployment_id,
+        url=sub.url,
+        action=sub.action,
+        enabled=sub.enabled,
+        disabled_reason=sub.disabled_reason,
+        last_notified_generation=sub.last_notified_generation,
+        acked_generation=sub.acked_generation,
+        created_at=datetime.fromtimestamp(sub.created_at, UTC),
+        updated_at=datetime.fromtimestamp(sub.updated_at, UTC),
+    )
 
 
 _GENERIC_ERRORS = ("HTTP ", "timed out", "connection failed", "request failed", "webhook ", "subscription ")
@@ -196,16 +218,31 @@ def _public_error(error: str | None) -> str | None:
     return "delivery failed"
 
 
-def _delivery(row: dict[str, Any]) -> DeliveryPublic:
-    pending = row["status"] == DeliveryStatus.PENDING.value
-    return DeliveryPublic.model_validate(
-        {
-            **row,
-            "last_error": _public_error(row["last_error"]),
-            "next_attempt_at": _ts(row["next_attempt_at"]) if pending else None,
-            "created_at": _ts(row["created_at"]),
-            "delivered_at": _ts(row["delivered_at"]),
-        }
+def _delivery(d: WebhookDelivery) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=d.id,
+        event_id=d.event_id,
+        subscription_id=d.subscription_id,
+        environment_id=d.environment_id,
+        generation=d.generation,
+        rotation_id=d.rotation_id,
+        event_type=d.event_type,
+        action=d.action,
+        status=d.status,
+        attempts=d.attempts,
+        next_attempt_at=_ts(d.next_attempt_at) if d.status is DeliveryStatus.PENDING else None,
+        last_status_code=d.last_status_code,
+        last_error=_public_error(d.last_error),
+        created_at=datetime.fromtimestamp(d.created_at, UTC),
+        delivered_at=_ts(d.delivered_at),
+    )
+
+
+def _rotations(r: Rotations) -> RotationsPublic:
+    return RotationsPublic(
+        environment_id=r.environment_id,
+        subscriptions=r.subscriptions,
+        rotations=[RotationPublic.model_validate(p, from_attributes=True) for p in r.rotations],
     )
 
 
@@ -225,12 +262,15 @@ def _after(cursor: str | None) -> tuple[float, str] | None:
     raise ApiError(422, "invalid_request", "the cursor is not one this API returned")
 
 
-def _page(rows: list[dict[str, Any]], limit: int, response: Response) -> list[dict[str, Any]]:
-    """The first ``limit`` rows; an ``X-Next-Cursor`` header when there are more."""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        response.headers["X-Next-Cursor"] = _cursor(rows[-1]["created_at"], rows[-1]["id"])
-    return rows
+Paged = TypeVar("Paged", Subscription, WebhookDelivery)
+
+
+def _page(items: Sequence[Paged], limit: int, response: Response) -> Sequence[Paged]:
+    """The first ``limit`` items; an ``X-Next-Cursor`` header when there are more."""
+    if len(items) > limit:
+        items = items[:limit]
+        response.headers["X-Next-Cursor"] = _cursor(items[-1].created_at, items[-1].id)
+    return items
 
 
 _NEXT_CURSOR = {
@@ -241,41 +281,32 @@ _NEXT_CURSOR = {
 }
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+def token_caller(verifier: TokenVerifier) -> Any:
+    """The dependency that checks the ``Authorization`` header's streaming token with ``verifier``."""
+
+    async def caller(request: Request) -> Identity:
+        """The identity of the streaming token in the ``Authorization`` header, or a 401/503."""
+        token = bearer_streaming_token(request.headers.get("authorization"))
+        try:
+            identity = await verifier.whoami(token)
+        except ResolverUnavailable:
+            raise ApiError(
+                503,
+                "resolver_unavailable",
+                "the token could not be checked because the resolver is unreachable; retry",
+            ) from None
+        if identity is None:
+            raise ApiError(
+                401,
+                "invalid_token",
+                "the streaming token is unknown or has been deactivated",
+                INVALID_TOKEN_CHALLENGE,
+            )
+        return identity
+
+    return caller
 
 
-def _settings(request: Request) -> NotifierSettings:
-    settings: NotifierSettings = request.app.state.settings
-    return settings
-
-
-async def caller(request: Request) -> Identity:
-    """The identity of the streaming token in the ``Authorization`` header, or a 401/503."""
-    token = bearer_streaming_token(request.headers.get("authorization"))
-    verifier: TokenVerifier = request.app.state.verifier
-    try:
-        identity = await verifier.whoami(token)
-    except ResolverUnavailable:
-        raise ApiError(
-            503,
-            "resolver_unavailable",
-            "the token could not be checked because the resolver is unreachable; retry",
-        ) from None
-    if identity is None:
-        raise ApiError(
-            401,
-            "invalid_token",
-            "the streaming token is unknown or has been deactivated",
-            INVALID_TOKEN_CHALLENGE,
-        )
-    return identity
-
-
-Caller = Annotated[Identity, Depends(caller)]
-StoreDep = Annotated[Store, Depends(_store)]
-SettingsDep = Annotated[NotifierSettings, Depends(_settings)]
 Key = Annotated[
     str | None,
     Header(
@@ -294,35 +325,10 @@ Before = Annotated[
 ]
 
 
-def _checked_url(url: str, settings: NotifierSettings) -> str:
-    try:
-        return validate_webhook_url(url, settings.allowed_webhook_hosts)
-    except InvalidWebhookUrl as exc:
-        raise ApiError(422, "invalid_webhook_url", str(exc)) from None
-
-
-def _not_found(kind: str) -> ApiError:
-    return ApiError(404, "not_found", f"no such {kind} in your environment")
-
-
-def _forbidden() -> ApiError:
-    return ApiError(
-        403,
-        "forbidden",
-        f"this needs the subscription's management key in the {KEY_HEADER} header (returned once, when the "
-        "subscription was created); a deployment id registered by someone else cannot be taken over",
-    )
-
-
-async def _owned(call: Any, *args: Any) -> Any:
-    try:
-        return await asyncio.to_thread(call, *args)
-    except SubscriptionForbidden:
-        raise _forbidden() from None
-
-
-def build_router() -> APIRouter:
+def build_router(handlers: Handlers, verifier: TokenVerifier) -> APIRouter:
+    """The ``/v1`` routes over ``handlers``, callers checked by ``verifier``."""
     router = APIRouter(prefix="/v1")
+    Caller = Annotated[Identity, Depends(token_caller(verifier))]
 
     @router.post(
         "/subscriptions",
@@ -339,55 +345,21 @@ def build_router() -> APIRouter:
         tags=["subscriptions"],
     )
     async def register(
-        body: SubscriptionCreate,
-        who: Caller,
-        store: StoreDep,
-        settings: SettingsDep,
-        response: Response,
-        key: Key = None,
-    ) -> Any:
+        body: SubscriptionCreate, who: Caller, response: Response, key: Key = None
+    ) -> SubscriptionCreated | SubscriptionWithSecret:
         """Subscribe a deployment of the token's environment to rotation webhooks.
 
         Returns the signing secret and the management key, once. Registering the same ``deployment_id``
         again needs that key (``X-Subscription-Key``); it updates the url and action.
         """
-        url = _checked_url(body.url, settings)
-        try:
-            row, created = await _owned(
-                store.upsert_subscription,
-                who.environment_id,
-                body.deployment_id,
-                url,
-                body.action,
-                who.generation,
-                who.token_id,
-                key,
-                settings.max_subscriptions_per_environment,
+        done = await handlers.register(who, body.deployment_id, body.url, body.action, key)
+        response.status_code = 201 if done.created else 200
+        public = _public(done.subscription).model_dump()
+        if done.management_key is not None:
+            return SubscriptionCreated(
+                **public, secret=done.subscription.secret, management_key=done.management_key
             )
-        except SubscriptionLimitReached:
-            raise ApiError(
-                409,
-                "too_many_subscriptions",
-                f"the environment has {settings.max_subscriptions_per_environment} subscriptions, the most "
-                "allowed (STREAMTOKEN_NOTIFIER_MAX_SUBSCRIPTIONS_PER_ENVIRONMENT); delete unused ones",
-            ) from None
-        except SubscriptionConflict:
-            raise ApiError(
-                409, "conflict", "the deployment is being registered concurrently; retry"
-            ) from None
-        response.status_code = 201 if created else 200
-        log.info(
-            "subscription_registered" if created else "subscription_reregistered",
-            subscription_id=row["id"],
-            environment_id=who.environment_id,
-            deployment_id=body.deployment_id,
-            action=body.action.value,
-            token_id=who.token_id,
-        )
-        data = _subscription(row, with_secret=True)
-        if created:
-            return SubscriptionCreated.model_validate(data)
-        return SubscriptionWithSecret.model_validate(data)
+        return SubscriptionWithSecret(**public, secret=done.subscription.secret)
 
     @router.get(
         "/subscriptions",
@@ -396,12 +368,11 @@ def build_router() -> APIRouter:
         tags=["subscriptions"],
     )
     async def list_subscriptions(
-        who: Caller, store: StoreDep, response: Response, limit: Limit = 100, cursor: Cursor = None
-    ) -> list[dict[str, Any]]:
+        who: Caller, response: Response, limit: Limit = 100, cursor: Cursor = None
+    ) -> list[SubscriptionPublic]:
         """The environment's subscriptions in creation order, without secrets, a page at a time."""
-        after = _after(cursor)
-        rows = await asyncio.to_thread(store.list_subscriptions, who.environment_id, limit + 1, after)
-        return [_subscription(r) for r in _page(rows, limit, response)]
+        found = await handlers.list_subscriptions(who, limit + 1, _after(cursor))
+        return [_public(s) for s in _page(found, limit, response)]
 
     @router.get(
         "/subscriptions/{subscription_id}",
@@ -409,13 +380,8 @@ def build_router() -> APIRouter:
         responses=_errors(404),
         tags=["subscriptions"],
     )
-    async def get_subscription(
-        subscription_id: SubscriptionId, who: Caller, store: StoreDep
-    ) -> dict[str, Any]:
-        row = await asyncio.to_thread(store.get_subscription, who.environment_id, subscription_id)
-        if row is None:
-            raise _not_found("subscription")
-        return _subscription(row)
+    async def get_subscription(subscription_id: SubscriptionId, who: Caller) -> SubscriptionPublic:
+        return _public(await handlers.get_subscription(who, subscription_id))
 
     @router.get(
         "/subscriptions/{subscription_id}/secret",
@@ -423,14 +389,9 @@ def build_router() -> APIRouter:
         responses=_errors(403, 404),
         tags=["subscriptions"],
     )
-    async def get_secret(
-        subscription_id: SubscriptionId, who: Caller, store: StoreDep, key: Key = None
-    ) -> SubscriptionSecret:
+    async def get_secret(subscription_id: SubscriptionId, who: Caller, key: Key = None) -> SubscriptionSecret:
         """The signing secret again, for the holder of the management key."""
-        secret = await _owned(store.secret, who.environment_id, subscription_id, key)
-        if secret is None:
-            raise _not_found("subscription")
-        return SubscriptionSecret(id=subscription_id, secret=secret)
+        return SubscriptionSecret(id=subscription_id, secret=await handlers.secret(who, subscription_id, key))
 
     @router.patch(
         "/subscriptions/{subscription_id}",
@@ -439,30 +400,11 @@ def build_router() -> APIRouter:
         tags=["subscriptions"],
     )
     async def update_subscription(
-        subscription_id: SubscriptionId,
-        body: SubscriptionUpdate,
-        who: Caller,
-        store: StoreDep,
-        settings: SettingsDep,
-        key: Key = None,
-    ) -> dict[str, Any]:
+        subscription_id: SubscriptionId, body: SubscriptionUpdate, who: Caller, key: Key = None
+    ) -> SubscriptionPublic:
         """Change url, action or enabled (needs the management key)."""
-        url = _checked_url(body.url, settings) if body.url is not None else None
-        row = await _owned(
-            store.update_subscription,
-            who.environment_id,
-            subscription_id,
-            key,
-            url,
-            body.action,
-            body.enabled,
-            who.token_id,
-            who.generation,
-        )
-        if row is None:
-            raise _not_found("subscription")
-        log.info("subscription_updated", subscription_id=subscription_id, environment_id=who.environment_id)
-        return _subscription(row)
+        changed = await handlers.update(who, subscription_id, key, body.url, body.action, body.enabled)
+        return _public(changed)
 
     @router.delete(
         "/subscriptions/{subscription_id}",
@@ -470,13 +412,9 @@ def build_router() -> APIRouter:
         responses=_errors(403, 404),
         tags=["subscriptions"],
     )
-    async def delete_subscription(
-        subscription_id: SubscriptionId, who: Caller, store: StoreDep, key: Key = None
-    ) -> Response:
+    async def delete_subscription(subscription_id: SubscriptionId, who: Caller, key: Key = None) -> Response:
         """Delete a subscription (needs the management key); its pending deliveries become disabled."""
-        if not await _owned(store.delete_subscription, who.environment_id, subscription_id, key):
-            raise _not_found("subscription")
-        log.info("subscription_deleted", subscription_id=subscription_id, environment_id=who.environment_id)
+        await handlers.delete(who, subscription_id, key)
         return Response(status_code=204)
 
     @router.post(
@@ -486,71 +424,23 @@ def build_router() -> APIRouter:
         tags=["subscriptions"],
     )
     async def acknowledge(
-        subscription_id: SubscriptionId, body: AckCreate, who: Caller, store: StoreDep, key: Key = None
-    ) -> dict[str, Any]:
+        subscription_id: SubscriptionId, body: AckCreate, who: Caller, key: Key = None
+    ) -> SubscriptionPublic:
         """The deployment reports it now runs with ``generation``; frees its restart slot.
 
         Needs the management key; renews the subscription for the (valid) token used.
         """
-        try:
-            row = await _owned(
-                store.acknowledge,
-                who.environment_id,
-                subscription_id,
-                body.generation,
-                key,
-                who.token_id,
-                who.generation,
-            )
-        except GenerationAhead as exc:
-            raise ApiError(
-                409,
-                "generation_ahead",
-                f"generation {body.generation} is newer than the environment's current one ({exc.current})",
-            ) from None
-        if row is None:
-            raise _not_found("subscription")
-        log.info(
-            "acknowledged",
-            subscription_id=subscription_id,
-            environment_id=who.environment_id,
-            generation=body.generation,
-        )
-        return _subscription(row)
-
-    async def rotations_of(
-        environment_id: str, who: Identity, store: Store, limit: int, before: int | None
-    ) -> RotationsPublic:
-        if environment_id != who.environment_id:
-            raise ApiError(403, "forbidden", "a streaming token only shows its own environment's rotations")
-        progress = await asyncio.to_thread(store.rotations, environment_id, limit, before)
-        subscriptions = await asyncio.to_thread(store.count_subscriptions, environment_id)
-        return RotationsPublic(
-            environment_id=environment_id,
-            subscriptions=subscriptions,
-            rotations=[
-                RotationPublic(
-                    generation=p.generation,
-                    rotation_id=p.rotation_id,
-                    notified=p.notified,
-                    acknowledged=p.acknowledged,
-                    pending=p.pending,
-                    dead=p.dead,
-                )
-                for p in progress
-            ],
-        )
+        return _public(await handlers.acknowledge(who, subscription_id, body.generation, key))
 
     @router.get("/rotations", response_model=RotationsPublic, responses=_errors(403), tags=["rotations"])
     async def rotations(
         who: Caller,
-        store: StoreDep,
         environment_id: Annotated[str | None, Query(max_length=200)] = None,
         limit: RotationLimit = 100,
         before: Before = None,
     ) -> RotationsPublic:
         """Per rotation: how many subscriptions were notified, have acknowledged, are pending or dead."""
-        return await rotations_of(environment_id or who.environment_id, who, store, limit, before)
+        return _rotations(await handlers.rotations(who, environment_id or who.environment_id, limit, before))
 
     @router.get(
         "/environments/{environment_id}/rotations",
@@ -561,11 +451,10 @@ def build_router() -> APIRouter:
     async def environment_rotations(
         environment_id: Annotated[str, Path(max_length=200)],
         who: Caller,
-        store: StoreDep,
         limit: RotationLimit = 100,
         before: Before = None,
     ) -> RotationsPublic:
-        return await rotations_of(environment_id, who, store, limit, before)
+        return _rotations(await handlers.rotations(who, environment_id, limit, before))
 
     @router.get(
         "/deliveries",
@@ -575,7 +464,6 @@ def build_router() -> APIRouter:
     )
     async def list_deliveries(
         who: Caller,
-        store: StoreDep,
         response: Response,
         status: DeliveryStatus | None = None,
         subscription_id: Annotated[str | None, Query(max_length=40)] = None,
@@ -583,11 +471,8 @@ def build_router() -> APIRouter:
         cursor: Cursor = None,
     ) -> list[DeliveryPublic]:
         """Deliveries, newest first, a page at a time."""
-        after = _after(cursor)
-        rows = await asyncio.to_thread(
-            store.list_deliveries, who.environment_id, status, limit + 1, subscription_id, after
-        )
-        return [_delivery(r) for r in _page(rows, limit, response)]
+        found = await handlers.list_deliveries(who, status, limit + 1, subscription_id, _after(cursor))
+        return [_delivery(d) for d in _page(found, limit, response)]
 
     @router.get(
         "/deliveries/{delivery_id}",
@@ -595,11 +480,8 @@ def build_router() -> APIRouter:
         responses=_errors(404),
         tags=["deliveries"],
     )
-    async def get_delivery(delivery_id: DeliveryId, who: Caller, store: StoreDep) -> DeliveryPublic:
-        row = await asyncio.to_thread(store.get_delivery, who.environment_id, delivery_id)
-        if row is None:
-            raise _not_found("delivery")
-        return _delivery(row)
+    async def get_delivery(delivery_id: DeliveryId, who: Caller) -> DeliveryPublic:
+        return _delivery(await handlers.get_delivery(who, delivery_id))
 
     @router.post(
         "/deliveries/{delivery_id}/replay",
@@ -607,55 +489,11 @@ def build_router() -> APIRouter:
         responses=_errors(404, 409, 429),
         tags=["deliveries"],
     )
-    async def replay(
-        delivery_id: DeliveryId, who: Caller, store: StoreDep, request: Request
-    ) -> DeliveryPublic:
+    async def replay(delivery_id: DeliveryId, who: Caller) -> DeliveryPublic:
         """Send a dead (or disabled) delivery again, with a fresh set of attempts and the same webhook-id.
 
         Refused while its subscription is disabled, and rate-limited per subscription and environment.
         """
-        found = await asyncio.to_thread(store.get_delivery, who.environment_id, delivery_id)
-        if found is None:
-            raise _not_found("delivery")
-        per_environment, per_subscription = request.app.state.replay_limits
-        now = time.monotonic()
-        wait = per_environment.retry_after(who.environment_id, now) or per_subscription.retry_after(
-            found["subscription_id"], now
-        )
-        if wait:
-            raise ApiError(
-                429,
-                "too_many_replays",
-                "too many replays for this subscription or environment; wait and retry",
-                {"Retry-After": str(math.ceil(wait))},
-            )
-        row, outcome = await asyncio.to_thread(store.replay, who.environment_id, delivery_id, time.time())
-        if row is None:
-            raise _not_found("delivery")
-        if outcome == "subscription_disabled":
-            raise ApiError(
-                409,
-                "subscription_disabled",
-                "the delivery's subscription is disabled or deleted; re-enable it (PATCH enabled=true) first",
-            )
-        if outcome != "replayed":
-            raise ApiError(
-                409,
-                "not_replayable",
-                f"the delivery is {row['status']}; only dead or disabled ones can be replayed",
-            )
-        log.info("delivery_replayed", delivery_id=delivery_id, environment_id=who.environment_id)
-        engine = getattr(request.app.state, "engine", None)
-        if engine is not None:
-            engine.wake()
-        return _delivery(row)
+        return _delivery(await handlers.replay(who, delivery_id))
 
     return router
-
-
-def replay_limits(settings: NotifierSettings) -> tuple[WindowLimiter, WindowLimiter]:
-    """The per-environment and per-subscription replay limits, kept in this replica's memory."""
-    return (
-        WindowLimiter(settings.replays_per_environment_per_minute),
-        WindowLimiter(settings.replays_per_subscription_per_minute),
-    )

@@ -1,14 +1,18 @@
-"""Wiring: ``build_app(settings, **overrides)`` puts the real adapters (or a test's) together.
+"""Wiring: ``build_app(settings, *, store=None, clock=None, ...)`` puts the real adapters (or a test's)
+together; every override is a typed keyword.
 
-The returned FastAPI app owns its lifecycle: at start it creates the tables, starts the Kafka consumer
-thread and the delivery loop; at shutdown it stops them. Nothing connects at import time.
+Everything is built here: the store, the token verifier, the webhook client and delivery engine, the
+handlers; the routes get them through :func:`services.notifier.api.build_router`, never ``app.state``.
+The returned FastAPI app owns its lifecycle: at start it brings the schema up to date, starts the Kafka
+consumer thread and the delivery loop; at shutdown it stops them. Nothing connects at import time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,10 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from services.notifier.api import build_router, replay_limits
+from services.notifier.api import build_router, install_handler_errors
 from services.notifier.auth import ResolverWhoami, TokenVerifier
 from services.notifier.consumer import EventConsumer
 from services.notifier.delivery import DeliveryEngine, NotifierMetrics, webhook_client
+from services.notifier.handlers import Handlers
 from services.notifier.health import Assessment, ConsumerView, HealthGauges, assess
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store, database_unavailable
@@ -118,34 +123,41 @@ def build_app(
     verifier: TokenVerifier | None = None,
     webhook_transport: httpx.AsyncBaseTransport | None = None,
     registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The notifier as an ASGI app. Overrides replace the adapters built from settings (tests pass fakes)."""
+    """The notifier as an ASGI app. Overrides replace the adapters built from settings (tests pass their
+    own); ``clock`` is the time the store stamps rows with and the delivery engine schedules by."""
     kafka = kafka_settings or KafkaSettings()
     store = store or Store.from_url(
-        settings.resolved_database_url(runtime), settings.database_busy_timeout_seconds
+        settings.resolved_database_url(runtime), settings.database_busy_timeout_seconds, clock
     )
     metrics = NotifierMetrics(registry or CollectorRegistry())
     gauges = HealthGauges(metrics.registry)
     verifier = verifier or ResolverWhoami(
         settings.resolver_url, settings.whoami_cache_seconds, max_entries=settings.whoami_cache_entries
     )
-    state: dict[str, Any] = {}
+    limits = httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers)
+    client = webhook_client(
+        webhook_transport or _webhook_transport(settings, limits),
+        settings.request_timeout_seconds,
+        settings.workers,
+    )
+    engine = DeliveryEngine(store, settings, client, metrics, clock=clock)
+    handlers = Handlers(store, settings, on_replay=engine.wake)
+    consumer = (
+        EventConsumer(kafka, settings, store, metrics, lambda _: engine.wake()) if settings.consume else None
+    )
+    started = False
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal started
         await asyncio.to_thread(store.create_tables)
-        limits = httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers)
-        transport = webhook_transport or _webhook_transport(settings, limits)
-        client = webhook_client(transport, settings.request_timeout_seconds, settings.workers)
-        engine = DeliveryEngine(store, settings, client, metrics)
-        app.state.engine = engine
         stop = asyncio.Event()
         delivering = asyncio.create_task(engine.run(stop)) if settings.deliver else None
-        consumer = None
-        if settings.consume:
-            consumer = EventConsumer(kafka, settings, store, metrics, lambda _: engine.wake())
+        if consumer is not None:
             consumer.start()
-        state["consumer"] = consumer
+        started = True
         refreshing = asyncio.create_task(_refresh_gauges(stop))
         log.info(
             "notifier_started",
@@ -172,8 +184,7 @@ def build_app(
             log.info("notifier_stopped")
 
     def assessment(database_ok: bool) -> Assessment:
-        consumer: EventConsumer | None = state.get("consumer")
-        view = consumer.view() if consumer is not None else None
+        view = consumer.view() if consumer is not None and started else None
         if view is None and settings.consume:
             view = STARTING
         result = assess(database_ok, view)
@@ -198,14 +209,9 @@ def build_app(
         description="Tells subscribed deployments to restart or reload after a streaming-token rotation.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.store = store
-    app.state.verifier = verifier
-    app.state.metrics = metrics
-    app.state.engine = None
-    app.state.replay_limits = replay_limits(settings)
     install_error_handlers(app)
+    install_handler_errors(app)
     install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
-    app.include_router(build_router())
+    app.include_router(build_router(handlers, verifier))
     return app

@@ -6,9 +6,12 @@ consumer and the delivery workers (the adapters) call these and do the I/O aroun
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import ipaddress
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +56,213 @@ NOTIFYING_CHANGES = {
 
 class InvalidWebhookUrl(ValueError):
     """A webhook URL the notifier refuses; the message says why, in one sentence, without echoing it."""
+
+
+# --- subscriptions and deliveries as the service sees them ------------------------------------------------
+
+MAX_GENERATION = 2**63 - 1
+TOKEN_ENDED = (
+    "the streaming token that created it is no longer valid; acknowledge or re-register with the "
+    "management key and a valid token to renew it"
+)
+DISABLED_BY_API = "disabled through the API"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A deployment subscribed to an environment's rotations (times are Unix seconds).
+
+    ``key_hash`` is the SHA-256 of its management key; ``owner_token_id`` the streaming token (by public
+    id) it was made or last renewed with, of ``owner_generation``; ``ended_generation`` the event that no
+    longer listed that token (the subscription then gets the deliveries up to it, and no later ones).
+    """
+
+    id: str
+    environment_id: str
+    deployment_id: str
+    url: str
+    action: Action
+    secret: str
+    enabled: bool
+    disabled_reason: str | None
+    last_notified_generation: int
+    acked_generation: int
+    created_at: float
+    updated_at: float
+    key_hash: str | None
+    owner_token_id: str | None
+    owner_generation: int
+    ended_generation: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One webhook to one subscription for one event: its body and where its attempts stand."""
+
+    id: str
+    event_id: str
+    subscription_id: str
+    environment_id: str
+    generation: int
+    rotation_id: str | None
+    event_type: str
+    action: Action
+    body: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    leased_until: float
+    awaiting_ack_until: float
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a new subscription is given: its id, its signing secret and its management key (shown once;
+    only its hash is kept)."""
+
+    subscription_id: str
+    secret: str
+    management_key: str
+
+    def __repr__(self) -> str:  # never print the secret or the key
+        return f"Credentials(subscription_id={self.subscription_id!r})"
+
+
+def new_secret() -> str:
+    """A Standard Webhooks signing secret: ``whsec_`` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def new_subscription_id() -> str:
+    return f"sub_{secrets.token_hex(12)}"
+
+
+def new_management_key() -> str:
+    """The key that proves who created a subscription: shown once, stored only as its SHA-256."""
+    return f"mk_{secrets.token_urlsafe(32)}"
+
+
+def new_credentials() -> Credentials:
+    return Credentials(new_subscription_id(), new_secret(), new_management_key())
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class SubscriptionForbidden(Exception):
+    """The subscription exists but the caller did not prove its management key."""
+
+
+class SubscriptionLimitReached(Exception):
+    """The environment has as many subscriptions as it may."""
+
+
+class SubscriptionConflict(Exception):
+    """Concurrent registrations of the same deployment kept colliding."""
+
+
+class GenerationAhead(Exception):
+    """An acknowledgement of a generation newer than the environment's current one."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(current)
+        self.current = current
+
+
+def require_key(subscription: Subscription, key: str | None) -> Subscription:
+    """The subscription, if ``key`` is its management key; else :class:`SubscriptionForbidden`."""
+    if subscription.key_hash is None or not key:
+        raise SubscriptionForbidden(subscription.id)
+    if not hmac.compare_digest(subscription.key_hash, key_hash(key)):
+        raise SubscriptionForbidden(subscription.id)
+    return subscription
+
+
+def require_room(count: int, limit: int) -> None:
+    """:class:`SubscriptionLimitReached` when an environment with ``count`` subscriptions may not get
+    another (``limit`` 0: no limit)."""
+    if limit > 0 and count >= limit:
+        raise SubscriptionLimitReached(count)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The (valid) streaming token a caller used, by public id, and the generation it belongs to."""
+
+    token_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChange:
+    """What a command changes on a subscription; None leaves a field as it is.
+
+    ``enabled`` also sets ``disabled_reason`` (None when enabling); disabling also forgets
+    ``ended_generation``. ``owner`` renews the subscription for that token (and forgets
+    ``ended_generation``).
+    """
+
+    url: str | None = None
+    action: Action | None = None
+    enabled: bool | None = None
+    disabled_reason: str | None = None
+    acked_generation: int | None = None
+    owner: Owner | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == SubscriptionChange()
+
+
+def reregistration(url: str, action: Action, owner: Owner | None) -> SubscriptionChange:
+    """Registering a deployment again: new url and action, enabled again, renewed for the caller's token."""
+    return SubscriptionChange(url=url, action=action, enabled=True, owner=owner)
+
+
+def patch(
+    url: str | None, action: Action | None, enabled: bool | None, owner: Owner | None
+) -> SubscriptionChange:
+    """A change through the API (PATCH); disabling says so in ``disabled_reason``."""
+    reason = DISABLED_BY_API if enabled is False else None
+    return SubscriptionChange(url=url, action=action, enabled=enabled, disabled_reason=reason, owner=owner)
+
+
+def acknowledgement(
+    subscription: Subscription, generation: int, current: int, owner: Owner | None
+) -> SubscriptionChange:
+    """The deployment applied ``generation``: remember it (never going back), renew for the caller's token,
+    and enable again a subscription that had ended with its old token.
+
+    ``generation`` may not be newer than ``current`` (the newest consumed, or the caller's token's own):
+    :class:`GenerationAhead`.
+    """
+    current = max(current, owner.generation if owner is not None else 0)
+    if generation > current:
+        raise GenerationAhead(current)
+    acked = generation if generation > subscription.acked_generation else None
+    revive = owner is not None and not subscription.enabled and subscription.ended_generation is not None
+    return SubscriptionChange(acked_generation=acked, enabled=True if revive else None, owner=owner)
+
+
+class ReplayOutcome(StrEnum):
+    REPLAYED = "replayed"
+    NOT_REPLAYABLE = "not_replayable"  # neither dead nor disabled
+    SUBSCRIPTION_DISABLED = "subscription_disabled"  # deleted, disabled or ended
+
+
+def replay_outcome(status: DeliveryStatus, subscription_deliverable: bool) -> ReplayOutcome:
+    """Whether a delivery may be queued again: only a dead or disabled one, to a subscription that may
+    still receive it."""
+    if status not in (DeliveryStatus.DEAD, DeliveryStatus.DISABLED):
+        return ReplayOutcome.NOT_REPLAYABLE
+    if not subscription_deliverable:
+        return ReplayOutcome.SUBSCRIPTION_DISABLED
+    return ReplayOutcome.REPLAYED
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,21 @@
 """The notifier's database: subscriptions, deliveries (the durable queue) and the rotations seen.
 
-SQLModel tables on SQLite (default) or PostgreSQL. Hot paths use SQLAlchemy Core in batches: one transaction
-records a whole batch of Kafka records, one claims a batch of due deliveries, one writes a batch of results.
-Claims are safe with several notifier replicas: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on both an
-``UPDATE ... WHERE next_attempt_at <= now RETURNING`` that only one claimer can win. A claim is a lease: it
-pushes ``next_attempt_at`` forward, so a delivery whose claimer died becomes due again by itself.
+The tables (:mod:`services.notifier.tables`) live on SQLite (default) or PostgreSQL; the schema is made by
+the Alembic migrations (:mod:`services.notifier.migrate`). Reads hand out the domain's values
+(:class:`~services.notifier.domain.Subscription`, :class:`~services.notifier.domain.WebhookDelivery`,
+:class:`Claimed`), never rows; the rules that decide what changes (ownership, acknowledgements, replays)
+are the domain's, called inside the transaction that applies them. Time comes from the injected ``clock``
+(or the caller's ``now``), never read here.
+
+Hot paths use SQLAlchemy Core in batches: one transaction records a whole batch of Kafka records, one
+claims a batch of due deliveries, one writes a batch of results. Claims are safe with several notifier
+replicas: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, and on both an ``UPDATE ... WHERE next_attempt_at <=
+now RETURNING`` that only one claimer can win. A claim is a lease: it pushes ``next_attempt_at`` forward,
+so a delivery whose claimer died becomes due again by itself.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
-    Index,
-    Text,
-    UniqueConstraint,
+    RowMapping,
+    Table,
     and_,
     case,
     event,
@@ -44,129 +47,45 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlmodel import Column, Field, SQLModel, create_engine
+from sqlmodel import SQLModel, create_engine
 
+from services.notifier import domain
 from services.notifier.domain import (
+    MAX_GENERATION,
+    TOKEN_ENDED,
     Action,
+    Credentials,
     DeliveryStatus,
+    Owner,
+    ReplayOutcome,
     RotationProgress,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionConflict,
     SubscriptionTarget,
+    WebhookDelivery,
     plan_deliveries,
     select_within_restart_limit,
     webhook_event_type,
 )
+from services.notifier.tables import DELIVERIES, ENVIRONMENTS, ROTATIONS, SUBSCRIPTIONS, TABLES
 from shared.events import TokenStateChanged
 
-TOKEN_ENDED = (
-    "the streaming token that created it is no longer valid; acknowledge or re-register with the "
-    "management key and a valid token to renew it"
-)
+__all__ = [
+    "MAX_GENERATION",
+    "RECORD_CHUNK",
+    "AttemptResult",
+    "Claimed",
+    "EnvironmentDeleted",
+    "Record",
+    "Registration",
+    "Store",
+    "database_unavailable",
+    "make_engine",
+]
 
-
-def new_secret() -> str:
-    """A Standard Webhooks signing secret: ``whsec_`` + base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
-
-
-def new_subscription_id() -> str:
-    return f"sub_{secrets.token_hex(12)}"
-
-
-def new_management_key() -> str:
-    """The key that proves who created a subscription: shown once, stored only as its SHA-256."""
-    return f"mk_{secrets.token_urlsafe(32)}"
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _key_matches(stored_hash: str | None, key: str | None) -> bool:
-    if stored_hash is None or not key:
-        return False
-    return hmac.compare_digest(stored_hash, key_hash(key))
-
-
-class Subscription(SQLModel, table=True):
-    __tablename__ = "notifier_subscription"
-    __table_args__ = (UniqueConstraint("environment_id", "deployment_id", name="uq_notifier_sub_deployment"),)
-
-    id: str = Field(primary_key=True, max_length=40)
-    environment_id: str = Field(index=True, max_length=200)
-    deployment_id: str = Field(max_length=200)
-    url: str = Field(sa_column=Column(Text, nullable=False))
-    action: str = Field(max_length=16)
-    secret: str = Field(max_length=100)
-    enabled: bool = True
-    disabled_reason: str | None = Field(default=None, max_length=200)
-    last_notified_generation: int = 0
-    acked_generation: int = 0
-    created_at: float
-    updated_at: float
-    # Ownership: the management key's hash, and the streaming token (by public id) it was made or last
-    # renewed with, of that generation; ended_generation = the event that no longer listed that token.
-    key_hash: str | None = Field(default=None, max_length=64)
-    owner_token_id: str | None = Field(default=None, max_length=100)
-    owner_generation: int = 0
-    ended_generation: int | None = None
-
-
-class Delivery(SQLModel, table=True):
-    __tablename__ = "notifier_delivery"
-    __table_args__ = (
-        UniqueConstraint("event_id", "subscription_id", name="uq_notifier_delivery_event_sub"),
-        Index("ix_notifier_delivery_due", "status", "next_attempt_at"),
-        Index("ix_notifier_delivery_env_gen", "environment_id", "generation"),
-    )
-
-    id: str = Field(primary_key=True, max_length=40)
-    event_id: str = Field(max_length=64)
-    subscription_id: str = Field(index=True, max_length=40)
-    environment_id: str = Field(max_length=200)
-    generation: int
-    rotation_id: str | None = Field(default=None, max_length=100)
-    event_type: str = Field(max_length=64)
-    action: str = Field(max_length=16)
-    body: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(max_length=16)
-    attempts: int = 0
-    next_attempt_at: float
-    leased_until: float = 0.0
-    awaiting_ack_until: float = 0.0
-    last_status_code: int | None = None
-    last_error: str | None = Field(default=None, max_length=300)
-    created_at: float
-    delivered_at: float | None = None
-
-
-class Rotation(SQLModel, table=True):
-    __tablename__ = "notifier_rotation"
-
-    environment_id: str = Field(primary_key=True, max_length=200)
-    generation: int = Field(primary_key=True)
-    event_id: str = Field(max_length=64)
-    rotation_id: str | None = Field(default=None, max_length=100)
-    change_type: str = Field(max_length=16)
-    occurred_at: float
-    recorded_at: float
-
-
-class EnvironmentState(SQLModel, table=True):
-    """The newest generation consumed for an environment (acknowledgements may not claim a later one)."""
-
-    __tablename__ = "notifier_environment"
-
-    environment_id: str = Field(primary_key=True, max_length=200)
-    generation: int
-    updated_at: float
-
-
-S = SQLModel.metadata.tables[Subscription.__tablename__]
-D = SQLModel.metadata.tables[Delivery.__tablename__]
-R = SQLModel.metadata.tables[Rotation.__tablename__]
-E = SQLModel.metadata.tables[EnvironmentState.__tablename__]
-TABLES = [S, D, R, E]
-MAX_GENERATION = 2**63 - 1
+S, D, R, E = SUBSCRIPTIONS, DELIVERIES, ROTATIONS, ENVIRONMENTS  # short names for the SQL below
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +117,7 @@ class Claimed:
 
 
 _ACTIONS = {action.value: action for action in Action}
+_STATUSES = {status.value: status for status in DeliveryStatus}
 RECORD_CHUNK = 1000  # subscriptions of one event recorded per transaction
 
 # One attempt's result (Store.complete), run through the DB-API's executemany.
@@ -223,29 +143,86 @@ class AttemptResult:
     disable_reason: str = "the webhook answered 410 Gone"
 
 
-class SubscriptionConflict(Exception):
-    pass
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What registering a deployment did: the subscription, whether it is new, and (new only) its
+    management key, which is never readable again."""
+
+    subscription: Subscription
+    created: bool
+    management_key: str | None = None
 
 
-class SubscriptionForbidden(Exception):
-    """The subscription exists but the caller did not prove its management key."""
+def _subscription(row: RowMapping) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        environment_id=row["environment_id"],
+        deployment_id=row["deployment_id"],
+        url=row["url"],
+        action=_ACTIONS[row["action"]],
+        secret=row["secret"],
+        enabled=bool(row["enabled"]),
+        disabled_reason=row["disabled_reason"],
+        last_notified_generation=int(row["last_notified_generation"]),
+        acked_generation=int(row["acked_generation"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        key_hash=row["key_hash"],
+        owner_token_id=row["owner_token_id"],
+        owner_generation=int(row["owner_generation"]),
+        ended_generation=row["ended_generation"],
+    )
 
 
-class SubscriptionLimitReached(Exception):
-    """The environment has as many subscriptions as it may."""
+def _delivery(row: RowMapping) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        subscription_id=row["subscription_id"],
+        environment_id=row["environment_id"],
+        generation=int(row["generation"]),
+        rotation_id=row["rotation_id"],
+        event_type=row["event_type"],
+        action=_ACTIONS[row["action"]],
+        body=row["body"],
+        status=_STATUSES[row["status"]],
+        attempts=int(row["attempts"]),
+        next_attempt_at=float(row["next_attempt_at"]),
+        leased_until=float(row["leased_until"]),
+        awaiting_ack_until=float(row["awaiting_ack_until"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        created_at=float(row["created_at"]),
+        delivered_at=row["delivered_at"],
+    )
 
 
-class GenerationAhead(Exception):
-    """An acknowledgement of a generation newer than the environment's current one."""
-
-    def __init__(self, current: int) -> None:
-        super().__init__(current)
-        self.current = current
+def _values(change: SubscriptionChange, now: float) -> dict[str, Any]:
+    """The columns a :class:`SubscriptionChange` sets."""
+    values: dict[str, Any] = {"updated_at": now}
+    if change.url is not None:
+        values["url"] = change.url
+    if change.action is not None:
+        values["action"] = change.action.value
+    if change.enabled is not None:
+        values["enabled"] = change.enabled
+        values["disabled_reason"] = None if change.enabled else change.disabled_reason
+        if not change.enabled:
+            values["ended_generation"] = None
+    if change.acked_generation is not None:
+        values["acked_generation"] = change.acked_generation
+    if change.owner is not None:
+        values.update(
+            owner_token_id=change.owner.token_id,
+            owner_generation=change.owner.generation,
+            ended_generation=None,
+        )
+    return values
 
 
 # A delivery may go out while its subscription is enabled; one that ended with its token still gets the
 # deliveries up to the event that ended it (its deployment must still restart).
-def _deliverable() -> Any:
+def _deliverable() -> ColumnElement[bool]:
     return or_(S.c.enabled.is_(True), D.c.generation <= func.coalesce(S.c.ended_generation, 0))
 
 
@@ -298,18 +275,21 @@ def database_unavailable(exc: BaseException) -> str | None:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    """The notifier's tables behind one engine. ``clock`` gives the time rows are stamped with."""
+
+    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
         self.engine = engine
+        self.clock = clock
         self.is_postgres = engine.dialect.name == "postgresql"
         qmark = engine.dialect.paramstyle == "qmark"
         self._complete_sql = _COMPLETE_SQL if qmark else _COMPLETE_SQL.replace("?", "%s")
 
     @classmethod
-    def from_url(cls, url: str, busy_timeout_seconds: float = 30.0) -> Store:
-        return cls(make_engine(url, busy_timeout_seconds))
+    def from_url(cls, url: str, busy_timeout_seconds: float = 30.0, clock: Clock = time.time) -> Store:
+        return cls(make_engine(url, busy_timeout_seconds), clock)
 
     def create_tables(self) -> None:
-        SQLModel.metadata.create_all(self.engine, tables=TABLES)
+        SQLModel.metadata.create_all(self.engine, tables=list(TABLES))
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -340,31 +320,34 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
-    def _insert_ignore(self, table: Any) -> Any:
+    def _insert_ignore(self, table: Table) -> Any:
         return (pg_insert(table) if self.is_postgres else sqlite_insert(table)).on_conflict_do_nothing()
 
     # --- subscriptions -------------------------------------------------------------------------------
 
-    def upsert_subscription(
+    def register(
         self,
         environment_id: str,
         deployment_id: str,
         url: str,
         action: Action,
         known_generation: int,
+        credentials: Credentials,
         owner_token_id: str | None = None,
         key: str | None = None,
         limit: int = 0,
-    ) -> tuple[dict[str, Any], bool]:
-        """Register a deployment; (row, created). A new row carries its ``management_key`` (only now).
+    ) -> Registration:
+        """Register a deployment, or register it again (which needs its management key).
 
-        Registering a deployment id again updates its url and action, and needs the management key
-        (:class:`SubscriptionForbidden` without it). A new subscription starts at ``known_generation`` (what
-        the registering token had), so it is not told about rotations that happened before it existed;
-        ``limit`` > 0 caps the environment's subscriptions (:class:`SubscriptionLimitReached`).
+        A new subscription gets ``credentials`` and starts at ``known_generation`` (what the registering
+        token had), so it is not told about rotations that happened before it existed; ``limit`` > 0 caps
+        the environment's subscriptions (:class:`~services.notifier.domain.SubscriptionLimitReached`).
+        Registering a deployment id again updates its url and action
+        (:class:`~services.notifier.domain.SubscriptionForbidden` without the key).
         """
+        owner = Owner(owner_token_id, known_generation) if owner_token_id is not None else None
         for _ in range(3):
-            now = time.time()
+            now = self.clock()
             try:
                 with self._tx() as conn:
                     if self.is_postgres:  # count and insert under one lock per environment
@@ -381,55 +364,35 @@ class Store:
                         .first()
                     )
                     if row is not None:
-                        if not _key_matches(row["key_hash"], key):
-                            raise SubscriptionForbidden(row["id"])
-                        conn.execute(
-                            update(S)
-                            .where(S.c.id == row["id"])
-                            .values(
-                                url=url,
-                                action=action.value,
-                                enabled=True,
-                                disabled_reason=None,
-                                updated_at=now,
-                                **self._renewed(owner_token_id, known_generation),
-                            )
-                        )
-                        return self._subscription(conn, row["id"]), False
-                    if limit > 0 and self._count(conn, environment_id) >= limit:
-                        raise SubscriptionLimitReached(environment_id)
-                    sub_id = new_subscription_id()
-                    management_key = new_management_key()
+                        existing = domain.require_key(_subscription(row), key)
+                        change = domain.reregistration(url, action, owner)
+                        conn.execute(update(S).where(S.c.id == existing.id).values(**_values(change, now)))
+                        return Registration(self._subscription(conn, existing.id), created=False)
+                    domain.require_room(self._count(conn, environment_id), limit)
                     conn.execute(
                         insert(S).values(
-                            id=sub_id,
+                            id=credentials.subscription_id,
                             environment_id=environment_id,
                             deployment_id=deployment_id,
                             url=url,
                             action=action.value,
-                            secret=new_secret(),
+                            secret=credentials.secret,
                             enabled=True,
                             last_notified_generation=known_generation,
                             acked_generation=known_generation,
                             created_at=now,
                             updated_at=now,
-                            key_hash=key_hash(management_key),
+                            key_hash=domain.key_hash(credentials.management_key),
                             owner_token_id=owner_token_id,
                             owner_generation=known_generation,
                             ended_generation=None,
                         )
                     )
-                    return {**self._subscription(conn, sub_id), "management_key": management_key}, True
+                    created = self._subscription(conn, credentials.subscription_id)
+                    return Registration(created, created=True, management_key=credentials.management_key)
             except IntegrityError:
                 continue  # a concurrent registration of the same deployment won; read it on the next pass
         raise SubscriptionConflict(deployment_id)
-
-    @staticmethod
-    def _renewed(owner_token_id: str | None, generation: int) -> dict[str, Any]:
-        """Values that hand a subscription to the (valid) token its owner just used."""
-        if owner_token_id is None:
-            return {}
-        return {"owner_token_id": owner_token_id, "owner_generation": generation, "ended_generation": None}
 
     @staticmethod
     def _count(conn: Connection, environment_id: str) -> int:
@@ -441,40 +404,37 @@ class Store:
             return self._count(conn, environment_id)
 
     @staticmethod
-    def _owned(conn: Connection, environment_id: str, sub_id: str, key: str | None) -> dict[str, Any] | None:
-        """The subscription if the key is its management key; None if there is no such subscription."""
+    def _find(conn: Connection, environment_id: str, sub_id: str) -> Subscription | None:
         row = (
             conn.execute(select(S).where(S.c.id == sub_id, S.c.environment_id == environment_id))
             .mappings()
             .first()
         )
-        if row is None:
-            return None
-        if not _key_matches(row["key_hash"], key):
-            raise SubscriptionForbidden(sub_id)
-        return dict(row)
+        return None if row is None else _subscription(row)
+
+    def _owned(
+        self, conn: Connection, environment_id: str, sub_id: str, key: str | None
+    ) -> Subscription | None:
+        """The subscription if the key is its management key (else Forbidden); None if there is none."""
+        found = self._find(conn, environment_id, sub_id)
+        return None if found is None else domain.require_key(found, key)
 
     def secret(self, environment_id: str, sub_id: str, key: str | None) -> str | None:
         with self.engine.connect() as conn:
-            row = self._owned(conn, environment_id, sub_id, key)
-        return None if row is None else str(row["secret"])
+            owned = self._owned(conn, environment_id, sub_id, key)
+        return None if owned is None else owned.secret
 
     @staticmethod
-    def _subscription(conn: Connection, sub_id: str) -> dict[str, Any]:
-        return dict(conn.execute(select(S).where(S.c.id == sub_id)).mappings().one())
+    def _subscription(conn: Connection, sub_id: str) -> Subscription:
+        return _subscription(conn.execute(select(S).where(S.c.id == sub_id)).mappings().one())
 
-    def get_subscription(self, environment_id: str, sub_id: str) -> dict[str, Any] | None:
+    def get_subscription(self, environment_id: str, sub_id: str) -> Subscription | None:
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(S).where(S.c.id == sub_id, S.c.environment_id == environment_id))
-                .mappings()
-                .first()
-            )
-        return dict(row) if row else None
+            return self._find(conn, environment_id, sub_id)
 
     def list_subscriptions(
         self, environment_id: str, limit: int, after: tuple[float, str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Subscription]:
         """Up to ``limit`` subscriptions in creation order, after the ``(created_at, id)`` last seen."""
         query = select(S).where(S.c.environment_id == environment_id)
         if after is not None:
@@ -484,7 +444,25 @@ class Store:
             )
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(S.c.created_at, S.c.id).limit(limit)).mappings()
-            return [dict(r) for r in rows]
+            return [_subscription(r) for r in rows]
+
+    def change_subscription(
+        self,
+        environment_id: str,
+        sub_id: str,
+        key: str | None,
+        decide: Callable[[Subscription], SubscriptionChange],
+    ) -> Subscription | None:
+        """Apply what ``decide`` (a rule of the domain) makes of the subscription the key proves, in one
+        transaction; None if there is no such subscription (Forbidden without its key)."""
+        with self._tx() as conn:
+            found = self._owned(conn, environment_id, sub_id, key)
+            if found is None:
+                return None
+            change = decide(found)
+            if not change.empty:
+                conn.execute(update(S).where(S.c.id == sub_id).values(**_values(change, self.clock())))
+            return self._subscription(conn, sub_id)
 
     def update_subscription(
         self,
@@ -496,26 +474,11 @@ class Store:
         enabled: bool | None,
         owner_token_id: str | None = None,
         owner_generation: int = 0,
-    ) -> dict[str, Any] | None:
+    ) -> Subscription | None:
         """Change a subscription its management key proves; None if there is none (else Forbidden)."""
-        values: dict[str, Any] = {
-            "updated_at": time.time(),
-            **self._renewed(owner_token_id, owner_generation),
-        }
-        if url is not None:
-            values["url"] = url
-        if action is not None:
-            values["action"] = action.value
-        if enabled is not None:
-            values["enabled"] = enabled
-            values["disabled_reason"] = None if enabled else "disabled through the API"
-            if not enabled:
-                values["ended_generation"] = None
-        with self._tx() as conn:
-            if self._owned(conn, environment_id, sub_id, key) is None:
-                return None
-            conn.execute(update(S).where(S.c.id == sub_id).values(**values))
-            return self._subscription(conn, sub_id)
+        owner = Owner(owner_token_id, owner_generation) if owner_token_id is not None else None
+        change = domain.patch(url, action, enabled, owner)
+        return self.change_subscription(environment_id, sub_id, key, lambda _: change)
 
     def delete_subscription(self, environment_id: str, sub_id: str, key: str | None) -> bool:
         with self._tx() as conn:
@@ -537,27 +500,22 @@ class Store:
         key: str | None = None,
         owner_token_id: str | None = None,
         owner_generation: int = 0,
-    ) -> dict[str, Any] | None:
+    ) -> Subscription | None:
         """The deployment applied ``generation``: record it and free its restart slot.
 
-        ``generation`` may not be newer than the environment's current one (the newest consumed, or what
-        the caller's token belongs to): :class:`GenerationAhead`. With ``owner_token_id`` the subscription
-        is renewed for that (valid) token, and re-enabled if it had ended with its old one.
+        The rule is :func:`services.notifier.domain.acknowledgement` (``generation`` at most the
+        environment's current one: :class:`~services.notifier.domain.GenerationAhead`), against the newest
+        generation consumed, read in the same transaction.
         """
+        owner = Owner(owner_token_id, owner_generation) if owner_token_id is not None else None
         with self._tx() as conn:
-            row = self._owned(conn, environment_id, sub_id, key)
-            if row is None:
+            found = self._owned(conn, environment_id, sub_id, key)
+            if found is None:
                 return None
-            current = max(self._current_generation(conn, environment_id), owner_generation)
-            if generation > current:
-                raise GenerationAhead(current)
-            values: dict[str, Any] = self._renewed(owner_token_id, owner_generation)
-            if generation > row["acked_generation"]:
-                values["acked_generation"] = generation
-            if owner_token_id is not None and not row["enabled"] and row["ended_generation"] is not None:
-                values.update(enabled=True, disabled_reason=None)
-            if values:
-                conn.execute(update(S).where(S.c.id == sub_id).values(updated_at=time.time(), **values))
+            current = self._current_generation(conn, environment_id)
+            change = domain.acknowledgement(found, generation, current, owner)
+            if not change.empty:
+                conn.execute(update(S).where(S.c.id == sub_id).values(**_values(change, self.clock())))
             conn.execute(
                 update(D)
                 .where(
@@ -615,7 +573,7 @@ class Store:
 
     def _record_chunk(self, ev: TokenStateChanged, event_type: str, chunk: int, first: bool) -> int | None:
         """One transaction of :meth:`record_events`; None when no subscription is left to record."""
-        now = time.time()
+        now = self.clock()
         with self._tx() as conn:
             if first:
                 self._note_generation(ev, conn)
@@ -687,7 +645,7 @@ class Store:
             with self._tx() as own:
                 self._note_generation(ev, own)
             return
-        now = time.time()
+        now = self.clock()
         values = {"environment_id": ev.environment_id, "generation": ev.generation, "updated_at": now}
         statement = pg_insert(E) if self.is_postgres else sqlite_insert(E)
         conn.execute(
@@ -931,7 +889,7 @@ class Store:
         limit: int,
         subscription_id: str | None = None,
         after: tuple[float, str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[WebhookDelivery]:
         """Newest first, up to ``limit``, after the ``(created_at, id)`` of the last one seen."""
         query = select(D).where(D.c.environment_id == environment_id)
         if after is not None:
@@ -945,20 +903,21 @@ class Store:
             query = query.where(D.c.subscription_id == subscription_id)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(D.c.created_at.desc(), D.c.id).limit(limit)).mappings()
-            return [dict(r) for r in rows]
+            return [_delivery(r) for r in rows]
 
-    def get_delivery(self, environment_id: str, delivery_id: str) -> dict[str, Any] | None:
+    def get_delivery(self, environment_id: str, delivery_id: str) -> WebhookDelivery | None:
         with self.engine.connect() as conn:
             row = (
                 conn.execute(select(D).where(D.c.id == delivery_id, D.c.environment_id == environment_id))
                 .mappings()
                 .first()
             )
-        return dict(row) if row else None
+        return _delivery(row) if row else None
 
-    def replay(self, environment_id: str, delivery_id: str, now: float) -> tuple[dict[str, Any] | None, str]:
-        """Queue a dead (or disabled) delivery again with a fresh set of attempts; (row, outcome) with
-        outcome ``replayed``, ``not_replayable`` (not dead or disabled) or ``subscription_disabled``."""
+    def replay(self, environment_id: str, delivery_id: str) -> tuple[WebhookDelivery, ReplayOutcome] | None:
+        """Queue a dead (or disabled) delivery again with a fresh set of attempts, due now, if
+        :func:`services.notifier.domain.replay_outcome` allows it; the delivery and the outcome, None if
+        there is no such delivery."""
         with self._tx() as conn:
             found = conn.execute(
                 select(D.c.status, _deliverable().label("deliverable"), S.c.id.label("sub"))
@@ -966,26 +925,24 @@ class Store:
                 .where(D.c.id == delivery_id, D.c.environment_id == environment_id)
             ).first()
             if found is None:
-                return None, "not_found"
-            outcome = "replayed"
-            if found.status not in (DeliveryStatus.DEAD.value, DeliveryStatus.DISABLED.value):
-                outcome = "not_replayable"
-            elif found.sub is None or not found.deliverable:
-                outcome = "subscription_disabled"
-            else:
+                return None
+            outcome = domain.replay_outcome(
+                _STATUSES[found.status], found.sub is not None and bool(found.deliverable)
+            )
+            if outcome is ReplayOutcome.REPLAYED:
                 conn.execute(
                     update(D)
                     .where(D.c.id == delivery_id)
                     .values(
                         status=DeliveryStatus.PENDING.value,
                         attempts=0,
-                        next_attempt_at=now,
+                        next_attempt_at=self.clock(),
                         leased_until=0.0,
                         last_error=None,
                     )
                 )
             row = conn.execute(select(D).where(D.c.id == delivery_id)).mappings().one()
-        return dict(row), outcome
+        return _delivery(row), outcome
 
     def rotations(
         self, environment_id: str, limit: int = 100, before: int | None = None
@@ -999,7 +956,7 @@ class Store:
             if not rotations:
                 return []
 
-            def count(condition: Any) -> Any:
+            def count(condition: ColumnElement[bool]) -> Any:
                 return func.sum(case((condition, 1), else_=0))
 
             counts = {

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from services.notifier.domain import Action, DeliveryStatus
+from services.notifier.domain import Action, DeliveryStatus, new_credentials
 from services.notifier.store import AttemptResult, EnvironmentDeleted, Store
 from shared.kafka import KafkaSettings
 from tests.integration.notifier.standins import ResolverStandin, new_environment, produce
@@ -73,7 +73,7 @@ def test_lists_are_paginated(
 def test_rotation_progress_is_counted_in_sql_without_loading_deliveries(store: Store) -> None:
     env = new_environment(ResolverStandin())
     subs = [
-        store.upsert_subscription(env.id, f"d{i}", HOOK, Action.RELOAD, 1, env.token_ids[0])[0]
+        store.register(env.id, f"d{i}", HOOK, Action.RELOAD, 1, new_credentials(), env.token_ids[0])
         for i in range(4)
     ]
     store.record_events([env.event(2), env.event(3)])
@@ -86,7 +86,7 @@ def test_rotation_progress_is_counted_in_sql_without_loading_deliveries(store: S
         ],
         1e12,
     )
-    store.acknowledge(env.id, subs[0]["id"], 3, key=subs[0]["management_key"])
+    store.acknowledge(env.id, subs[0].subscription.id, 3, key=subs[0].management_key)
     statements: list[str] = []
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -146,7 +146,7 @@ def test_replay_is_rate_limited(
 
 def test_a_deleted_environment_leaves_no_subscriptions_or_deliveries(store: Store) -> None:
     env = new_environment(ResolverStandin())
-    store.upsert_subscription(env.id, "old", HOOK, Action.RELOAD, 1, "tid_old")
+    store.register(env.id, "old", HOOK, Action.RELOAD, 1, new_credentials(), "tid_old")
     store.record_events([env.event(2)])
     assert store.count_by_status(env.id)
     store.record_events([EnvironmentDeleted(env.id, deleted_at=None)])

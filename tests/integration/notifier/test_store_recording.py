@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.notifier.domain import Action, DeliveryStatus, webhook_event_type
+from services.notifier.domain import Action, DeliveryStatus, new_credentials, webhook_event_type
 from services.notifier.store import Store
 from tests.integration.notifier.standins import ResolverStandin, new_environment
 
@@ -13,7 +13,9 @@ def test_a_fan_out_is_recorded_in_chunks_once_per_subscription(database_url: str
     try:
         env = new_environment(ResolverStandin())
         subs = [
-            store.upsert_subscription(env.id, f"d{i}", f"http://127.0.0.1:9/{i}", Action.RELOAD, 1)[0]["id"]
+            store.register(
+                env.id, f"d{i}", f"http://127.0.0.1:9/{i}", Action.RELOAD, 1, new_credentials()
+            ).subscription.id
             for i in range(10)
         ]
         rotation = env.event(generation=2)

@@ -8,8 +8,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from services.notifier.delivery import sign, webhook_headers
+from services.notifier.domain import new_secret
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import new_secret
 
 
 def test_headers_verify_with_the_standardwebhooks_package() -> None:
