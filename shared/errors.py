@@ -14,12 +14,20 @@ from shared.tokens import is_well_formed
 class ApiError(Exception):
     """Raise from a handler or route to answer ``status`` with a JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.extra = extra  # more fields of the error body (e.g. the clients of a 409 token_1_in_use)
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.issuer import handlers
+from services.issuer import handlers, usage
 from services.issuer.auth import MAX_SUBJECT, Action, AuthError, Principal
 from services.issuer.domain import MAX_GRACE, Environment
-from services.issuer.handlers import Deps, IssuerError, PreconditionFailed
+from services.issuer.handlers import Deps, IssuerError, PreconditionFailed, TokenInUse
 from services.issuer.ports import PatRecord
 from services.issuer.web import api_principal
 from services.issuer.web.sessions import COOKIE
@@ -27,7 +27,7 @@ from shared.ids import (
     environment_id,
     validate_environment_id,
 )
-from shared.web import error_responses
+from shared.web import ErrorBody, error_responses
 
 _bearer = HTTPBearer(auto_error=False)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="streamtoken-issuer"'}
@@ -73,10 +73,23 @@ class EnvironmentList(BaseModel):
     environments: list[EnvironmentPublic]
 
 
+MAX_UNUSED_WINDOW = 30 * 86400
+
+
 class RotateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grace_period_seconds: int = Field(0, ge=0, le=int(MAX_GRACE.total_seconds()))
+    if_unused_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_UNUSED_WINDOW,
+        description="rotate only if Token 1 was not used (by anyone) within this many seconds; else 409 "
+        "token_1_in_use with the clients still on it",
+    )
+    force: bool = Field(
+        False, strict=True, description="rotate even when if_unused_seconds finds Token 1 in use"
+    )
     expected_generation: int | None = Field(
         None,
         ge=1,
@@ -130,11 +143,133 @@ class PatList(BaseModel):
     next: str | None = Field(description="pass as ?after= for the next page (null: the last page)")
 
 
+class UsageSummary(BaseModel):
+    last_used_at: datetime | None = Field(description="the token's last use by anyone (null: never seen)")
+    client_count: int = Field(description="clients seen within STREAMTOKEN_ISSUER_USAGE_WINDOW_S")
+
+
 class TokenPublic(BaseModel):
     token_id: str
     token: str
     fingerprint: str
     created_at: datetime
+    usage: UsageSummary | None = Field(None, description="shown by GET .../streaming-tokens")
+
+
+class UsageClientPublic(BaseModel):
+    address: str = Field(description="the client's address as the resolver saw it")
+    user_agent: str
+    deployment_id: str | None = Field(description="the agent's deployment id (heartbeats), else null")
+    source: Literal["lookup", "portal", "whoami", "heartbeat", "notifier"]
+    last_seen_at: datetime
+    uses: int = Field(description="uses the resolvers counted (a replayed record may count twice)")
+
+
+class GraceTokenUsage(BaseModel):
+    token_id: str
+    fingerprint: str
+    last_used_at: datetime | None
+    client_count: int
+    clients: list[UsageClientPublic]
+    valid_until: datetime | None = None
+
+
+class TokenUsagePublic(GraceTokenUsage):
+    slot: Literal[1, 2]
+
+
+class DeploymentPublic(BaseModel):
+    deployment_id: str
+    token_id: str = Field(description="the token its agent last reported")
+    slot: Literal[1, 2] | None = Field(description="1 or 2; null: a token in its grace period")
+    last_seen_at: datetime
+
+
+class UsageView(BaseModel):
+    environment_id: str
+    generation: int
+    window_seconds: int
+    tokens: list[TokenUsagePublic]
+    grace_tokens: list[GraceTokenUsage]
+    deployments: list[DeploymentPublic]
+
+
+class InUseError(BaseModel):
+    error: Literal["token_1_in_use"]
+    message: str
+    clients: list[UsageClientPublic]
+
+
+class BrokerProgress(BaseModel):
+    applied: bool
+    state: str
+    generation: int | None
+
+
+class ResolverProgress(BaseModel):
+    applied: int
+    total: int
+    state: str
+    detail: list[ResolverPublic]
+
+
+class DeploymentProgress(BaseModel):
+    subscribed: int
+    notified: int
+    acknowledged: int
+    dead: int
+
+
+class ProgressView(BaseModel):
+    environment_id: str
+    generation: int
+    rotation_id: str | None
+    change: str
+    changed_at: datetime
+    broker: BrokerProgress
+    resolvers: ResolverProgress
+    deployments: DeploymentProgress | None = Field(description="null: the notifier was not reachable")
+    deployments_reason: str | None = None
+    state: Literal["publishing", "broker_applied", "resolvers_applied", "notified", "acknowledged"]
+
+
+class ScheduleFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every_days: float | None = Field(None, gt=0, le=3650, description="rotate this many days after the last")
+    unused_window_seconds: int | None = Field(
+        None, ge=60, le=MAX_UNUSED_WINDOW, description="only once Token 1 was unused this long"
+    )
+    deadline_days: float | None = Field(
+        None, ge=0, le=3650, description="rotate anyway this many days after it was due (null: never)"
+    )
+    warn_before_seconds: int | None = Field(
+        None, ge=0, le=MAX_UNUSED_WINDOW, description="warn subscribed deployments this long before"
+    )
+    grace_period_seconds: int | None = Field(None, ge=0, le=int(MAX_GRACE.total_seconds()))
+
+
+class ScheduleCreate(ScheduleFields):
+    every_days: float = Field(gt=0, le=3650, description="rotate this many days after the last")
+    unused_window_seconds: int = Field(900, ge=60, le=MAX_UNUSED_WINDOW)
+    warn_before_seconds: int = Field(86400, ge=0, le=MAX_UNUSED_WINDOW)
+    grace_period_seconds: int = Field(0, ge=0, le=int(MAX_GRACE.total_seconds()))
+
+
+class SchedulePublic(BaseModel):
+    environment_id: str
+    every_days: float
+    unused_window_seconds: int
+    deadline_days: float | None
+    warn_before_seconds: int
+    grace_period_seconds: int
+    due_at: datetime
+    warn_at: datetime
+    forced_at: datetime | None
+    warned_generation: int
+    last_outcome: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
 
 
 class GraceTokenPublic(BaseModel):
@@ -236,6 +371,8 @@ _STATUS = {"not_found": 404, "conflict": 409, "invalid_request": 422, "precondit
 
 
 def _translate(exc: IssuerError) -> ApiError:
+    if isinstance(exc, TokenInUse):
+        return ApiError(409, exc.code, exc.message, extra={"clients": exc.clients})
     if isinstance(exc, PreconditionFailed):
         return ApiError(412, exc.code, exc.message, headers={"ETag": f'"{exc.generation}"'})
     return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
@@ -299,7 +436,16 @@ Caller = Annotated[Principal, Depends(_principal)]
 AUTH_ERRORS = (401, 403)
 
 
-def build_router(deps: Deps) -> APIRouter:
+IN_USE_409: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": InUseError | ErrorBody,
+        "description": "token_1_in_use (if_unused_seconds: Token 1 was used within the window; its clients "
+        "are listed), or another conflict (see the error code)",
+    }
+}
+
+
+def build_router(deps: Deps, notifier: usage.NotifierProbe | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -394,7 +540,110 @@ def build_router(deps: Deps) -> APIRouter:
             slot = 1
         view = call(handlers.reveal_tokens, environment_id, actor=who.actor, pat_id=who.pat_id, slot=slot)
         response.headers.update(NO_STORE)
-        return dict(view.to_json())
+        return with_usage(environment_id, dict(view.to_json()))
+
+    def with_usage(environment_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Each shown token's ``usage`` (its last use and clients in the window)."""
+        summaries = call(usage.usage_summaries, environment_id)
+        for name in ("token_1", "token_2"):
+            if body.get(name) is not None:
+                body[name]["usage"] = summaries.get(body[name]["token_id"])
+        return body
+
+    @router.get(
+        "/environments/{environment_id}/streaming-tokens/usage",
+        response_model=UsageView,
+        tags=["tokens"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def token_usage(environment_id: EnvironmentId, who: Caller) -> dict[str, Any]:
+        """Who uses which token: per token its last use and the clients seen within the window (address,
+        user agent, deployment id, source), and per deployment (agents' heartbeats) the token it runs with
+        — the readiness view before a rotation. No token is shown; not audit-logged."""
+        _allow(who, Action.READ, Action.READ_CURRENT, environment=environment_id)
+        result: dict[str, Any] = call(usage.usage_view, environment_id)
+        return result
+
+    @router.get(
+        "/environments/{environment_id}/streaming-tokens/progress",
+        response_model=ProgressView,
+        tags=["tokens"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def token_progress(environment_id: EnvironmentId, who: Caller) -> dict[str, Any]:
+        """The latest change's progress, live: the broker, every resolver replica (polled now), and the
+        deployments the notifier notified and that acknowledged (``deployments`` null with a reason when
+        the notifier cannot be asked). Not audit-logged."""
+        _allow(who, Action.READ, Action.READ_CURRENT, environment=environment_id)
+        result: dict[str, Any] = call(usage.progress, environment_id, notifier)
+        return result
+
+    schedule_path = "/environments/{environment_id}/rotation-schedule"
+
+    @router.get(
+        schedule_path,
+        response_model=SchedulePublic,
+        tags=["schedule"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def get_schedule(environment_id: EnvironmentId, who: Caller) -> dict[str, Any]:
+        """The environment's scheduled rotation (404: none)."""
+        _allow(who, Action.READ, environment=environment_id)
+        result: dict[str, Any] = call(usage.get_schedule, environment_id)
+        return result
+
+    @router.put(
+        schedule_path,
+        response_model=SchedulePublic,
+        tags=["schedule"],
+        responses=error_responses(*AUTH_ERRORS, 404, 413, 422),
+    )
+    def put_schedule(environment_id: EnvironmentId, body: ScheduleCreate, who: Caller) -> dict[str, Any]:
+        """Rotate every ``every_days`` (after the last rotation), only once Token 1 was unused for
+        ``unused_window_seconds``, or anyway ``deadline_days`` after it was due; subscribed deployments
+        are warned ``warn_before_seconds`` ahead (admin; audited; the rotation is audited with actor
+        ``scheduler``)."""
+        _allow(who, Action.ROTATE, environment=environment_id)
+        result: dict[str, Any] = call(
+            usage.set_schedule,
+            environment_id,
+            body.model_dump(),
+            actor=who.actor,
+            pat_id=who.pat_id,
+            replace_all=True,
+        )
+        return result
+
+    @router.patch(
+        schedule_path,
+        response_model=SchedulePublic,
+        tags=["schedule"],
+        responses=error_responses(*AUTH_ERRORS, 404, 413, 422),
+    )
+    def patch_schedule(environment_id: EnvironmentId, body: ScheduleFields, who: Caller) -> dict[str, Any]:
+        """Change some fields of the schedule (admin; 404 without one). ``deadline_days: null`` removes
+        the deadline."""
+        _allow(who, Action.ROTATE, environment=environment_id)
+        given = body.model_dump(exclude_unset=True)
+        for name, value in given.items():
+            if value is None and name != "deadline_days":
+                raise ApiError(422, "invalid_request", f"{name} cannot be null")
+        result: dict[str, Any] = call(
+            usage.set_schedule, environment_id, given, actor=who.actor, pat_id=who.pat_id, replace_all=False
+        )
+        return result
+
+    @router.delete(
+        schedule_path,
+        status_code=204,
+        tags=["schedule"],
+        responses=error_responses(*AUTH_ERRORS, 404, 422),
+    )
+    def delete_schedule(environment_id: EnvironmentId, who: Caller) -> Response:
+        """Stop rotating this environment on a schedule (admin; audited)."""
+        _allow(who, Action.ROTATE, environment=environment_id)
+        call(usage.delete_schedule, environment_id, actor=who.actor, pat_id=who.pat_id)
+        return Response(status_code=204)
 
     @router.get(
         "/environments/{environment_id}/streaming-tokens/propagation",
@@ -414,7 +663,7 @@ def build_router(deps: Deps) -> APIRouter:
         "/environments/{environment_id}/streaming-tokens/rotate",
         response_model=StreamingTokens,
         tags=["tokens"],
-        responses=error_responses(*AUTH_ERRORS, 404, 409, 412, 413, 422),
+        responses={**error_responses(*AUTH_ERRORS, 404, 412, 413, 422), **IN_USE_409},
     )
     def rotate_tokens(
         environment_id: EnvironmentId,
@@ -428,7 +677,9 @@ def build_router(deps: Deps) -> APIRouter:
     ) -> dict[str, Any]:
         """Rotate: Token 1 is deactivated (or kept for the grace period), Token 2 becomes Token 1, a new
         Token 2 is issued (admin). The same ``Idempotency-Key`` returns the same result and rotates once;
-        ``If-Match`` (or ``expected_generation``) rotates only from that generation (412 otherwise)."""
+        ``If-Match`` (or ``expected_generation``) rotates only from that generation (412 otherwise);
+        ``if_unused_seconds`` only if Token 1 was unused that long (409 ``token_1_in_use`` with its
+        ``clients`` otherwise, unless ``force``)."""
         _allow(who, Action.ROTATE, environment=environment_id)
         request = body or RotateRequest()
         view = call(
@@ -439,9 +690,11 @@ def build_router(deps: Deps) -> APIRouter:
             grace_seconds=request.grace_period_seconds,
             idempotency_key=_key(idempotency_key),
             expected_generation=_expected(if_match, request.expected_generation),
+            if_unused_seconds=request.if_unused_seconds,
+            force=request.force,
         )
         response.headers.update(NO_STORE)
-        return dict(view.to_json())
+        return with_usage(environment_id, dict(view.to_json()))
 
     @router.post(
         "/environments/{environment_id}/streaming-tokens/revoke",
@@ -467,7 +720,7 @@ def build_router(deps: Deps) -> APIRouter:
             expected_generation=_expected(if_match, None),
         )
         response.headers.update(NO_STORE)
-        return dict(view.to_json())
+        return with_usage(environment_id, dict(view.to_json()))
 
     @router.get(
         "/admin/audit",

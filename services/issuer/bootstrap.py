@@ -8,7 +8,9 @@ Nothing talks to the database or Kafka until the app starts (its lifespan runs t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,13 +18,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.issuer import handlers, web
+from services.issuer import handlers, usage, web
 from services.issuer.adapters import migrate
 from services.issuer.adapters.broker import make_broker_access
 from services.issuer.adapters.db import SqlStore, database_problem, make_engine
 from services.issuer.adapters.kafka import KafkaTopicAdmin, QuixPublisher
+from services.issuer.adapters.notifier import HttpNotifierProbe
 from services.issuer.adapters.relay import OutboxRelay, RelayHealth
 from services.issuer.adapters.resolvers import HttpResolverProbe
+from services.issuer.adapters.usage import UsageFolder
 from services.issuer.api import build_router
 from services.issuer.auth import Role
 from services.issuer.crypto import TokenCipher
@@ -31,6 +35,7 @@ from services.issuer.pats import PatVerifier
 from services.issuer.ports import PatRecord
 from services.issuer.secrets import resolve_encryption_keys, resolve_jwt_secret
 from services.issuer.settings import IssuerSettings
+from services.issuer.usage import NotifierProbe
 from shared.errors import error_body
 from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
@@ -48,6 +53,9 @@ _OVERRIDES = frozenset(
         "start_relay",
         "metrics",
         "resolver_probe",
+        "notifier_probe",
+        "start_usage",
+        "start_scheduler",
     }
 )
 
@@ -115,7 +123,19 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         pat_default_ttl=timedelta(days=settings.pat_ttl_days),
         pat_max_ttl=timedelta(days=settings.pat_max_ttl_days),
         max_grace_tokens=settings.max_grace_tokens,
+        usage_window=timedelta(seconds=settings.usage_window_s),
     )
+    notifier_key = settings.notifier_internal_key
+    notifier_probe: NotifierProbe | None = overrides.get("notifier_probe") or (
+        HttpNotifierProbe(
+            settings.notifier_url,
+            internal_key=notifier_key.get_secret_value() if notifier_key else None,
+            timeout_s=settings.notifier_timeout_s,
+        )
+        if settings.notifier_url
+        else None
+    )
+    folder = UsageFolder(settings.kafka, store, group=settings.usage_group, clock=lambda: deps.clock())
     pats = PatVerifier(jwt_secret, store, lambda: deps.clock(), ttl_s=settings.pat_cache_ttl_s)
     ui_sessions = web.session_manager(store, pats, jwt_secret, lambda: deps.clock(), settings)
 
@@ -141,6 +161,23 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             log.info("housekeeping_purged", outbox_rows=outbox, idempotency_keys=keys, audit_entries=audit)
 
     start_relay = bool(overrides.get("start_relay", settings.relay_enabled))
+    start_usage = bool(overrides.get("start_usage", settings.usage_fold_enabled and start_relay))
+    start_scheduler = bool(overrides.get("start_scheduler", start_relay))
+    scheduler = Scheduler(
+        lambda: scheduled_housekeeping(), settings.schedule_interval_s, name="issuer-scheduler"
+    )
+    last_prune = {"at": 0.0}
+
+    def scheduled_housekeeping() -> None:
+        """Scheduled rotations (each pass), and (hourly) clients not seen within the retention."""
+        usage.run_schedules(deps, notifier_probe)
+        if time.monotonic() - last_prune["at"] >= 3600:
+            last_prune["at"] = time.monotonic()
+            cutoff = deps.clock() - timedelta(hours=settings.usage_client_retention_hours)
+            pruned = store.prune_usage(cutoff)
+            if pruned:
+                log.info("usage_clients_pruned", clients=pruned)
+
     state = {"migrated": False}
 
     @asynccontextmanager
@@ -149,6 +186,10 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         state["migrated"] = True
         if start_relay:
             relay.start()
+        if start_usage:
+            folder.start()
+        if start_scheduler:
+            scheduler.start()
         log.info(
             "issuer_started",
             database=engine.dialect.name,
@@ -159,9 +200,13 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         try:
             yield
         finally:
+            scheduler.stop()
+            folder.stop()
             relay.stop()
             if resolver_probe is not None:
                 resolver_probe.close()
+            if notifier_probe is not None:
+                notifier_probe.close()
             engine.dispose()
 
     def ready() -> tuple[bool, dict[str, Any]]:
@@ -211,9 +256,12 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     install_error_handlers(app)
     install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
-    app.include_router(build_router(deps))
+    app.include_router(build_router(deps, notifier_probe))
     web.install_ui(app, ui_sessions)  # the page under /ui (services/issuer/web)
     app.state.deps = deps
+    app.state.usage_folder = folder
+    app.state.notifier_probe = notifier_probe
+    app.state.run_schedules = lambda: usage.run_schedules(deps, notifier_probe)
     app.state.relay = relay
     app.state.settings = settings
     app.state.jwt_secret = jwt_secret
@@ -352,3 +400,32 @@ def reencrypt(settings: IssuerSettings) -> tuple[int, int]:
         return store.reencrypt(deps.cipher.reencrypt)
     finally:
         store.dispose()
+
+
+class Scheduler:
+    """Calls ``job`` every ``interval_s`` seconds on a thread of its own until stopped; a failing pass is
+    logged and the next one runs as usual."""
+
+    def __init__(self, job: Callable[[], object], interval_s: float, *, name: str) -> None:
+        self._job = job
+        self._interval_s = interval_s
+        self._name = name
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            try:
+                self._job()
+            except Exception as exc:
+                log.warning("scheduler_pass_failed", error=type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None

@@ -30,6 +30,7 @@ from services.issuer.ports import (
     StoreConflict,
     StoreTx,
     TopicPurge,
+    UsageClient,
     Wakeup,
 )
 from shared.broker_access import broker_password, tenant_prefix
@@ -60,6 +61,16 @@ class Conflict(IssuerError):
 
 class Invalid(IssuerError):
     code = "invalid_request"
+
+
+class TokenInUse(IssuerError):
+    """A rotation asked for Token 1 to be unused for a window, and it was used within it."""
+
+    code = "token_1_in_use"
+
+    def __init__(self, message: str, clients: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.clients = clients
 
 
 class PreconditionFailed(IssuerError):
@@ -103,6 +114,7 @@ class Deps:
     pat_max_ttl: timedelta = timedelta(days=90)
     pat_revoked: Callable[[str], None] = lambda _jti: None  # drop a revoked PAT from the request cache
     max_grace_tokens: int = 4
+    usage_window: timedelta = timedelta(minutes=15)  # clients shown: those seen within this window
 
 
 @dataclass(frozen=True)
@@ -227,8 +239,40 @@ def _require(tx: StoreTx, env_id: str, *, for_update: bool = False) -> Environme
     return env
 
 
+def usage_client_json(client: UsageClient) -> dict[str, Any]:
+    return {
+        "address": client.address,
+        "user_agent": client.user_agent,
+        "deployment_id": client.deployment_id,
+        "source": client.source,
+        "last_seen_at": client.last_seen_at.isoformat(),
+        "uses": client.uses,
+    }
+
+
+def _check_unused(tx: StoreTx, env: Environment, now: datetime, window_seconds: int) -> None:
+    """Raise :class:`TokenInUse` when Token 1 was used (by anyone) within the last ``window_seconds``."""
+    since = now - timedelta(seconds=window_seconds)
+    usage = tx.token_usage([env.token_1.token_id], since).get(env.token_1.token_id)
+    if usage is None or usage.last_used_at is None or usage.last_used_at < since:
+        return
+    clients = [usage_client_json(c) for c in usage.clients]
+    raise TokenInUse(
+        f"Token 1 ({env.token_1.token_id}) of {env.id!r} was last used at {usage.last_used_at.isoformat()}, "
+        f"within the last {window_seconds} s, by {len(clients)} client(s) listed in 'clients'; nothing was "
+        "rotated. Move them to Token 2 first, or rotate with force",
+        clients,
+    )
+
+
 def _store_transition(
-    deps: Deps, tx: StoreTx, transition: Transition, action: str, actor: str, pat_id: str | None
+    deps: Deps,
+    tx: StoreTx,
+    transition: Transition,
+    action: str,
+    actor: str,
+    pat_id: str | None,
+    detail: dict[str, str | int | None] | None = None,
 ) -> None:
     after = transition.after
     now = after.last_change.at
@@ -242,7 +286,11 @@ def _store_transition(
             action=action,
             environment_id=after.id,
             token_ids=tuple(t.record.token_id for t in transition.issued) + transition.ended,
-            detail={"generation": after.generation, "rotation_id": after.last_change.rotation_id},
+            detail={
+                "generation": after.generation,
+                "rotation_id": after.last_change.rotation_id,
+                **(detail or {}),
+            },
             pat_id=pat_id,
         )
     )
@@ -423,11 +471,15 @@ def _change_tokens(
     idempotency_key: str | None,
     grace_seconds: int = 0,
     expected_generation: int | None = None,
+    if_unused_seconds: int | None = None,
+    force: bool = False,
 ) -> TokenView:
     request_hash = _request_hash(
         operation,
         grace_period_seconds=grace_seconds,
         **({"expected_generation": expected_generation} if expected_generation is not None else {}),
+        **({"if_unused_seconds": if_unused_seconds} if if_unused_seconds is not None else {}),
+        **({"force": True} if force else {}),
     )
     now = deps.clock()
     with deps.store.transaction() as tx:
@@ -461,6 +513,18 @@ def _change_tokens(
                 f"changed since it was read, so nothing was done; read it again and retry if still meant",
                 env.generation,
             )
+        detail: dict[str, str | int | None] = {}
+        if if_unused_seconds is not None:
+            detail["if_unused_seconds"] = if_unused_seconds
+            try:
+                _check_unused(tx, env, now, if_unused_seconds)
+            except TokenInUse as exc:
+                if not force:
+                    raise
+                detail["forced_in_use_clients"] = len(exc.clients)
+                log.info(
+                    "rotation_forced_in_use", environment_id=env_id, actor=actor, clients=len(exc.clients)
+                )
         rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
         try:
             if operation == "rotate":
@@ -481,7 +545,7 @@ def _change_tokens(
             raise Conflict(str(exc)) from None
         except domain.DomainError as exc:
             raise Invalid(str(exc)) from None
-        _store_transition(deps, tx, transition, operation, actor, pat_id)
+        _store_transition(deps, tx, transition, operation, actor, pat_id, detail)
         view = _view(deps, tx, transition.after, {t.record.token_id: t.value for t in transition.issued})
         if idempotency_key is not None:
             ciphertext = deps.cipher.encrypt(json.dumps(view.to_json()))
@@ -506,7 +570,11 @@ def rotate_tokens(
     grace_seconds: int = 0,
     idempotency_key: str | None = None,
     expected_generation: int | None = None,
+    if_unused_seconds: int | None = None,
+    force: bool = False,
 ) -> TokenView:
+    """Rotate; with ``if_unused_seconds``, only if Token 1 was not used within that window (else
+    :class:`TokenInUse` listing its clients), unless ``force``."""
     return _change_tokens(
         deps,
         env_id,
@@ -516,6 +584,8 @@ def rotate_tokens(
         idempotency_key=idempotency_key,
         grace_seconds=grace_seconds,
         expected_generation=expected_generation,
+        if_unused_seconds=if_unused_seconds,
+        force=force,
     )
 
 

@@ -69,6 +69,45 @@ class IdempotentResult:
     response_ciphertext: str
 
 
+@dataclass(frozen=True)
+class UsageClient:
+    """One client of a token as the issuer folded it from the usage topic (``shared.usage``)."""
+
+    address: str
+    user_agent: str
+    deployment_id: str | None
+    source: str  # lookup | portal | whoami | heartbeat | notifier
+    last_seen_at: datetime
+    uses: int  # uses the resolvers counted (at least once: a replayed record counts again)
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """A token's last use (by anyone) and its clients seen since the window asked for, newest first."""
+
+    token_id: str
+    last_used_at: datetime | None
+    clients: tuple[UsageClient, ...] = ()
+
+
+@dataclass(frozen=True)
+class RotationSchedule:
+    """An environment's scheduled rotation: every ``every_days`` after the last rotation, once Token 1 has
+    been unused for ``unused_window_seconds`` (forced ``deadline_days`` after it was due; ``None``: never
+    forced), with a warning webhook ``warn_before_seconds`` before it is due."""
+
+    environment_id: str
+    every_days: float
+    unused_window_seconds: int
+    deadline_days: float | None
+    warn_before_seconds: int
+    grace_period_seconds: int = 0
+    warned_generation: int = 0  # the generation whose coming rotation was warned about
+    last_outcome: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
 class StoreConflict(Exception):
     """A write collided with a concurrent one (e.g. two creates of the same environment id)."""
 
@@ -163,6 +202,21 @@ class StoreTx(Protocol):
     def finish_topic_purge(self, env_id: str, requested_at: datetime) -> bool:
         """Mark the purge requested at ``requested_at`` done (False: none pending, or requested again
         since, which stays pending)."""
+        ...
+
+    def token_usage(self, token_ids: Sequence[str], clients_since: datetime) -> dict[str, TokenUsage]:
+        """Usage of these tokens (absent: never used), with the clients seen at or after
+        ``clients_since``."""
+        ...
+
+    def rotation_schedule(self, env_id: str) -> RotationSchedule | None: ...
+
+    def save_rotation_schedule(self, schedule: RotationSchedule, at: datetime) -> None: ...
+
+    def delete_rotation_schedule(self, env_id: str) -> bool: ...
+
+    def rotation_schedules(self) -> list[RotationSchedule]:
+        """Every schedule of an environment that exists."""
         ...
 
 

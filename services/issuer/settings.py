@@ -163,8 +163,64 @@ class IssuerSettings(BaseSettings):
         le=30,
         description="STREAMTOKEN_ISSUER_RESOLVER_TIMEOUT_S: how long one poll of one resolver waits",
     )
+    # Usage per token (issue 12), folded from STREAMTOKEN_KAFKA_USAGE_TOPIC.
+    usage_fold_enabled: bool = Field(
+        True,
+        description="STREAMTOKEN_ISSUER_USAGE_FOLD_ENABLED: fold the usage topic into the database in "
+        "this process (with the relay)",
+    )
+    usage_group: str = Field(
+        "streamtoken-issuer-usage",
+        min_length=1,
+        max_length=200,
+        description="STREAMTOKEN_ISSUER_USAGE_GROUP: consumer group of the usage fold (the issuer's "
+        "principal may read it: shared.broker_access.ISSUER_USAGE_GROUP)",
+    )
+    usage_window_s: int = Field(
+        900,
+        ge=60,
+        le=30 * 86400,
+        description="STREAMTOKEN_ISSUER_USAGE_WINDOW_S: clients shown per token are those seen within "
+        "this window (default 15 minutes)",
+    )
+    usage_client_retention_hours: float = Field(
+        168,
+        gt=0,
+        description="STREAMTOKEN_ISSUER_USAGE_CLIENT_RETENTION_HOURS: clients not seen for this long are "
+        "forgotten (a token's last use is kept); bounds what --if-unused can list",
+    )
+    notifier_url: str = Field(
+        "",
+        description="STREAMTOKEN_ISSUER_NOTIFIER_URL: base URL of the notifier whose "
+        "GET /v1/environments/{id}/rotations the progress view reads (and which sends scheduled "
+        "rotations' warnings); empty: deployments are not shown",
+    )
+    notifier_internal_key: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_ISSUER_NOTIFIER_INTERNAL_KEY: sent as X-Streamtoken-Internal-Key to the "
+        "notifier (its STREAMTOKEN_NOTIFIER_INTERNAL_KEY)",
+    )
+    notifier_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="STREAMTOKEN_ISSUER_NOTIFIER_TIMEOUT_S: one call to the notifier"
+    )
+    schedule_interval_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="STREAMTOKEN_ISSUER_SCHEDULE_INTERVAL_S: how often scheduled rotations are checked",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @field_validator("notifier_url")
+    @classmethod
+    def _check_notifier_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and (not value.startswith(("http://", "https://")) or value in {"http:/", "https:/"}):
+            raise ValueError(
+                f"STREAMTOKEN_ISSUER_NOTIFIER_URL: {value!r} is not an http(s) URL, e.g. http://127.0.0.1:8003"
+            )
+        return value
 
     @field_validator("resolver_urls")
     @classmethod

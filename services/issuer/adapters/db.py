@@ -9,6 +9,7 @@ Kafka acknowledged it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -28,10 +29,14 @@ from services.issuer.ports import (
     IdempotentResult,
     OutboxMessage,
     PatRecord,
+    RotationSchedule,
     StoreConflict,
+    TokenUsage,
+    UsageClient,
 )
 from shared.events import Change
 from shared.ids import hyphen_prefixes
+from shared.usage import TokenUsage as UsageEvent
 
 TOKEN_CURRENT = "current"
 TOKEN_GRACE = "grace"
@@ -148,6 +153,67 @@ class IdempotencyRow(SQLModel, table=True):
     request_hash: str = Field(max_length=64)
     response_ciphertext: str  # the response holds tokens, so it is encrypted like them
     created_at: datetime = Field(sa_type=_TZ)
+
+
+class TokenUsageRow(SQLModel, table=True):
+    """When a token was last used, by anyone (folded from the usage topic)."""
+
+    __tablename__ = "token_usage"
+
+    token_id: str = Field(primary_key=True, max_length=64)
+    environment_id: str = Field(max_length=98, index=True)
+    last_used_at: datetime = Field(sa_type=_TZ)
+    updated_at: datetime = Field(sa_type=_TZ)
+
+
+class TokenUsageClientRow(SQLModel, table=True):
+    """One client of a token: address, user agent, deployment id and source; ``client_key`` hashes them."""
+
+    __tablename__ = "token_usage_client"
+
+    token_id: str = Field(primary_key=True, max_length=64)
+    client_key: str = Field(primary_key=True, max_length=64)
+    environment_id: str = Field(max_length=98, index=True)
+    address: str = Field(max_length=100)
+    user_agent: str = Field(max_length=300)
+    deployment_id: str | None = Field(default=None, max_length=100)
+    source: str = Field(max_length=16)
+    last_seen_at: datetime = Field(sa_type=_TZ, index=True)
+    uses: int = Field(sa_type=sa.BigInteger)
+
+
+class RotationScheduleRow(SQLModel, table=True):
+    __tablename__ = "rotation_schedule"
+
+    environment_id: str = Field(primary_key=True, max_length=98)
+    every_days: float
+    unused_window_seconds: int
+    deadline_days: float | None = None
+    warn_before_seconds: int
+    grace_period_seconds: int
+    warned_generation: int
+    last_outcome: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(sa_type=_TZ)
+    updated_at: datetime = Field(sa_type=_TZ)
+
+    def to_schedule(self) -> RotationSchedule:
+        return RotationSchedule(
+            environment_id=self.environment_id,
+            every_days=self.every_days,
+            unused_window_seconds=self.unused_window_seconds,
+            deadline_days=self.deadline_days,
+            warn_before_seconds=self.warn_before_seconds,
+            grace_period_seconds=self.grace_period_seconds,
+            warned_generation=self.warned_generation,
+            last_outcome=self.last_outcome,
+            created_at=_utc(self.created_at),
+            updated_at=_utc(self.updated_at),
+        )
+
+
+def client_key(address: str, user_agent: str, deployment_id: str | None, source: str) -> str:
+    raw = "\x00".join((address, user_agent, deployment_id or "", source)).encode("utf-8")
+    return hashlib.sha256(raw).hexdigest()
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 30.0, connect_timeout_s: int = 5) -> Engine:
@@ -401,6 +467,14 @@ class SqlTx:
             .values(state=TOKEN_ENDED, ended_at=at)
         )
         self.session.execute(sa.delete(IdempotencyRow).where(col(IdempotencyRow.environment_id) == env.id))
+        # Its usage and its schedule go with it.
+        self.session.execute(sa.delete(TokenUsageRow).where(col(TokenUsageRow.environment_id) == env.id))
+        self.session.execute(
+            sa.delete(TokenUsageClientRow).where(col(TokenUsageClientRow.environment_id) == env.id)
+        )
+        self.session.execute(
+            sa.delete(RotationScheduleRow).where(col(RotationScheduleRow.environment_id) == env.id)
+        )
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
         found = {t: self._ciphertexts[t] for t in token_ids if t in self._ciphertexts}
@@ -588,6 +662,84 @@ class SqlTx:
             )
         )
 
+    # -- usage and schedules (issue 12) ------------------------------------------------------------------
+
+    def token_usage(self, token_ids: Sequence[str], clients_since: datetime) -> dict[str, TokenUsage]:
+        if not token_ids:
+            return {}
+        last = {
+            r.token_id: _utc(r.last_used_at)
+            for r in self.session.exec(
+                select(TokenUsageRow).where(col(TokenUsageRow.token_id).in_(token_ids))
+            ).all()
+        }
+        clients: dict[str, list[UsageClient]] = {}
+        rows = self.session.exec(
+            select(TokenUsageClientRow)
+            .where(
+                col(TokenUsageClientRow.token_id).in_(token_ids),
+                col(TokenUsageClientRow.last_seen_at) >= clients_since,
+            )
+            .order_by(col(TokenUsageClientRow.last_seen_at).desc(), col(TokenUsageClientRow.client_key))
+        ).all()
+        for row in rows:
+            clients.setdefault(row.token_id, []).append(
+                UsageClient(
+                    address=row.address,
+                    user_agent=row.user_agent,
+                    deployment_id=row.deployment_id,
+                    source=row.source,
+                    last_seen_at=_utc(row.last_seen_at),
+                    uses=int(row.uses),
+                )
+            )
+        return {
+            token_id: TokenUsage(token_id, last.get(token_id), tuple(clients.get(token_id, ())))
+            for token_id in token_ids
+            if token_id in last or token_id in clients
+        }
+
+    def rotation_schedule(self, env_id: str) -> RotationSchedule | None:
+        row = self.session.get(RotationScheduleRow, env_id)
+        return row.to_schedule() if row is not None else None
+
+    def save_rotation_schedule(self, schedule: RotationSchedule, at: datetime) -> None:
+        row = self.session.get(RotationScheduleRow, schedule.environment_id)
+        values: dict[str, Any] = {
+            "every_days": schedule.every_days,
+            "unused_window_seconds": schedule.unused_window_seconds,
+            "deadline_days": schedule.deadline_days,
+            "warn_before_seconds": schedule.warn_before_seconds,
+            "grace_period_seconds": schedule.grace_period_seconds,
+            "warned_generation": schedule.warned_generation,
+            "last_outcome": schedule.last_outcome,
+            "updated_at": at,
+        }
+        if row is None:
+            row = RotationScheduleRow(environment_id=schedule.environment_id, created_at=at, **values)
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+        self.session.add(row)
+        self.session.flush()
+
+    def delete_rotation_schedule(self, env_id: str) -> bool:
+        row = self.session.get(RotationScheduleRow, env_id)
+        if row is None:
+            return False
+        self.session.delete(row)
+        self.session.flush()
+        return True
+
+    def rotation_schedules(self) -> list[RotationSchedule]:
+        rows = self.session.exec(
+            select(RotationScheduleRow)
+            .join(EnvironmentRow, col(EnvironmentRow.id) == col(RotationScheduleRow.environment_id))
+            .where(col(EnvironmentRow.deleted_at).is_(None))
+            .order_by(col(RotationScheduleRow.environment_id))
+        ).all()
+        return [r.to_schedule() for r in rows]
+
 
 class SqlOutboxClaim:
     def __init__(self, store: SqlStore, messages: list[OutboxMessage], session: Session | None) -> None:
@@ -745,6 +897,113 @@ class SqlStore:
                     sa.delete(AuditRow).where(col(AuditRow.at) < audit_before)
                 ).rowcount
         return int(outbox or 0), int(keys or 0), int(audit or 0)
+
+    # -- usage (issue 12) --------------------------------------------------------------------------------
+
+    def _upsert(self, table: Any) -> Any:
+        if self.postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    def fold_usage(self, events: Sequence[UsageEvent], now: datetime) -> int:
+        """Fold usage records into the usage tables, one transaction; records of tokens this issuer does
+        not hold (unknown, ended with a deleted environment, another deployment's) are skipped. The number
+        of records folded."""
+        if not events:
+            return 0
+        token_ids = list({e.token_id for e in events})
+        folded = 0
+        with self.serialised(), Session(self.engine) as session, session.begin():
+            known = {
+                token_id: env_id
+                for token_id, env_id in session.execute(
+                    sa.select(col(TokenRow.token_id), col(TokenRow.environment_id))
+                    .join(EnvironmentRow, col(EnvironmentRow.id) == col(TokenRow.environment_id))
+                    .where(col(TokenRow.token_id).in_(token_ids), col(EnvironmentRow.deleted_at).is_(None))
+                ).all()
+            }
+            last: dict[str, datetime] = {}
+            clients: dict[tuple[str, str], dict[str, Any]] = {}
+            for event in events:
+                env_id = known.get(event.token_id)
+                if env_id is None or env_id != event.environment_id:
+                    continue
+                folded += 1
+                for c in event.clients:
+                    seen = _utc(c.last_seen_at)
+                    if seen > last.get(event.token_id, datetime.min.replace(tzinfo=UTC)):
+                        last[event.token_id] = seen
+                    key = (event.token_id, client_key(c.address, c.user_agent, c.deployment_id, c.source))
+                    held = clients.get(key)
+                    if held is None:
+                        clients[key] = {
+                            "token_id": key[0],
+                            "client_key": key[1],
+                            "environment_id": env_id,
+                            "address": c.address,
+                            "user_agent": c.user_agent,
+                            "deployment_id": c.deployment_id,
+                            "source": c.source,
+                            "last_seen_at": seen,
+                            "uses": c.uses,
+                        }
+                    else:
+                        held["last_seen_at"] = max(held["last_seen_at"], seen)
+                        held["uses"] += c.uses
+            if last:
+                statement = self._upsert(TokenUsageRow).values(
+                    [
+                        {"token_id": t, "environment_id": known[t], "last_used_at": at, "updated_at": now}
+                        for t, at in last.items()
+                    ]
+                )
+                table = TokenUsageRow.__table__  # type: ignore[attr-defined]
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[table.c.token_id],
+                        set_={
+                            "last_used_at": sa.case(
+                                (
+                                    table.c.last_used_at < statement.excluded.last_used_at,
+                                    statement.excluded.last_used_at,
+                                ),
+                                else_=table.c.last_used_at,
+                            ),
+                            "updated_at": statement.excluded.updated_at,
+                        },
+                    )
+                )
+            if clients:
+                statement = self._upsert(TokenUsageClientRow).values(list(clients.values()))
+                table = TokenUsageClientRow.__table__  # type: ignore[attr-defined]
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[table.c.token_id, table.c.client_key],
+                        set_={
+                            "last_seen_at": sa.case(
+                                (
+                                    table.c.last_seen_at < statement.excluded.last_seen_at,
+                                    statement.excluded.last_seen_at,
+                                ),
+                                else_=table.c.last_seen_at,
+                            ),
+                            "uses": table.c.uses + statement.excluded.uses,
+                        },
+                    )
+                )
+        return folded
+
+    def prune_usage(self, clients_before: datetime) -> int:
+        """Forget clients last seen before ``clients_before`` (a token's last use is kept)."""
+        with self.serialised(), self.engine.begin() as connection:
+            deleted = connection.execute(
+                sa.delete(TokenUsageClientRow).where(col(TokenUsageClientRow.last_seen_at) < clients_before)
+            ).rowcount
+        return int(deleted or 0)
 
     def reencrypt(self, rewrite: Callable[[str], str], batch: int = 500) -> tuple[int, int]:
         """Pass every stored token and idempotent answer through ``rewrite`` (encrypt again with the current
