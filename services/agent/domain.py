@@ -630,11 +630,13 @@ class AgentMachine:
                 return [Log("child_stopped", "info", fields)]
             self.phase = Phase.RUNNING
             assert self.credential is not None
-            return [
-                Log("child_stopped", "info", fields),
-                *self._start_child(self.credential),
-                *self._rotation_applied(),
-            ]
+            stopped: list[Effect] = [Log("child_stopped", "info", fields)]
+            effects = stopped + self._start_child(self.credential)
+            if self.rotation is not None and not self._credential_covers_rotation():
+                # A newer generation was notified while the child stopped and its token is not here (the
+                # fetch failed, or waits for the back-off): fetch it; nothing is claimed meanwhile.
+                return effects + self._fetch()
+            return effects + self._rotation_applied()
         if self.phase is not Phase.RUNNING:
             return []
         policy = self.policy.restart_policy

@@ -504,3 +504,20 @@ def test_an_issuer_answering_the_held_token_to_a_restart_is_not_asked_forever() 
     assert logged(machine.handle(TokenObtained(OLD)), "rotation_dropped")
     assert machine.rotation is None
     assert machine.phase is Phase.RUNNING
+
+
+def test_a_rotation_notified_while_the_child_stops_is_not_acknowledged_on_the_older_token() -> None:
+    # Found by the property test: a revocation (generation 3) arrives while the child stops for generation 2,
+    # and its fetch fails. The child starts on the token of generation 2, which must not acknowledge 3.
+    machine = running()
+    machine.handle(rotated(2))
+    assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
+    revoked = WebhookReceived("msg_3", "streaming_tokens.revoked", "restart", 3)
+    assert acts(machine.handle(revoked)) == [FetchToken()]
+    assert acts(machine.handle(TokenFailed("issuer unreachable"))) == []
+    assert acts(machine.handle(ChildExited(-signal.SIGTERM, 1.0))) == [StartChild(NEW), FetchToken()]
+    assert acts(machine.handle(TokenObtained(NEWER))) == [StopChild(signal.SIGTERM, 7.0)]
+    assert acts(machine.handle(ChildExited(-signal.SIGTERM, 1.0))) == [
+        StartChild(NEWER),
+        Acknowledge(3, NEWER),
+    ]
