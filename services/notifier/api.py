@@ -9,6 +9,7 @@ reach the routes through :func:`build_router`'s arguments (closures), never thro
 
 import base64
 import binascii
+import hmac
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -287,8 +288,9 @@ def token_caller(verifier: TokenVerifier) -> Any:
     async def caller(request: Request) -> Identity:
         """The identity of the streaming token in the ``Authorization`` header, or a 401/503."""
         token = bearer_streaming_token(request.headers.get("authorization"))
+        client = (request.client.host if request.client else "", request.headers.get("user-agent", ""))
         try:
-            identity = await verifier.whoami(token)
+            identity = await verifier.whoami(token, client)
         except ResolverUnavailable:
             raise ApiError(
                 503,
@@ -325,10 +327,23 @@ Before = Annotated[
 ]
 
 
-def build_router(handlers: Handlers, verifier: TokenVerifier) -> APIRouter:
-    """The ``/v1`` routes over ``handlers``, callers checked by ``verifier``."""
+def build_router(handlers: Handlers, verifier: TokenVerifier, internal_key: str | None = None) -> APIRouter:
+    """The ``/v1`` routes over ``handlers``, callers checked by ``verifier``; ``internal_key``
+    (STREAMTOKEN_NOTIFIER_INTERNAL_KEY) lets the issuer read any environment's rotations."""
     router = APIRouter(prefix="/v1")
     Caller = Annotated[Identity, Depends(token_caller(verifier))]
+    by_token = token_caller(verifier)
+
+    async def internal_or_token(request: Request) -> Identity | None:
+        """None for the issuer's call with the internal key (no streaming token: no usage), else the
+        token's identity."""
+        given = request.headers.get("x-streamtoken-internal-key")
+        if internal_key and given is not None:
+            if hmac.compare_digest(given.encode(), internal_key.encode()):
+                return None
+            raise ApiError(401, "unauthorized", "wrong internal key (STREAMTOKEN_NOTIFIER_INTERNAL_KEY)")
+        identity: Identity = await by_token(request)
+        return identity
 
     @router.post(
         "/subscriptions",
@@ -450,10 +465,13 @@ def build_router(handlers: Handlers, verifier: TokenVerifier) -> APIRouter:
     )
     async def environment_rotations(
         environment_id: Annotated[str, Path(max_length=200)],
-        who: Caller,
+        who: Annotated[Identity | None, Depends(internal_or_token)],
         limit: RotationLimit = 100,
         before: Before = None,
     ) -> RotationsPublic:
+        """As ``/v1/rotations``; the issuer's progress view reads it with X-Streamtoken-Internal-Key."""
+        if who is None:
+            return _rotations(await handlers.rotations_of(environment_id, limit, before))
         return _rotations(await handlers.rotations(who, environment_id, limit, before))
 
     @router.get(

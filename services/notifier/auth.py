@@ -19,6 +19,10 @@ from shared.tokens import fingerprint
 
 log = get_logger(__name__)
 
+INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
+FORWARDED_FOR = "X-Streamtoken-Forwarded-For"  # services.resolver.api.FORWARDED_FOR_HEADER
+FORWARDED_USER_AGENT = "X-Streamtoken-Forwarded-User-Agent"
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -35,8 +39,9 @@ class ResolverUnavailable(Exception):
 
 
 class TokenVerifier(Protocol):
-    async def whoami(self, token: str) -> Identity | None:
-        """The token's identity, None if the token is unknown or deactivated."""
+    async def whoami(self, token: str, client: tuple[str, str] | None = None) -> Identity | None:
+        """The token's identity, None if the token is unknown or deactivated. ``client`` (address,
+        User-Agent) is the notifier's caller, forwarded so the resolver counts the use for it."""
         ...
 
     async def aclose(self) -> None: ...
@@ -104,10 +109,14 @@ class ResolverWhoami:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 5.0,
         max_entries: int = 10_000,
+        internal_key: str | None = None,
     ) -> None:
         self._client = httpx.AsyncClient(
             base_url=resolver_url.rstrip("/"), timeout=timeout, transport=transport
         )
+        # Usage (issue 12): the resolver counts a forwarded whoami for our caller, not for us, when it
+        # trusts the headers (its internal key, or it has none).
+        self._internal_key = internal_key
         self._cache_seconds = cache_seconds
         self._valid = _Lru(max_entries)
         self._refused = _Lru(max_entries)
@@ -117,14 +126,20 @@ class ResolverWhoami:
     def cached_entries(self) -> int:
         return len(self._valid) + len(self._refused)
 
-    async def whoami(self, token: str) -> Identity | None:
+    async def whoami(self, token: str, client: tuple[str, str] | None = None) -> Identity | None:
         key = fingerprint(token)
         now = time.monotonic()
         hit = self._valid.get(key, now) or self._refused.get(key, now)
         if hit is not None:
             return hit[1]
         try:
-            response = await self._client.get("/v1/whoami", headers={"authorization": f"Bearer {token}"})
+            headers = {"authorization": f"Bearer {token}"}
+            if client is not None:
+                headers[FORWARDED_FOR] = client[0][:100]
+                headers[FORWARDED_USER_AGENT] = client[1][:300]
+                if self._internal_key:
+                    headers[INTERNAL_KEY_HEADER] = self._internal_key
+            response = await self._client.get("/v1/whoami", headers=headers)
         except httpx.HTTPError as exc:
             log.warning("resolver_unreachable", error=type(exc).__name__, fingerprint=key)
             raise ResolverUnavailable(type(exc).__name__) from None

@@ -133,8 +133,12 @@ def build_app(
     )
     metrics = NotifierMetrics(registry or CollectorRegistry())
     gauges = HealthGauges(metrics.registry)
+    resolver_key = settings.resolver_internal_key
     verifier = verifier or ResolverWhoami(
-        settings.resolver_url, settings.whoami_cache_seconds, max_entries=settings.whoami_cache_entries
+        settings.resolver_url,
+        settings.whoami_cache_seconds,
+        max_entries=settings.whoami_cache_entries,
+        internal_key=resolver_key.get_secret_value() if resolver_key else None,
     )
     limits = httpx.Limits(max_connections=settings.workers, max_keepalive_connections=settings.workers)
     client = webhook_client(
@@ -213,5 +217,6 @@ def build_app(
     install_handler_errors(app)
     install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
-    app.include_router(build_router(handlers, verifier))
+    internal_key = settings.internal_key.get_secret_value() if settings.internal_key else None
+    app.include_router(build_router(handlers, verifier, internal_key))
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.notifier.domain import WebhookAddressPolicy
@@ -28,6 +28,16 @@ class NotifierSettings(BaseSettings):
     resolver_url: str = Field(
         "http://127.0.0.1:8002",
         description="STREAMTOKEN_NOTIFIER_RESOLVER_URL: resolver whose GET /v1/whoami checks tokens",
+    )
+    internal_key: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_NOTIFIER_INTERNAL_KEY: lets the issuer read any environment's rotations "
+        "(X-Streamtoken-Internal-Key; its STREAMTOKEN_ISSUER_NOTIFIER_INTERNAL_KEY)",
+    )
+    resolver_internal_key: SecretStr | None = Field(
+        None,
+        description="STREAMTOKEN_NOTIFIER_RESOLVER_INTERNAL_KEY: sent with whoami so the resolver counts "
+        "the use for the notifier's caller (its STREAMTOKEN_RESOLVER_INTERNAL_KEY)",
     )
     whoami_cache_seconds: float = Field(
         5.0, ge=0, description="STREAMTOKEN_NOTIFIER_WHOAMI_CACHE_SECONDS: how long a token check is reused"
