@@ -33,7 +33,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     or_,
     select,
     update,
@@ -47,7 +46,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
 from services.notifier import domain
 from services.notifier.domain import (
@@ -68,7 +67,7 @@ from services.notifier.domain import (
     select_within_restart_limit,
     webhook_event_type,
 )
-from services.notifier.tables import DELIVERIES, ENVIRONMENTS, ROTATIONS, SUBSCRIPTIONS, TABLES
+from services.notifier.tables import DELIVERIES, ENVIRONMENTS, ROTATIONS, SUBSCRIPTIONS
 from shared.events import TokenStateChanged
 
 __all__ = [
@@ -289,20 +288,11 @@ class Store:
         return cls(make_engine(url, busy_timeout_seconds), clock)
 
     def create_tables(self) -> None:
-        SQLModel.metadata.create_all(self.engine, tables=list(TABLES))
-        self._add_missing_columns()
+        """Bring the schema to the newest migration (an empty database gets every table; one made before
+        the migrations is adopted first: :mod:`services.notifier.migrate`)."""
+        from services.notifier import migrate
 
-    def _add_missing_columns(self) -> None:
-        """Columns added since a table was created (no migrations yet): nullable or defaulted ones only."""
-        with self._tx() as conn:
-            for table in TABLES:
-                have = {c["name"] for c in inspect(conn).get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in have:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    default = " DEFAULT 0 NOT NULL" if column.name == "owner_generation" else ""
-                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}")
+        migrate.upgrade(self.engine)
 
     def ping(self) -> bool:
         try:

@@ -84,6 +84,15 @@ class TokenRow(SQLModel, table=True):
 
 class OutboxRow(SQLModel, table=True):
     __tablename__ = "outbox"
+    # The relay's "what is still to publish" read (made by migration 0001; declared so the models match).
+    __table_args__ = (
+        sa.Index(
+            "ix_outbox_pending",
+            "id",
+            postgresql_where=sa.text("published_at IS NULL"),
+            sqlite_where=sa.text("published_at IS NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     environment_id: str = Field(max_length=98, index=True)
