@@ -21,7 +21,9 @@ admin_app = typer.Typer(
 )
 pats_app = typer.Typer(help="Personal access tokens: create, list, revoke (an admin PAT).")
 env_app = typer.Typer(help="Environments: create, list, show, delete.")
-tokens_app = typer.Typer(help="Streaming tokens of an environment: show, rotate, revoke.")
+tokens_app = typer.Typer(
+    help="Streaming tokens of an environment: show, usage, rotate, progress, revoke, schedule."
+)
 
 IssuerUrl = typer.Option(
     DEFAULT_ISSUER_URL, "--issuer-url", envvar="STREAMTOKEN_ISSUER_URL", help="issuer base URL"
@@ -108,12 +110,16 @@ def _request(
             continue
         break
     if response.status_code >= 400:
+        body: Any = None
         try:
             body = response.json()
             message = body.get("message") or body.get("error") or response.text
         except ValueError:
             message = response.text[:200] or response.reason_phrase
         hint = {401: " (check --pat)", 403: " (an admin PAT is needed)"}.get(response.status_code, "")
+        clients = body.get("clients") if isinstance(body, dict) else None
+        if clients:  # 409 token_1_in_use: who still uses Token 1
+            _print_clients(clients, err=True)
         _fail(f"{response.status_code}: {message}{hint}")
     if response.status_code == 204 or not response.content:
         return None
@@ -134,6 +140,72 @@ def _print_tokens(data: dict[str, Any], reveal: bool) -> None:
         typer.echo(f"{label}  {token['token_id']}  {value}")
     for grace in data.get("grace_tokens", []):
         typer.echo(f"in grace until {grace['valid_until']}  {grace['token_id']}")
+
+
+def _print_clients(clients: list[dict[str, Any]], *, err: bool = False, title: str | None = None) -> None:
+    """A table of a token's clients (address, user agent, deployment, source, last seen)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for column in ("address", "user agent", "deployment", "source", "last seen"):
+        table.add_column(column, overflow="fold")
+    for c in clients:
+        table.add_row(
+            c.get("address", ""),
+            c.get("user_agent", ""),
+            c.get("deployment_id") or "-",
+            c.get("source", ""),
+            c.get("last_seen_at", ""),
+        )
+    Console(stderr=err, soft_wrap=False).print(table)
+
+
+def _print_usage(view: dict[str, Any]) -> None:
+    """Per token its last use and clients (``GET .../streaming-tokens/usage``), then the deployments."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    window = view.get("window_seconds", 0)
+    summary = Table(title=f"usage (clients seen in the last {_duration(window)})")
+    for column in ("token", "id", "last used", "clients"):
+        summary.add_column(column)
+    rows = [(f"Token {t['slot']}", t) for t in view.get("tokens", [])]
+    rows += [("in grace", t) for t in view.get("grace_tokens", [])]
+    for label, token in rows:
+        last_used = token["last_used_at"] or "never"
+        summary.add_row(label, token["token_id"], last_used, str(token["client_count"]))
+    console.print(summary)
+    for label, token in rows:
+        if token["clients"]:
+            _print_clients(token["clients"], title=f"{label} ({token['token_id']}) clients")
+    deployments = view.get("deployments") or []
+    if deployments:
+        table = Table(title="deployments (agents' heartbeats)")
+        for column in ("deployment", "token", "slot", "last seen"):
+            table.add_column(column)
+        for d in deployments:
+            slot = f"Token {d['slot']}" if d["slot"] else "in grace"
+            table.add_row(d["deployment_id"], d["token_id"], slot, d["last_seen_at"])
+        console.print(table)
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_duration(value: str) -> int:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` as seconds (at least 1)."""
+    text = value.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    if not number.isdigit() or int(number) * unit < 1:
+        raise typer.BadParameter(f"{value!r} is not a duration like 90s, 15m, 2h or 7d")
+    return int(number) * unit
 
 
 # -- admin ------------------------------------------------------------------------------------------------
@@ -396,12 +468,76 @@ def tokens_show(
     pat: str | None = Pat,
     as_json: bool = JsonOut,
 ) -> None:
-    """Show Token 1 and Token 2 of an environment (every display is audit-logged)."""
+    """Show Token 1 and Token 2 of an environment, with who used each lately (every display is
+    audit-logged; ``--json`` adds the usage view as ``usage_view``)."""
     data = _request("GET", issuer_url, _env_path(environment_id, "/streaming-tokens"), pat)
+    view = _request("GET", issuer_url, _env_path(environment_id, "/streaming-tokens/usage"), pat)
     if as_json:
-        _print_json(data)
+        _print_json({**data, "usage_view": view})
+        return
+    _print_tokens(data, reveal)
+    _print_usage(view)
+
+
+@tokens_app.command("usage")
+def tokens_usage(
+    environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool = JsonOut
+) -> None:
+    """Who uses which token: last use, clients and deployments per token (no token is shown or
+    audit-logged) — check it before a rotation."""
+    view = _request("GET", issuer_url, _env_path(environment_id, "/streaming-tokens/usage"), pat)
+    if as_json:
+        _print_json(view)
     else:
-        _print_tokens(data, reveal)
+        _print_usage(view)
+
+
+def _progress_line(p: dict[str, Any]) -> str:
+    deployments = p.get("deployments")
+    if deployments is None:
+        told = f"deployments: unknown ({p.get('deployments_reason', 'no answer')})"
+    else:
+        told = (
+            f"deployments: {deployments['notified']}/{deployments['subscribed']} notified, "
+            f"{deployments['acknowledged']} acknowledged, {deployments['dead']} dead"
+        )
+    broker = "applied" if p["broker"]["applied"] else "pending"
+    resolvers = f"{p['resolvers']['applied']}/{p['resolvers']['total']}"
+    return (
+        f"generation {p['generation']} ({p.get('rotation_id') or p.get('change')}): {p['state']} | "
+        f"broker {broker} | resolvers {resolvers} | {told}"
+    )
+
+
+@tokens_app.command("progress")
+def tokens_progress(
+    environment_id: str,
+    watch: bool = typer.Option(False, "--watch", help="poll until acknowledged (or --timeout)"),
+    timeout: float = typer.Option(300.0, "--timeout", min=0.0, help="seconds --watch waits (exit 1)"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """The latest rotation's progress: broker, resolvers, deployments notified and acknowledged."""
+    path = _env_path(environment_id, "/streaming-tokens/progress")
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        progress = _request("GET", issuer_url, path, pat)
+        if as_json and not watch:
+            _print_json(progress)
+            return
+        line = _progress_line(progress)
+        if line != last:
+            typer.echo(line)
+            last = line
+        if not watch or progress["state"] == "acknowledged":
+            if as_json:
+                _print_json(progress)
+            return
+        if time.monotonic() >= deadline:
+            _fail(f"not acknowledged within {timeout:g} s: {line}")
+        time.sleep(1.0)
 
 
 @tokens_app.command("rotate")
@@ -419,6 +555,12 @@ def tokens_rotate(
         min=1,
         help="rotate only from this generation (default: the one read just before)",
     ),
+    if_unused: str | None = typer.Option(
+        None,
+        "--if-unused",
+        help="rotate only if Token 1 was unused this long (15m, 2h, 7d); else exit 1 listing its clients",
+    ),
+    force: bool = typer.Option(False, "--force", help="with --if-unused: rotate even if Token 1 is in use"),
     reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
     wait: bool = typer.Option(
         False,
@@ -436,6 +578,12 @@ def tokens_rotate(
 
     The current generation is read first and sent as If-Match, and one Idempotency-Key serves every retry of
     this run: a retried or repeated call never rotates twice."""
+    body: dict[str, Any] = {"grace_period_seconds": grace_period_seconds}
+    if if_unused is not None:
+        body["if_unused_seconds"] = parse_duration(if_unused)
+        body["force"] = force
+    elif force:
+        _fail("--force goes with --if-unused")
     if expected_generation is None:
         current = _request("GET", issuer_url, _env_path(environment_id), pat)
         expected_generation = int(current["generation"])
@@ -444,7 +592,7 @@ def tokens_rotate(
         issuer_url,
         _env_path(environment_id, "/streaming-tokens/rotate"),
         pat,
-        json_body={"grace_period_seconds": grace_period_seconds},
+        json_body=body,
         headers={
             "Idempotency-Key": idempotency_key or uuid.uuid4().hex,
             "If-Match": f'"{expected_generation}"',
@@ -524,6 +672,59 @@ def _wait_for_propagation(
             )
         time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
         delay = min(delay * 2, 1.0)
+
+
+@tokens_app.command("schedule")
+def tokens_schedule(
+    environment_id: str,
+    every_days: float | None = typer.Option(None, "--every-days", min=0.001, help="rotate every N days"),
+    unused_window: str = typer.Option(
+        "15m", "--unused-window", help="only once Token 1 was unused this long"
+    ),
+    deadline_days: float | None = typer.Option(
+        None, "--deadline-days", min=0.0, help="rotate anyway this many days after it was due"
+    ),
+    warn_before: str = typer.Option(
+        "1d", "--warn-before", help="warn subscribed deployments this long before"
+    ),
+    grace_period_seconds: int = typer.Option(0, "--grace-period-seconds", min=0),
+    off: bool = typer.Option(False, "--off", help="remove the schedule"),
+    issuer_url: str = IssuerUrl,
+    pat: str | None = Pat,
+    as_json: bool = JsonOut,
+) -> None:
+    """Show, set (``--every-days``) or remove (``--off``) the environment's scheduled rotation (admin to
+    change): every N days, once Token 1 is unused for the window, forced after the deadline."""
+    path = _env_path(environment_id, "/rotation-schedule")
+    if off:
+        _request("DELETE", issuer_url, path, pat)
+        typer.echo(f"no scheduled rotation for {environment_id} any more")
+        return
+    if every_days is None:
+        data = _request("GET", issuer_url, path, pat)
+    else:
+        data = _request(
+            "PUT",
+            issuer_url,
+            path,
+            pat,
+            json_body={
+                "every_days": every_days,
+                "unused_window_seconds": parse_duration(unused_window),
+                "deadline_days": deadline_days,
+                "warn_before_seconds": 0 if warn_before.strip() in ("0", "") else parse_duration(warn_before),
+                "grace_period_seconds": grace_period_seconds,
+            },
+        )
+    if as_json:
+        _print_json(data)
+        return
+    forced = f", forced at {data['forced_at']}" if data.get("forced_at") else ", never forced"
+    typer.echo(
+        f"{environment_id}: every {data['every_days']:g} days once Token 1 is unused for "
+        f"{_duration(data['unused_window_seconds'])}; next due {data['due_at']} (warning at "
+        f"{data['warn_at']}{forced}); last: {data.get('last_outcome') or '-'}"
+    )
 
 
 @tokens_app.command("revoke")

@@ -237,3 +237,71 @@ def test_another_environments_pat_cannot_read_usage_or_progress_and_bad_input_is
         assert "error" in response.json()
     # Never used: rotating with if_unused passes.
     assert issuer.admin.post(rotate, json={"if_unused_seconds": 900}).status_code == 200
+
+
+def _json_out(stdout: str) -> Any:
+    """The JSON a command printed (the services of the test log to the same captured stdout)."""
+    lines = stdout.splitlines()
+    start = lines.index("{")
+    end = len(lines) - 1 - lines[::-1].index("}")
+    return json.loads("\n".join(lines[start : end + 1]))
+
+
+def test_the_cli_shows_usage_refuses_rotate_if_unused_and_forces(
+    sqlite_url: str,
+    kafka_settings: KafkaSettings,
+    serve_app: Callable[..., str],
+    issuer_factory: Callable[..., RunningIssuer],
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli_app
+
+    _, issuer, resolver = _stack(sqlite_url, kafka_settings, serve_app, issuer_factory)
+    env_id, tokens = _create(issuer)
+    headers = {"Authorization": f"Bearer {tokens['token_1']['token']}", "User-Agent": "f1-dashboard/2.1"}
+    assert httpx.get(f"{resolver}/v1/topics/laps", headers=headers).status_code == 200
+    wait_until(lambda: _clients(_usage(issuer, env_id), 1), 60, "the lookup folded")
+
+    def run(*args: str, role: str = "admin") -> Any:
+        env = {
+            "STREAMTOKEN_ISSUER_URL": issuer.url,
+            "STREAMTOKEN_PAT": issuer.pat_for(role),
+            "COLUMNS": "200",
+        }
+        return CliRunner().invoke(cli_app, list(args), env=env)
+
+    shown = run("tokens", "show", env_id, role="member")
+    assert shown.exit_code == 0, shown.stderr
+    assert "f1-dashboard/2.1" in shown.stdout
+    assert "never" in shown.stdout  # Token 2 was never used
+    assert not TOKEN_PATTERN.search(shown.stdout)
+    as_json = _json_out(run("tokens", "show", env_id, "--json").stdout)
+    assert as_json["usage_view"]["tokens"][0]["clients"][0]["user_agent"] == "f1-dashboard/2.1"
+    usage = _json_out(run("tokens", "usage", env_id, "--json", role="member").stdout)
+    assert usage["tokens"][0]["client_count"] == 1
+
+    refused = run("tokens", "rotate", env_id, "--if-unused", "15m")
+    assert refused.exit_code == 1
+    assert "409" in refused.stderr
+    assert "f1-dashboard/2.1" in refused.stderr
+    assert (
+        run("env", "show", env_id).stdout.count('"generation": 1') == 1
+        or "generation" in run("env", "show", env_id).stdout
+    )
+    assert run("tokens", "rotate", env_id, "--if-unused", "fortnight").exit_code == 2
+    assert run("tokens", "rotate", env_id, "--force").exit_code == 1
+    forced = run("tokens", "rotate", env_id, "--if-unused", "15m", "--force", "--json")
+    assert forced.exit_code == 0, forced.stderr
+    assert _json_out(forced.stdout)["generation"] == 2
+    progress = run("tokens", "progress", env_id, role="member")
+    assert progress.exit_code == 0, progress.stderr
+    assert "generation 2" in progress.stdout
+    assert "deployments: unknown" in progress.stdout
+
+    scheduled = run("tokens", "schedule", env_id, "--every-days", "30", "--deadline-days", "7")
+    assert scheduled.exit_code == 0, scheduled.stderr
+    assert "every 30 days once Token 1 is unused for 15m" in scheduled.stdout
+    assert run("tokens", "schedule", env_id, role="member").exit_code == 0
+    assert run("tokens", "schedule", env_id, "--off").exit_code == 0
+    assert "404" in run("tokens", "schedule", env_id).stderr
