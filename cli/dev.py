@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -431,12 +432,17 @@ def dev(
     else:
         typer.echo(f"  kafka     {broker.bootstrap_servers} (embedded Tansu, memory storage)")
         typer.echo(NO_ENFORCEMENT, err=True)
+    notifier_key = secrets.token_urlsafe(24)
     common = {
         "STREAMTOKEN_ENV": "dev",
         "STREAMTOKEN_AGENT_STATE_DIR": str(data_dir / "agent"),
         "STREAMTOKEN_DATA_DIR": str(data_dir),
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
         "STREAMTOKEN_ISSUER_RESOLVER_URLS": urls["resolver"],  # the propagation view polls it
+        # The progress view reads the notifier with a key of this run (issue 12).
+        "STREAMTOKEN_ISSUER_NOTIFIER_URL": urls["notifier"],
+        "STREAMTOKEN_ISSUER_NOTIFIER_INTERNAL_KEY": notifier_key,
+        "STREAMTOKEN_NOTIFIER_INTERNAL_KEY": notifier_key,
     }
     for name in missing:
         typer.echo(f"  {name:<9} missing (services/{name}/__main__.py not found); starting without it")

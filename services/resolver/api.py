@@ -116,7 +116,14 @@ class Resolver:
         self.counts["hit"] += 1
         usage = self.usage
         if usage is not None and address is not None:
-            usage.seen(match, digest, now, address, user_agent, source, deployment_id)
+            # UsageTracker.seen, inlined: this runs on every authenticated request.
+            key = (match.token_id, address, user_agent, source, deployment_id)
+            entry = usage.pending.get(key)
+            if entry is None:
+                usage.add(key, match, digest, now)
+            else:
+                entry[0] = now
+                entry[1] += 1
         return match
 
 

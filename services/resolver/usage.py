@@ -68,16 +68,20 @@ class UsageTracker:
         source: str,
         deployment_id: str | None = None,
     ) -> None:
-        """Count one use (the hot path: keep it short)."""
+        """Count one use (``Resolver.authenticate`` inlines the common case: a key already pending)."""
         key = (match.token_id, address, user_agent, source, deployment_id)
         entry = self.pending.get(key)
         if entry is not None:
             entry[0] = now
             entry[1] += 1
             return
+        self.add(key, match, digest, now)
+
+    def add(self, key: Key, match: Match, digest: bytes, now: float) -> None:
+        """A key not pending yet (bounded by ``max_keys``: past it, the token's overflow entry)."""
         if len(self.pending) >= self.max_keys:
             self.dropped += 1
-            key = (match.token_id, "*", OVERFLOW_USER_AGENT, source, None)
+            key = (match.token_id, "*", OVERFLOW_USER_AGENT, key[3], None)
             entry = self.pending.get(key)
             if entry is not None:
                 entry[0] = now
