@@ -395,12 +395,16 @@ def _warn(deps: Deps, env: Environment, times: ScheduleTimes, notifier: Notifier
         "forced_at": times.forced_at.isoformat() if times.forced_at else None,
     }
     queued: int | None = None
+    webhook = "no notifier configured"
     if notifier is not None:
         try:
             queued = notifier.warn(env.id, notice)
+            webhook = "queued"
         except NotifierUnavailable as exc:
+            # Audited as not sent, and not retried: the rotation's own webhook still goes out when it
+            # happens, and a notifier without the notices endpoint would be asked again every pass.
+            webhook = f"not sent: {exc}"[:200]
             log.warning("rotation_warning_not_sent", environment_id=env.id, reason=str(exc))
-            return "warning_pending"  # tried again at the next pass
     now = deps.clock()
     with deps.store.transaction() as tx:
         tx.add_audit(
@@ -414,6 +418,7 @@ def _warn(deps: Deps, env: Environment, times: ScheduleTimes, notifier: Notifier
                     "generation": env.generation,
                     "due_at": times.due_at.isoformat(),
                     "deployments": queued,
+                    "webhook": webhook,
                 },
             )
         )
