@@ -7,28 +7,22 @@ One asyncio loop holds everything: the child process, the webhook listener (uvic
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from services.agent.adapters.child import Child, child_environment, write_atomically
-from services.agent.adapters.keys import SubscriptionKeys
 from services.agent.adapters.listener import advertised_url, bind, build_listener, make_server
 from services.agent.adapters.notifier import NotifierClient, NotifierError, Subscription
 from services.agent.adapters.resolver import ResolverClient
 from services.agent.adapters.tokens import TokenSource, TokenUnavailable
 from services.agent.domain import (
     Acknowledge,
-    Action,
     AgentMachine,
     AgentStarted,
     ChildExited,
@@ -40,7 +34,6 @@ from services.agent.domain import (
     FetchToken,
     KillChild,
     Log,
-    Policy,
     ReloadChild,
     ScheduleAdoption,
     ScheduleTimer,
@@ -59,6 +52,7 @@ from services.agent.domain import (
     adoption_delay,
     backoff_delay,
 )
+from services.agent.settings import AgentSettings
 from shared.logs import get_logger
 
 log = get_logger("streamtoken.agent")
@@ -85,40 +79,31 @@ class ListenError(Exception):
     """The webhook listener could not be opened; the message is one sentence."""
 
 
-@dataclass
-class AgentConfig:
-    """Everything ``streamtoken run`` was given, resolved."""
-
-    command: list[str]
-    portal_url: str = "http://127.0.0.1:8002"
-    notifier_url: str | None = "http://127.0.0.1:8003"
-    deployment_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    subscription_keys: SubscriptionKeys | None = None  # where the management key outlives this agent
-    action: Action = "restart"
-    inject_as: str | None = None
-    token_source_variable: str | None = None  # --token-env VAR: removed from the child's environment
-    reload_signal: int | None = None
-    token_file_out: Path | None = None
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 0
-    advertise_url: str | None = None  # the webhook URL registered; default from the listen address
-    policy: Policy = field(default_factory=Policy)
-    http_timeout: float = 10.0
-
-
 class AgentRuntime:
+    """Built by :func:`services.agent.bootstrap.build_agent`; ``run()`` until the agent exits.
+
+    ``notifier`` is ``None`` without a subscription (no listener then); ``http`` is closed at the end when
+    ``owns_http``.
+    """
+
     def __init__(
         self,
-        config: AgentConfig,
+        settings: AgentSettings,
         source: TokenSource,
-        environ: dict[str, str] | None = None,
-        clock: Callable[[], datetime] | None = None,
+        *,
+        http: httpx.AsyncClient,
+        resolver: ResolverClient,
+        notifier: NotifierClient | None,
+        environ: Mapping[str, str],
+        clock: Callable[[], datetime],
+        owns_http: bool = True,
     ) -> None:
-        self.config = config
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.settings = settings
+        self.clock = clock
         self.source = source
-        self.environ = dict(os.environ if environ is None else environ)
-        self.machine = AgentMachine(policy=config.policy)
+        self.environ = dict(environ)
+        self.machine = AgentMachine(policy=settings.policy())
+        self._reload_signal = settings.reload_signum
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.child: Child | None = None
         self.subscription: Subscription | None = None
@@ -129,9 +114,10 @@ class AgentRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscribe_task: asyncio.Task[None] | None = None
         self._stop_subscribing = asyncio.Event()
-        self._http: httpx.AsyncClient | None = None
-        self._notifier: NotifierClient | None = None
-        self._resolver: ResolverClient | None = None
+        self._http = http
+        self._owns_http = owns_http
+        self._notifier = notifier
+        self._resolver = resolver
 
     # --- wiring ------------------------------------------------------------------------------------------
 
@@ -141,24 +127,20 @@ class AgentRuntime:
             loop.add_signal_handler(signum, self.events.put_nowait, StopRequested(signum))
         for signum in FORWARDED_SIGNALS:
             loop.add_signal_handler(signum, self.events.put_nowait, SignalReceived(signum))
-        self._http = httpx.AsyncClient(timeout=self.config.http_timeout)
-        self._resolver = ResolverClient(self.config.portal_url, self._http)
         server = None
         server_task = None
         try:
-            if self.config.notifier_url:
-                self._notifier = NotifierClient(
-                    self.config.notifier_url, self._http, self.config.subscription_keys
-                )
+            if self._notifier is not None:
+                host = self.settings.listen_host
                 try:
-                    sock = bind(self.config.listen_port, self.config.listen_host)
+                    sock = bind(self.settings.listen_port, host)
                 except OSError as exc:
                     raise ListenError(
-                        f"cannot listen for webhooks on {self.config.listen_host}:{self.config.listen_port}: "
+                        f"cannot listen for webhooks on {host}:{self.settings.listen_port}: "
                         f"{exc.strerror or exc}"
                     ) from None
                 port = sock.getsockname()[1]
-                self.webhook_url = advertised_url(self.config.listen_host, port, self.config.advertise_url)
+                self.webhook_url = advertised_url(host, port, self.settings.advertise_url)
                 app = build_listener(
                     self.events.put_nowait,
                     self._secret,
@@ -169,7 +151,7 @@ class AgentRuntime:
                 server_task = asyncio.create_task(server.serve(sockets=[sock]))
                 log.info(
                     "listening",
-                    address=f"{self.config.listen_host}:{port}",
+                    address=f"{host}:{port}",
                     webhook_url=self.webhook_url,
                 )
             self.events.put_nowait(AgentStarted())
@@ -191,7 +173,8 @@ class AgentRuntime:
                     await asyncio.wait_for(server_task, 5)
                 except (TimeoutError, asyncio.CancelledError):
                     server_task.cancel()
-            await self._http.aclose()
+            if self._owns_http:
+                await self._http.aclose()
 
     def _secret(self) -> str | None:
         return self.subscription.secret if self.subscription else None
@@ -269,13 +252,12 @@ class AgentRuntime:
             self.events.put_nowait(TokenObtained(credential))
 
     async def _heartbeat(self, credential: Credential) -> None:
-        assert self._resolver is not None
-        answer = await self._resolver.heartbeat(credential, self.config.deployment_id)
+        answer = await self._resolver.heartbeat(credential, self.settings.deployment_id)
         self.events.put_nowait(answer)
 
     async def _start_child(self, credential: Credential) -> None:
         self.credential = credential
-        token_file = self.config.token_file_out
+        token_file = self.settings.token_file_out
         if token_file is not None:
             try:
                 write_atomically(token_file, credential.token + "\n")
@@ -286,15 +268,15 @@ class AgentRuntime:
         env = child_environment(
             self.environ,
             credential.token,
-            self.config.portal_url,
-            self.config.inject_as,
-            self.config.token_source_variable,
+            self.settings.portal_url,
+            self.settings.inject_as,
+            self.settings.token_env,
         )
         try:
-            child = await Child.start(self.config.command, env)
+            child = await Child.start(self.settings.command, env)
         except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or a variable
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.events.put_nowait(ChildStartFailed(f"{self.config.command[0]}: {reason}"))
+            self.events.put_nowait(ChildStartFailed(f"{self.settings.command[0]}: {reason}"))
             return
         self.child = child
         log.info("child_started", pid=child.pid, **credential.describe())
@@ -306,7 +288,7 @@ class AgentRuntime:
 
     def _reload_child(self, credential: Credential) -> None:
         self.credential = credential
-        path = self.config.token_file_out
+        path = self.settings.token_file_out
         if path is not None:
             try:
                 write_atomically(path, credential.token + "\n")
@@ -314,9 +296,9 @@ class AgentRuntime:
                 log.error("token_file_not_written", path=str(path), error=exc.strerror or type(exc).__name__)
             else:
                 log.info("token_file_rewritten", path=str(path), **credential.describe())
-        if self.config.reload_signal is not None and self.child is not None:
-            self.child.signal(self.config.reload_signal)
-            log.info("child_signalled", signal=signal.Signals(self.config.reload_signal).name)
+        if self._reload_signal is not None and self.child is not None:
+            self.child.signal(self._reload_signal)
+            log.info("child_signalled", signal=signal.Signals(self._reload_signal).name)
 
     # --- the notifier ------------------------------------------------------------------------------------
 
@@ -329,7 +311,7 @@ class AgentRuntime:
             assert credential is not None
             try:
                 self.subscription = await self._notifier.subscribe(
-                    credential, self.config.deployment_id, self.webhook_url, self.config.action
+                    credential, self.settings.deployment_id, self.webhook_url, self.settings.chosen_action
                 )
             except NotifierError as exc:
                 attempt += 1
@@ -355,8 +337,8 @@ class AgentRuntime:
             log.info(
                 "subscribed",
                 subscription_id=self.subscription.id,
-                deployment_id=self.config.deployment_id,
-                action=self.config.action,
+                deployment_id=self.settings.deployment_id,
+                action=self.settings.chosen_action,
                 webhook_url=self.webhook_url,
                 environment_id=credential.environment_id or self.subscription.environment_id,
             )
@@ -389,7 +371,7 @@ class AgentRuntime:
                 task.cancel()
                 log.warning(
                     "subscribe_abandoned",
-                    deployment_id=self.config.deployment_id,
+                    deployment_id=self.settings.deployment_id,
                     detail="a subscribe request did not finish in time; the notifier may keep a "
                     "subscription for this deployment id until it is re-registered or deleted",
                 )

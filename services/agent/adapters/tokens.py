@@ -77,8 +77,10 @@ class IssuerTokenSource:
         slot: int = 1,
         client: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
+        *,
+        issuer: IssuerClient | None = None,
     ) -> None:
-        self.issuer = IssuerClient(issuer_url, pat, client, timeout)
+        self.issuer = issuer or IssuerClient(issuer_url, pat, client, timeout)
         self.issuer_url = self.issuer.issuer_url
         self.environment_id = environment_id
         self.slot = slot

@@ -67,6 +67,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
         user: int | None = None,
         logs: Path | None = None,
         child_python: str = sys.executable,
+        entry: tuple[str, ...] = ("-m", "cli.main", "run"),
         **extra_env: str,
     ) -> RunningAgent:
         n = len(started)
@@ -85,7 +86,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
                 [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
             )
             process = subprocess.Popen(
-                [*as_user, sys.executable, "-m", "cli.main", "run", *args, "--", child_python, str(CHILD)],
+                [*as_user, sys.executable, *entry, *args, "--", child_python, str(CHILD)],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,
