@@ -214,7 +214,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         # the full reason is in the relay's outbox_relay_retry log line. Never a database call here:
         # this runs on the event loop, and a locked SQLite file would block it.
         running = relay.running or not start_relay
-        return state["migrated"] and running, readiness(
+        detail = readiness(
             relay.health(),
             deps.clock(),
             migrated=state["migrated"],
@@ -222,6 +222,15 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             broker_enforced=relay.broker_enforced,
             stale_after_s=settings.outbox_stale_after_s,
         )
+        # The usage fold (issue 12) is reported, never a reason for "degraded": rotations do not need it.
+        if start_usage:
+            detail["usage_fold"] = (
+                "retrying" if folder.last_error else "running" if folder.running else "stopped"
+            )
+            detail["usage_folded"] = folder.folded
+        else:
+            detail["usage_fold"] = "disabled"
+        return state["migrated"] and running, detail
 
     def issue_pat(
         subject: str,

@@ -44,6 +44,7 @@ _FROM_CLIENT_POLICY = {
     "deleteandcompact": "compact,delete",
 }
 KAFKA_DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+RECENTLY_CREATED_SECONDS = 30.0
 
 
 class Resolver:
@@ -72,6 +73,17 @@ class Resolver:
         self.clock = clock
         self.refused_log = SampledLog(settings.refused_log_per_minute, 60.0)
         self._create_locks: dict[str, asyncio.Lock] = {}
+        # Topics this replica created lately, as asked: until the broker's metadata lists one, a read
+        # answers it "Creating" rather than 404 (quixstreams polls right after its create).
+        self.recently_created: dict[str, tuple[float, TopicInfo]] = {}
+
+    def created_lately(self, name: str) -> TopicInfo | None:
+        now = time.monotonic()
+        for topic, (at, _) in list(self.recently_created.items()):
+            if now - at > RECENTLY_CREATED_SECONDS:
+                del self.recently_created[topic]
+        held = self.recently_created.get(name)
+        return held[1] if held is not None else None
 
     def create_lock(self, environment_id: str) -> asyncio.Lock:
         """Serialises topic creation of one environment on this replica (its quota check and create)."""
@@ -531,8 +543,12 @@ async def _describe(resolver: Resolver, workspace: str, name: str) -> dict[str, 
 )
 async def get_topic(workspace: str, name: str, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
-    body = await _describe(resolver, workspace, _topic_id(resolver, workspace, name))
+    full = _topic_id(resolver, workspace, name)
+    body = await _describe(resolver, workspace, full)
     if body is None:
+        pending = resolver.created_lately(full)
+        if pending is not None:
+            return _json(topic_body(workspace, pending))
         raise ApiError(404, "not_found", f"topic {name[:80]!r} does not exist in this workspace")
     return _json(body)
 
@@ -681,18 +697,13 @@ async def create_topic(workspace: str, request: Request, caller: Caller, resolve
             raise ApiError(503, "topic_not_created", f"{exc}; retry shortly") from None
     resolver.metrics.topics_created.inc()
     log.info("topic_created", environment_id=workspace, topic=full, partitions=partitions, cleanup=policy)
+    asked = TopicInfo(
+        full, partitions, replication, False, kafka_topic_config(policy, retention_ms, retention_bytes)
+    )
+    resolver.recently_created[full] = (time.monotonic(), asked)
     created = await _describe(resolver, workspace, full)
     if created is None:  # not yet in metadata: describe what was asked, "Creating" until it shows up
-        created = topic_body(
-            workspace,
-            TopicInfo(
-                full,
-                partitions,
-                replication,
-                False,
-                kafka_topic_config(policy, retention_ms, retention_bytes),
-            ),
-        )
+        created = topic_body(workspace, asked)
     return _json(created, status=201)
 
 

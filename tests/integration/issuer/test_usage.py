@@ -116,6 +116,9 @@ def test_a_quixstreams_app_and_portal_calls_show_up_in_the_usage_view_and_guard_
         return view if ("portal", "python-httpx") in on_1 and wanted_2 <= on_2 else None
 
     view = wait_until(seen, 60, "the usage of both tokens in the issuer's view")
+    ready = issuer.anonymous.get("/health/ready").json()
+    assert ready["usage_fold"] == "running"
+    assert ready["usage_folded"] >= 2
     first = view["tokens"][0]
     assert first["slot"] == 1
     assert first["token_id"] == tokens["token_1"]["token_id"]

@@ -295,3 +295,19 @@ async def test_a_failed_create_is_503_and_a_huge_stored_retention_still_lists(
     admin.create = refuse  # type: ignore[method-assign]
     r = await client.post("/acme-telemetry-dev/topics", headers=h, json={"name": "new"})
     assert r.status_code == 503
+
+
+async def test_a_topic_just_created_reads_creating_until_the_broker_lists_it(
+    client: httpx.AsyncClient, dev: Env, admin: FakeAdmin
+) -> None:
+    """Kafka's metadata can lag a create; quixstreams polls the topic right after creating it."""
+    created = await client.post(
+        "/acme-telemetry-dev/topics", json={"name": "laps"}, headers=bearer(dev.token_1)
+    )
+    assert created.status_code == 201
+    admin.topics_.pop("acme-telemetry-dev-laps")  # the broker's metadata does not list it yet
+    r = await client.get("/acme-telemetry-dev/topics/laps", headers=bearer(dev.token_1))
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["status"]) == ("acme-telemetry-dev-laps", "Creating")
+    r = await client.get("/acme-telemetry-dev/topics/never-made", headers=bearer(dev.token_1))
+    assert r.status_code == 404
