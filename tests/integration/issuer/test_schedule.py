@@ -177,7 +177,44 @@ def test_the_schedule_api_refuses_bad_input_with_4xx_json(
     ]
     assert "schedule_set" in kinds
     assert "schedule_delete" in kinds
-    # Deleting the environment takes its schedule along.
+    # Deleting the environment takes its schedule and its usage along.
     assert issuer.admin.put(path, json={"every_days": 7}).status_code == 200
+    store: SqlStore = issuer.app.state.deps.store
+    with store.transaction() as tx:
+        env = tx.environment(env_id)
+        assert env is not None
+        token_id, token_fingerprint = env.token_1.token_id, env.token_1.fingerprint
+    _use(store, env_id, token_id, token_fingerprint, datetime.now(UTC))
+    assert issuer.member.get(f"/v1/environments/{env_id}/streaming-tokens/usage").json()["tokens"][0][
+        "clients"
+    ]
     assert issuer.admin.delete(f"/v1/environments/{env_id}").status_code == 204
     assert issuer.app.state.run_schedules() == []
+    import sqlalchemy as sa
+
+    with store.engine.connect() as connection:
+        for table in ("token_usage", "token_usage_client", "rotation_schedule"):
+            count = connection.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE environment_id = :e"), {"e": env_id}
+            ).scalar_one()
+            assert count == 0, table
+    # A record of its token arriving after the deletion is skipped, not folded.
+    record = TokenUsage(
+        token_id=token_id,
+        fingerprint=token_fingerprint,
+        environment_id=env_id,
+        slot=1,
+        generation=1,
+        resolver="late",
+        published_at=datetime.now(UTC),
+        clients=(
+            UsageClient(
+                address="10.0.0.8",
+                user_agent="late/1",
+                source="lookup",
+                last_seen_at=datetime.now(UTC),
+                uses=1,
+            ),
+        ),
+    )
+    assert store.fold_usage([record], datetime.now(UTC)) == 0
