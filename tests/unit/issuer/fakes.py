@@ -9,7 +9,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from services.issuer.domain import Environment, Transition
-from services.issuer.ports import AuditEntry, IdempotentResult, PatRecord, ResolverGeneration
+from services.issuer.ports import (
+    AuditEntry,
+    IdempotentResult,
+    PatRecord,
+    ResolverGeneration,
+    RotationSchedule,
+    TokenUsage,
+)
 from shared.ids import hyphen_prefixes
 
 
@@ -28,6 +35,8 @@ class State:
     deleted_names: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     purged: set[str] = field(default_factory=set)
     topic_purges: dict[str, datetime] = field(default_factory=dict)  # id → requested at (pending)
+    usage: dict[str, TokenUsage] = field(default_factory=dict)  # token id → its usage (clients all kept)
+    schedules: dict[str, RotationSchedule] = field(default_factory=dict)
 
 
 class FakeTx:
@@ -62,6 +71,9 @@ class FakeTx:
         self.state.deleted[env.id] = env.generation
         self.state.deleted_names[env.id] = (env.org, env.project, env.name)
         self.state.keys = {k: v for k, v in self.state.keys.items() if k[0] != env.id}
+        self.state.schedules.pop(env.id, None)
+        ids = {t.token_id for t in env.tokens}
+        self.state.usage = {k: v for k, v in self.state.usage.items() if k not in ids}
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
         return {t: self.state.ciphertexts[t] for t in token_ids}
@@ -143,6 +155,26 @@ class FakeTx:
             return False
         del self.state.topic_purges[env_id]
         return True
+
+    def token_usage(self, token_ids: Sequence[str], clients_since: datetime) -> dict[str, TokenUsage]:
+        return {
+            t: replace(u, clients=tuple(c for c in u.clients if c.last_seen_at >= clients_since))
+            for t, u in self.state.usage.items()
+            if t in token_ids
+        }
+
+    def rotation_schedule(self, env_id: str) -> RotationSchedule | None:
+        return self.state.schedules.get(env_id)
+
+    def save_rotation_schedule(self, schedule: RotationSchedule, at: datetime) -> None:
+        created = schedule.created_at or at
+        self.state.schedules[schedule.environment_id] = replace(schedule, created_at=created, updated_at=at)
+
+    def delete_rotation_schedule(self, env_id: str) -> bool:
+        return self.state.schedules.pop(env_id, None) is not None
+
+    def rotation_schedules(self) -> list[RotationSchedule]:
+        return [s for e, s in sorted(self.state.schedules.items()) if e in self.state.environments]
 
 
 class FakeStore:
