@@ -469,6 +469,10 @@ class AgentMachine:
             # Restarting would only start the child again on the token that was just rotated out, and an
             # acknowledgement would claim a generation the deployment does not have. Wait for the source.
             return self._token_unchanged(credential)
+        if unchanged and self._adopting(credential):
+            # The agent already learnt this Token 2 (a heartbeat said the child is on Token 1) and moves
+            # the child onto it (--adopt): the rotation is applied as far as the deployment is concerned.
+            return [log, *self._rotation_applied()]
         if unchanged:
             # Zero-downtime strategy: the token the child holds is still valid (it moved to slot 1); there
             # is nothing to tell the child, but the next rotation will refuse it.
@@ -915,6 +919,13 @@ class AgentMachine:
             return []
         self.adoption_pending = True
         return [ScheduleAdoption(policy.adopt_after, policy.adopt_window, held)]
+
+    def _adopting(self, held: Credential) -> bool:
+        """An adoption onto ``held`` is scheduled, or done (the child already runs on it)."""
+        child = self.child_credential
+        if self.policy.adopt == "off" or held.slot != 2 or child is None:
+            return False
+        return child.fingerprint == held.fingerprint or self.adoption_pending
 
     def _adopt_now(self) -> list[Effect]:
         if not self.adoption_pending:

@@ -270,3 +270,18 @@ def test_adoption_delay(now: datetime, after: float, window: AdoptWindow | None,
 def test_an_empty_window_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         AdoptWindow(time(2, 0), time(2, 0))
+
+
+def test_a_webhook_after_the_heartbeat_found_the_new_token_2_does_not_warn_and_acknowledges() -> None:
+    # The resolver applied the rotation before the notifier's webhook arrived: the heartbeat said Token 1,
+    # the agent fetched the new Token 2 and scheduled the adoption; the webhook then finds it held already.
+    machine = started(Policy(heartbeat_interval=30.0, adopt="restart", adopt_window=WINDOW))
+    machine.handle(ok(T2_GEN1, 2))
+    machine.handle(TimerFired(Timer.HEARTBEAT))
+    assert acts(machine.handle(ok(T2_GEN1, 1))) == [FetchToken()]
+    assert acts(machine.handle(TokenObtained(T2_GEN2))) == [ScheduleAdoption(0.0, WINDOW, T2_GEN2)]
+    assert acts(machine.handle(reload_webhook())) == [FetchToken()]
+    effects = machine.handle(TokenObtained(T2_GEN2))
+    assert acts(effects) == [Acknowledge(2, T2_GEN2)]
+    assert "token_unchanged" not in [log.event for log in logs(effects)]
+    assert acts(machine.handle(TimerFired(Timer.ADOPT))) == [StopChild(signal.SIGTERM, 10.0)]
