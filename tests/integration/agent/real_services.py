@@ -1,0 +1,166 @@
+"""The real issuer, resolver and notifier for the agent's tests, without Kafka.
+
+The issuer runs on SQLite without its relay; :meth:`RealServices.relay` plays the relay's part in process:
+it takes the issuer's own outbox records (the very events it would publish to ``streaming-tokens``) and
+applies them to the resolver's table and the notifier's store, as their Kafka consumers would. The notifier
+(``consume=False``) then signs and delivers the webhooks itself. :class:`WebhookSender` is the one thing
+made by hand: webhooks a test signs (or forges) with a subscription's secret, to try the agent's checks.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from standardwebhooks import Webhook
+
+from services.issuer.bootstrap import build_app as build_issuer
+from services.notifier.bootstrap import build_app as build_notifier
+from services.notifier.store import Store
+from services.resolver.bootstrap import build_app as build_resolver
+from services.resolver.replica import Status
+from services.resolver.settings import ResolverSettings
+from services.resolver.table import TokenTable
+from shared.events import decode_event
+from shared.kafka import KafkaSettings
+from shared.settings import RuntimeSettings
+from tests.integration.issuer.conftest import make_settings
+from tests.integration.notifier.conftest import fast_settings
+
+NO_KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:9")  # nothing listens: nothing here may need Kafka
+
+
+@dataclass
+class RealServices:
+    issuer_url: str
+    issuer_app: Any
+    admin: httpx.Client
+    resolver_url: str
+    table: TokenTable
+    notifier_url: str
+    store: Store
+    environment_id: str = ""
+    _clients: list[httpx.Client] = field(default_factory=list)
+
+    def relay(self) -> int:
+        """Publish the issuer's pending outbox records to the resolver and the notifier; how many."""
+        outbox = self.issuer_app.state.deps.store
+        with outbox.claim(100) as claim:
+            events = [decode_event(m.payload) for m in claim.messages]
+            for message, event in zip(claim.messages, events, strict=True):
+                if event is not None:
+                    self.table.apply_event(message.environment_id, event)
+            self.store.record_events([e for e in events if e is not None])
+            claim.mark_published([m.id for m in claim.messages], datetime.now(UTC))
+        return len(events)
+
+    def tokens(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.admin.get(
+            f"/v1/environments/{self.environment_id}/streaming-tokens"
+        ).json()
+        return body
+
+    def rotate(self, kind: str = "rotate") -> dict[str, Any]:
+        """``rotate`` or ``revoke`` at the issuer, then the relay's part."""
+        answer = self.admin.post(f"/v1/environments/{self.environment_id}/streaming-tokens/{kind}")
+        assert answer.status_code == 200, answer.text
+        self.relay()
+        return self.tokens()
+
+    def pat(self, role: str = "deployment") -> str:
+        record_token = self.issuer_app.state.issue_pat(
+            "f1-agent", role, environments=[self.environment_id], actor="test"
+        )
+        return str(record_token[1])
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        token = self.tokens()["token_1"]["token"]
+        answer = httpx.get(
+            f"{self.notifier_url}/v1/subscriptions", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+        listed: list[dict[str, Any]] = answer.json()
+        return listed
+
+    def acknowledged(self) -> list[int]:
+        """Generations some deployment acknowledged, from the notifier's rotation report."""
+        token = self.tokens()["token_1"]["token"]
+        answer = httpx.get(
+            f"{self.notifier_url}/v1/environments/{self.environment_id}/rotations",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert answer.status_code == 200, answer.text
+        return sorted(r["generation"] for r in answer.json()["rotations"] if r["acknowledged"])
+
+
+def start_real_services(serve_app: Callable[..., str], tmp_path: Path) -> RealServices:
+    issuer_app = build_issuer(
+        make_settings(
+            f"sqlite:///{tmp_path / 'issuer.db'}", NO_KAFKA, tmp_path / "issuer-data", broker_access="off"
+        ),
+        start_relay=False,
+        start_usage=False,
+        start_scheduler=False,
+    )
+    issuer_url = serve_app(issuer_app)
+    table = TokenTable()
+    resolver_url = serve_app(
+        build_resolver(
+            ResolverSettings(kafka=NO_KAFKA, usage_enabled=False),
+            table=table,
+            start_replica=False,
+            status=lambda: Status.READY,
+        )
+    )
+    database = f"sqlite:///{tmp_path / 'notifier.db'}"
+    notifier_url = serve_app(
+        build_notifier(
+            fast_settings(database, resolver_url, consume=False),
+            kafka_settings=NO_KAFKA,
+            runtime=RuntimeSettings(env="test", data_dir=tmp_path / "notifier-data"),
+        )
+    )
+    admin_pat = issuer_app.state.issue_pat("alice", "admin", actor="test")[1]
+    admin = httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {admin_pat}"}, timeout=30)
+    services = RealServices(
+        issuer_url, issuer_app, admin, resolver_url, table, notifier_url, Store.from_url(database)
+    )
+    created = admin.post("/v1/environments", json={"org": "acme", "project": "telemetry", "name": "dev"})
+    assert created.status_code == 201, created.text
+    services.environment_id = created.json()["id"]
+    services.relay()
+    return services
+
+
+@dataclass
+class WebhookSender:
+    """Signed (or forged) Standard Webhooks requests to an agent, made by the test."""
+
+    url: str
+    secret: str = field(repr=False)
+
+    def send(
+        self,
+        payload: dict[str, Any],
+        *,
+        webhook_id: str | None = None,
+        secret: str | None = None,
+        signature: str | None = None,
+    ) -> httpx.Response:
+        body = json.dumps(payload)
+        msg_id = webhook_id or "msg_" + uuid.uuid4().hex
+        now = datetime.now(UTC)
+        signed = Webhook(secret or self.secret).sign(msg_id, now, body)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature if signature is not None else signed,
+        }
+        return httpx.post(self.url, content=body, headers=headers, timeout=10)
