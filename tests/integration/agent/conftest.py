@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests import support
+from tests.integration.agent.real_services import RealServices, start_real_services
 from tests.integration.agent.stand_ins import IssuerStandIn, NotifierStandIn
 
 REPO = Path(__file__).resolve().parents[3]
@@ -124,3 +125,9 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.fixture
+def real(serve_app: Callable[..., str], tmp_path: Path) -> RealServices:
+    """The real issuer, resolver and notifier, without Kafka (``real_services.py``)."""
+    return start_real_services(serve_app, tmp_path)

@@ -9,7 +9,9 @@ made by hand: webhooks a test signs (or forges) with a subscription's secret, to
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,33 @@ from shared.settings import RuntimeSettings
 from tests.integration.issuer.conftest import make_settings
 from tests.integration.notifier.conftest import fast_settings
 
+
+class Observed:
+    """An ASGI wrapper around a real service: counts its requests by (method, path), and can hold back the
+    POST requests to one path for a while (a slow service) — the service itself is untouched."""
+
+    def __init__(self, app: Any, *, slow_path: str | None = None, delay: float = 0.0) -> None:
+        self.app = app
+        self.slow_path = slow_path
+        self.delay = delay
+        self.requests: list[tuple[str, str]] = []
+        self.slow_started = threading.Event()
+        self.lock = threading.Lock()
+
+    def count(self, method: str, path_end: str) -> int:
+        with self.lock:
+            return sum(1 for m, p in self.requests if m == method and p.endswith(path_end))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            with self.lock:
+                self.requests.append((scope["method"], scope["path"]))
+            if scope["path"] == self.slow_path and scope["method"] == "POST" and self.delay:
+                self.slow_started.set()
+                await asyncio.sleep(self.delay)
+        await self.app(scope, receive, send)
+
+
 NO_KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:9")  # nothing listens: nothing here may need Kafka
 
 
@@ -45,8 +74,9 @@ class RealServices:
     table: TokenTable
     notifier_url: str
     store: Store
+    issuer_observed: Observed
+    notifier_observed: Observed
     environment_id: str = ""
-    _clients: list[httpx.Client] = field(default_factory=list)
 
     def relay(self) -> int:
         """Publish the issuer's pending outbox records to the resolver and the notifier; how many."""
@@ -99,7 +129,20 @@ class RealServices:
         return sorted(r["generation"] for r in answer.json()["rotations"] if r["acknowledged"])
 
 
-def start_real_services(serve_app: Callable[..., str], tmp_path: Path) -> RealServices:
+def start_real_services(
+    serve_app: Callable[..., str],
+    tmp_path: Path,
+    *,
+    notifier: dict[str, Any] | None = None,
+    slow_subscribe: float = 0.0,
+    usage_publisher: Any = None,
+) -> RealServices:
+    """The three services on loopback and one environment (``acme-telemetry-dev``), already relayed.
+
+    ``notifier``: notifier settings to change (e.g. ``allowed_webhook_hosts``); ``slow_subscribe``: hold
+    every subscribe request this long; ``usage_publisher``: where the resolver's usage records go (usage
+    off without one).
+    """
     issuer_app = build_issuer(
         make_settings(
             f"sqlite:///{tmp_path / 'issuer.db'}", NO_KAFKA, tmp_path / "issuer-data", broker_access="off"
@@ -108,28 +151,46 @@ def start_real_services(serve_app: Callable[..., str], tmp_path: Path) -> RealSe
         start_usage=False,
         start_scheduler=False,
     )
-    issuer_url = serve_app(issuer_app)
+    issuer_observed = Observed(issuer_app)
+    issuer_url = serve_app(issuer_observed)
     table = TokenTable()
     resolver_url = serve_app(
         build_resolver(
-            ResolverSettings(kafka=NO_KAFKA, usage_enabled=False),
+            ResolverSettings(
+                kafka=NO_KAFKA,
+                usage_enabled=usage_publisher is not None,
+                usage_interval_seconds=1.0,
+                usage_tick_seconds=0.1,
+            ),
             table=table,
             start_replica=False,
             status=lambda: Status.READY,
+            usage_publisher=usage_publisher,
         )
     )
     database = f"sqlite:///{tmp_path / 'notifier.db'}"
-    notifier_url = serve_app(
+    notifier_observed = Observed(
         build_notifier(
-            fast_settings(database, resolver_url, consume=False),
+            fast_settings(database, resolver_url, consume=False, **(notifier or {})),
             kafka_settings=NO_KAFKA,
             runtime=RuntimeSettings(env="test", data_dir=tmp_path / "notifier-data"),
-        )
+        ),
+        slow_path="/v1/subscriptions",
+        delay=slow_subscribe,
     )
+    notifier_url = serve_app(notifier_observed)
     admin_pat = issuer_app.state.issue_pat("alice", "admin", actor="test")[1]
     admin = httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {admin_pat}"}, timeout=30)
     services = RealServices(
-        issuer_url, issuer_app, admin, resolver_url, table, notifier_url, Store.from_url(database)
+        issuer_url,
+        issuer_app,
+        admin,
+        resolver_url,
+        table,
+        notifier_url,
+        Store.from_url(database),
+        issuer_observed,
+        notifier_observed,
     )
     created = admin.post("/v1/environments", json={"org": "acme", "project": "telemetry", "name": "dev"})
     assert created.status_code == 201, created.text
@@ -164,3 +225,36 @@ class WebhookSender:
             "webhook-signature": signature if signature is not None else signed,
         }
         return httpx.post(self.url, content=body, headers=headers, timeout=10)
+
+
+def log_lines(stderr: str, event: str) -> list[dict[str, Any]]:
+    """The agent's JSON log lines of ``event``."""
+    lines = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("event") == event:
+                lines.append(record)
+    return lines
+
+
+def agent_args(real: RealServices, tmp_path: Path, *more: str) -> list[str]:
+    """``streamtoken run`` options for the real services, with a deployment PAT in a file."""
+    pat = tmp_path / "pat"
+    if not pat.exists():
+        pat.write_text(real.pat())
+        pat.chmod(0o600)
+    return [
+        "--issuer-url", real.issuer_url, "--environment", real.environment_id, "--pat-file", str(pat),
+        "--portal-url", real.resolver_url, "--notifier-url", real.notifier_url,
+        "--deployment-id", "f1-producer", "--state-dir", str(tmp_path / "state"), *more,
+    ]  # fmt: skip
+
+
+def sender(real: RealServices, tmp_path: Path, sub: dict[str, Any]) -> WebhookSender:
+    """What a test needs to sign webhooks as the notifier does: the subscription's secret, read from the
+    notifier's store with the management key the agent keeps in its state dir (``agent_args``)."""
+    (key_file,) = (tmp_path / "state").iterdir()
+    secret = real.store.secret(real.environment_id, sub["id"], key_file.read_text().strip())
+    assert secret is not None
+    return WebhookSender(sub["url"], secret)

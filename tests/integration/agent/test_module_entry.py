@@ -6,40 +6,37 @@ import signal
 from collections.abc import Callable
 
 from tests.integration.agent.conftest import RunningAgent, wait_until
-from tests.integration.agent.stand_ins import IssuerStandIn, NotifierStandIn
+from tests.integration.agent.real_services import RealServices, log_lines
 
 MODULE = ("-m", "services.agent")
 
 
 def test_python_m_services_agent_runs_the_child_from_variables_alone(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    real: RealServices, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    issuer, notifier, issuer_url, notifier_url = stack
     agent = start_agent(
         [],
         entry=MODULE,
-        STREAMTOKEN_ISSUER_URL=issuer_url,
-        STREAMTOKEN_PAT="pat-admin",
-        STREAMTOKEN_ENVIRONMENT="acme-telemetry-dev",
-        STREAMTOKEN_NOTIFIER_URL=notifier_url,
-        STREAMTOKEN_RESOLVER_URL="http://127.0.0.1:1/portal",
+        STREAMTOKEN_ISSUER_URL=real.issuer_url,
+        STREAMTOKEN_PAT=real.pat(),
+        STREAMTOKEN_ENVIRONMENT=real.environment_id,
+        STREAMTOKEN_NOTIFIER_URL=real.notifier_url,
+        STREAMTOKEN_RESOLVER_URL=real.resolver_url,
         STREAMTOKEN_DEPLOYMENT_ID="f1-module",
         STREAMTOKEN_AGENT_SLOT="2",
-        STREAMTOKEN_AGENT_LISTEN_HOST="127.0.0.2",
         STREAMTOKEN_AGENT_HEARTBEAT_INTERVAL="0",
     )
     first = wait_until(agent.starts, "the child to start")[0]
-    assert first["token"] == issuer.token_2.token  # STREAMTOKEN_AGENT_SLOT=2
+    assert first["token"] == real.tokens()["token_2"]["token"]  # STREAMTOKEN_AGENT_SLOT=2
     assert first["pat"] is None
     assert first["streamtoken_variables"] == []
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
-    assert sub.deployment_id == "f1-module"
-    assert sub.url.startswith("http://127.0.0.2:")
+    wait_until(lambda: log_lines(agent.stderr(), "subscribed"), "the subscription")
+    (sub,) = real.subscriptions()
+    assert sub["deployment_id"] == "f1-module"
     assert "--slot 2 without adoption" in agent.stderr()  # the same start-up warnings as streamtoken run
     agent.process.send_signal(signal.SIGTERM)
     assert agent.wait_exit() == 0
-    assert notifier.deleted == [sub.id]
-    assert "pat-admin" not in agent.stderr()
+    assert real.subscriptions() == []
 
 
 def test_a_bad_configuration_is_one_line_and_exit_2(start_agent: Callable[..., RunningAgent]) -> None:

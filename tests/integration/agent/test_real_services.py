@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.integration.agent.conftest import RunningAgent, alive, wait_until
-from tests.integration.agent.real_services import RealServices, WebhookSender, start_real_services
-from tests.integration.agent.test_adoption import log_lines
-
-
-@pytest.fixture
-def real(serve_app: Callable[..., str], tmp_path: Path) -> RealServices:
-    return start_real_services(serve_app, tmp_path)
-
-
-def agent_args(real: RealServices, tmp_path: Path, *more: str) -> list[str]:
-    pat = tmp_path / "pat"
-    pat.write_text(real.pat())
-    pat.chmod(0o600)
-    return [
-        "--issuer-url", real.issuer_url, "--environment", real.environment_id, "--pat-file", str(pat),
-        "--portal-url", real.resolver_url, "--notifier-url", real.notifier_url,
-        "--deployment-id", "f1-producer",
-        "--state-dir", str(tmp_path / "state"), *more,
-    ]  # fmt: skip
+from tests.integration.agent.real_services import RealServices, agent_args, log_lines, sender
 
 
 def subscribed(real: RealServices, agent: RunningAgent) -> dict[str, Any]:
-    wait_until(lambda: log_lines(agent, "subscribed"), "the subscription at the notifier")
+    wait_until(lambda: log_lines(agent.stderr(), "subscribed"), "the subscription at the notifier")
     (sub,) = real.subscriptions()
     return sub
-
-
-def sender(real: RealServices, tmp_path: Path, sub: dict[str, Any]) -> WebhookSender:
-    """What the test needs to sign webhooks as the notifier: the subscription's secret, read with the
-    management key the agent keeps in its state dir."""
-    (key_file,) = (tmp_path / "state").iterdir()
-    secret = real.store.secret(real.environment_id, sub["id"], key_file.read_text().strip())
-    assert secret is not None
-    return WebhookSender(sub["url"], secret)
 
 
 def test_a_rotation_restarts_the_child_on_the_new_token_1_and_the_notifier_records_the_ack(
@@ -53,7 +25,9 @@ def test_a_rotation_restarts_the_child_on_the_new_token_1_and_the_notifier_recor
     first = wait_until(agent.starts, "the child to start")[0]
     before = real.tokens()
     assert first["token"] == before["token_1"]["token"]
-    assert first["pat"] is None
+    assert first["pat"] is None  # the agent's PAT never reaches the child
+    assert first["streamtoken_variables"] == []
+    assert first["portal"] == real.resolver_url
     sub = subscribed(real, agent)
     assert (sub["deployment_id"], sub["action"]) == ("f1-producer", "restart")
 
@@ -63,12 +37,18 @@ def test_a_rotation_restarts_the_child_on_the_new_token_1_and_the_notifier_recor
     assert not alive(first["pid"])
     assert [r["event"] for r in agent.records()][:3] == ["start", "term", "start"]
     wait_until(lambda: real.acknowledged() == [2], "the acknowledgement recorded by the notifier")
+    new_id = after["token_1"]["token_id"]
     beats = wait_until(
-        lambda: [b for b in log_lines(agent, "heartbeat") if b["token_id"] == after["token_1"]["token_id"]],
+        lambda: [b for b in log_lines(agent.stderr(), "heartbeat") if b["token_id"] == new_id],
         "a heartbeat on the new token",
     )
     assert beats[0]["slot"] == 1
+    assert len(agent.starts()) == 2
+    agent.process.send_signal(signal.SIGTERM)
+    assert agent.wait_exit() == 0
+    assert real.subscriptions() == []  # unsubscribed on the way out
     stderr = agent.stderr()
+    assert '"generation": 2' in stderr
     for token in (before["token_1"]["token"], after["token_1"]["token"], after["token_2"]["token"]):
         assert token not in stderr
 
@@ -119,6 +99,6 @@ def test_forged_signatures_are_refused_by_the_agent_and_a_signed_one_applies(
     second = wait_until(lambda: agent.starts()[1:], "the child to restart")[0]
     assert second["token"] == real.tokens()["token_1"]["token"]
     real.relay()  # the resolver learns of the rotation now; the acknowledgement is checked against it
-    wait_until(lambda: log_lines(agent, "acknowledged"), "the acknowledgement")
+    wait_until(lambda: log_lines(agent.stderr(), "acknowledged"), "the acknowledgement")
     time.sleep(0.5)
     assert len(agent.starts()) == 2

@@ -21,7 +21,8 @@ from services.notifier.bootstrap import build_app as build_notifier
 from services.resolver.bootstrap import build_app as build_resolver
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from tests.integration.agent.conftest import RunningAgent, wait_until
-from tests.integration.agent.test_adoption import log_lines, window
+from tests.integration.agent.real_services import log_lines
+from tests.integration.agent.test_adoption import window
 from tests.integration.issuer.conftest import RunningIssuer, issuer_factory  # noqa: F401 (fixture)
 from tests.integration.notifier.conftest import fast_settings
 from tests.integration.resolver.conftest import resolver_settings, wait_ready
@@ -122,7 +123,7 @@ def test_downtime_strategy_restart_acknowledged_and_reported(
     first = wait_until(agent.starts, "the child to start", WAIT)[0]
     before = stack.tokens()
     assert first["token"] == before["token_1"]["token"]
-    wait_until(lambda: log_lines(agent, "subscribed"), "the subscription at the real notifier", WAIT)
+    wait_until(lambda: log_lines(agent.stderr(), "subscribed"), "the subscription at the real notifier", WAIT)
     on_1 = wait_until(stack.readiness, "the deployment in the readiness view", WAIT)
     assert [(d["deployment_id"], d["token_id"], d["slot"]) for d in on_1] == [
         ("f1-producer", before["token_1"]["token_id"], 1)
@@ -160,7 +161,7 @@ def test_zero_downtime_strategy_adopts_the_new_token_2_inside_the_window(
     first = wait_until(agent.starts, "the child to start", WAIT)[0]
     before = stack.tokens()
     assert first["token"] == before["token_2"]["token"]
-    wait_until(lambda: log_lines(agent, "subscribed"), "the subscription", WAIT)
+    wait_until(lambda: log_lines(agent.stderr(), "subscribed"), "the subscription", WAIT)
     wait_until(lambda: [d for d in stack.readiness() if d["slot"] == 2], "the deployment on Token 2", WAIT)
 
     rotated = stack.rotate()  # the child's token is now Token 1: still valid, nothing stops
@@ -168,7 +169,7 @@ def test_zero_downtime_strategy_adopts_the_new_token_2_inside_the_window(
     # whichever comes first, tells the agent; either way the child is restarted once, inside the window.
     second = wait_until(lambda: agent.starts()[1:], "the adoption restart", WAIT)[0]
     assert second["token"] == rotated["token_2"]["token"]  # the new Token 2
-    assert [r["reason"] for r in log_lines(agent, "restarting_child")] == ["adopt"]
+    assert [r["reason"] for r in log_lines(agent.stderr(), "restarting_child")] == ["adopt"]
     assert [r["event"] for r in agent.records() if r["event"] != "hup"] == ["start", "term", "start"]
     wait_until(lambda: stack.progress()["state"] == "acknowledged", "the acknowledgement", WAIT)
     on_new_2 = wait_until(
