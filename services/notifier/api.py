@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.notifier.auth import Identity, ResolverUnavailable, TokenVerifier
-from services.notifier.domain import MAX_GENERATION, Action, DeliveryStatus, Subscription, WebhookDelivery
+from services.notifier.domain import MAX_GENERATION, DeliveryStatus, Subscription, WebhookDelivery
 from services.notifier.handlers import (
     KEY_HEADER,
     Conflict,
@@ -35,71 +35,21 @@ from services.notifier.handlers import (
 )
 from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token, error_body
 from shared.logs import get_logger
+from shared.models.notifier import (  # noqa: F401 - the bodies are part of this module's surface
+    DEPLOYMENT_ID_PATTERN,
+    AckCreate,
+    DeliveryPublic,
+    RotationPublic,
+    RotationsPublic,
+    SubscriptionCreate,
+    SubscriptionCreated,
+    SubscriptionPublic,
+    SubscriptionSecret,
+    SubscriptionUpdate,
+    SubscriptionWithSecret,
+)
 
 log = get_logger(__name__)
-
-DEPLOYMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$"
-
-
-class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubscriptionCreate(_Input):
-    deployment_id: str = Field(
-        min_length=1,
-        max_length=200,
-        pattern=DEPLOYMENT_ID_PATTERN,
-        description="your name for the deployment; registering the same one again updates it",
-    )
-    url: str = Field(min_length=1, max_length=2000, description="http(s) URL the webhooks are posted to")
-    action: Action = Field(description="what the deployment does after a rotation: restart or reload")
-
-
-class SubscriptionUpdate(_Input):
-    url: str | None = Field(None, min_length=1, max_length=2000)
-    action: Action | None = None
-    enabled: bool | None = Field(None, description="re-enable a subscription disabled by a 410")
-
-
-class AckCreate(_Input):
-    generation: int = Field(
-        ge=1,
-        le=MAX_GENERATION,
-        description="the token generation the deployment now runs with (at most the current one)",
-    )
-
-
-class SubscriptionPublic(BaseModel):
-    id: str
-    environment_id: str
-    deployment_id: str
-    url: str
-    action: Action
-    enabled: bool
-    disabled_reason: str | None
-    last_notified_generation: int
-    acked_generation: int
-    created_at: datetime
-    updated_at: datetime
-
-
-class SubscriptionWithSecret(SubscriptionPublic):
-    secret: str = Field(description="Standard Webhooks signing secret (whsec_...) to verify webhooks with")
-
-
-class SubscriptionCreated(SubscriptionWithSecret):
-    management_key: str = Field(
-        description=(
-            "shown only now: send it as X-Subscription-Key to read the secret again, change, delete, "
-            "acknowledge or re-register this subscription"
-        )
-    )
-
-
-class SubscriptionSecret(BaseModel):
-    id: str
-    secret: str
 
 
 class ErrorBody(BaseModel):
@@ -109,39 +59,6 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="a stable code, e.g. invalid_token, forbidden, not_found")
     message: str = Field(description="what went wrong, in one sentence")
-
-
-class RotationPublic(BaseModel):
-    generation: int
-    rotation_id: str | None
-    notified: int
-    acknowledged: int
-    pending: int
-    dead: int
-
-
-class RotationsPublic(BaseModel):
-    environment_id: str
-    subscriptions: int
-    rotations: list[RotationPublic]
-
-
-class DeliveryPublic(BaseModel):
-    id: str
-    event_id: str
-    subscription_id: str
-    environment_id: str
-    generation: int
-    rotation_id: str | None
-    event_type: str
-    action: Action
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
 
 
 # Each handler error answers one status (the service layer knows no HTTP).

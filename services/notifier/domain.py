@@ -24,20 +24,8 @@ import orjson
 
 from shared.backoff import equal_jitter, exponential
 from shared.events import ChangeType, TokenStateChanged
-
-
-class Action(StrEnum):
-    """What a deployment does after a rotation (the seeds' two strategies)."""
-
-    RESTART = "restart"  # it runs on the injected Token 1, which the rotation deactivated
-    RELOAD = "reload"  # it already switched to Token 2 through a variable it controls
-
-
-class DeliveryStatus(StrEnum):
-    PENDING = "pending"  # due at next_attempt_at (also while claimed: the lease pushes it forward)
-    DELIVERED = "delivered"
-    DEAD = "dead"  # the last attempt failed; replay puts it back to pending
-    DISABLED = "disabled"  # its subscription answered 410 Gone or was deleted
+from shared.models.notifier import Action as Action
+from shared.models.notifier import DeliveryStatus as DeliveryStatus
 
 
 class Outcome(StrEnum):
@@ -60,7 +48,7 @@ class InvalidWebhookUrl(ValueError):
 
 # --- subscriptions and deliveries as the service sees them ------------------------------------------------
 
-MAX_GENERATION = 2**63 - 1
+MAX_GENERATION = 2**63 - 1  # shared.models.notifier.MAX_GENERATION
 TOKEN_ENDED = (
     "the streaming token that created it is no longer valid; acknowledge or re-register with the "
     "management key and a valid token to renew it"
