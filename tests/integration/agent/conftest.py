@@ -17,7 +17,6 @@ import pytest
 
 from tests import support
 from tests.integration.agent.real_services import RealServices, start_real_services
-from tests.integration.agent.stand_ins import IssuerStandIn, NotifierStandIn
 
 REPO = Path(__file__).resolve().parents[3]
 CHILD = Path(__file__).with_name("child_app.py")
@@ -48,13 +47,6 @@ class RunningAgent:
 
     def wait_exit(self, timeout: float = WAIT) -> int:
         return self.process.wait(timeout)
-
-
-@pytest.fixture
-def stack(serve_app: Callable[..., str]) -> tuple[IssuerStandIn, NotifierStandIn, str, str]:
-    issuer = IssuerStandIn()
-    notifier = NotifierStandIn(issuer)
-    return issuer, notifier, serve_app(issuer.app()), serve_app(notifier.app())
 
 
 @pytest.fixture
@@ -109,14 +101,6 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
         for record in agent.records():
             with suppress(ProcessLookupError, PermissionError):
                 os.kill(record["pid"], signal.SIGKILL)
-
-
-def issuer_args(issuer_url: str, notifier_url: str, *more: str) -> list[str]:
-    return [
-        "--issuer-url", issuer_url, "--pat", "pat-admin", "--environment", "acme-telemetry-dev",
-        "--notifier-url", notifier_url, "--portal-url", "http://127.0.0.1:1/portal",
-        "--deployment-id", "f1-producer", *more,
-    ]  # fmt: skip
 
 
 def alive(pid: int) -> bool:

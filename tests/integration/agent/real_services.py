@@ -44,18 +44,25 @@ class Observed:
         self.app = app
         self.slow_path = slow_path
         self.delay = delay
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[tuple[str, str, str]] = []  # method, path, the bearer credential
         self.slow_started = threading.Event()
         self.lock = threading.Lock()
 
-    def count(self, method: str, path_end: str) -> int:
+    def count(self, method: str, path_end: str, bearer: str | None = None) -> int:
+        """Requests of ``method`` to a path ending in ``path_end`` (made with ``bearer``, when given)."""
         with self.lock:
-            return sum(1 for m, p in self.requests if m == method and p.endswith(path_end))
+            return sum(
+                1
+                for m, p, b in self.requests
+                if m == method and p.endswith(path_end) and (bearer is None or b == bearer)
+            )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            bearer = headers.get(b"authorization", b"").decode(errors="replace").removeprefix("Bearer ")
             with self.lock:
-                self.requests.append((scope["method"], scope["path"]))
+                self.requests.append((scope["method"], scope["path"], bearer))
             if scope["path"] == self.slow_path and scope["method"] == "POST" and self.delay:
                 self.slow_started.set()
                 await asyncio.sleep(self.delay)

@@ -1,10 +1,10 @@
-"""``streamtoken run`` as a real process, with a real child and loopback stand-ins for issuer and notifier."""
+"""``streamtoken run`` as a real process, with a real child and the real issuer, resolver and notifier
+(without Kafka: real_services.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -25,125 +25,66 @@ from tests.integration.agent.conftest import (
     WAIT,
     RunningAgent,
     alive,
-    issuer_args,
     wait_until,
 )
-from tests.integration.agent.stand_ins import IssuerStandIn, NotifierStandIn
+from tests.integration.agent.real_services import (
+    RealServices,
+    agent_args,
+    log_lines,
+    sender,
+    start_real_services,
+)
 
 
-def test_restart_webhook_restarts_the_child_with_the_new_token_1_and_acks(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
-) -> None:
-    issuer, notifier, issuer_url, notifier_url = stack
-    agent = start_agent(issuer_args(issuer_url, notifier_url, "--stop-timeout", "5"))
-    first = wait_until(agent.starts, "the child to start")[0]
-    assert first["token"] == issuer.token_1.token
-    assert first["portal"] == "http://127.0.0.1:1/portal"
-    assert first["pat"] is None  # the agent's PAT never reaches the child
-    assert first["streamtoken_variables"] == []
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
-    assert (sub.deployment_id, sub.action) == ("f1-producer", "restart")
-
-    issuer.rotate()
-    payload = notifier.payload(sub)
-    assert notifier.send(sub, payload, webhook_id="msg_rot2").status_code == 202
-    assert notifier.send(sub, payload, webhook_id="msg_rot2").status_code == 202  # a retry: applied once
-
-    second = wait_until(lambda: agent.starts()[1:], "the child to restart")[0]
-    assert second["token"] == issuer.token_1.token  # the new Token 1, which was Token 2
-    assert second["pid"] != first["pid"]
-    assert not alive(first["pid"])
-    assert [r["event"] for r in agent.records()][:3] == ["start", "term", "start"]  # stopped gracefully
-    wait_until(lambda: notifier.acks, "the acknowledgement")
-    assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
-    time.sleep(0.5)
-    assert len(agent.starts()) == 2  # the duplicate delivery did not restart it again
-
-    agent.process.send_signal(signal.SIGTERM)
-    assert agent.wait_exit() == 0
-    assert notifier.deleted == [sub.id]
-    stderr = agent.stderr()
-    for token in (first["token"], second["token"], issuer.token_2.token):
-        assert token not in stderr
-    assert '"generation": 2' in stderr
+def subscribed(real: RealServices, agent: RunningAgent) -> dict[str, Any]:
+    wait_until(lambda: log_lines(agent.stderr(), "subscribed"), "the subscription at the notifier")
+    (sub,) = real.subscriptions()
+    return sub
 
 
 def test_reload_with_a_signal_keeps_the_child_running(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    issuer, notifier, issuer_url, notifier_url = stack
     agent = start_agent(
-        issuer_args(issuer_url, notifier_url, "--slot", "2", "--inject-as", "MY_TOKEN"),
+        agent_args(real, tmp_path, "--slot", "2", "--inject-as", "MY_TOKEN", "--adopt", "off"),
         {"CHILD_TOKEN_VAR": "MY_TOKEN"},
     )
     first = wait_until(agent.starts, "the child to start")[0]
-    old_token_2 = issuer.token_2.token
+    old_token_2 = real.tokens()["token_2"]["token"]
     assert first["token"] == old_token_2
     assert first["sdk_token"] is None  # --inject-as puts it in MY_TOKEN instead
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
-    assert sub.action == "reload"
+    assert subscribed(real, agent)["action"] == "reload"
 
-    issuer.rotate()
-    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
+    after = real.rotate()
     wait_until(lambda: agent.records("hup"), "the child to get SIGHUP")
-    wait_until(lambda: notifier.acks, "the acknowledgement")
-    assert notifier.acks == [(sub.id, 2, issuer.token_2.token)]
+    wait_until(lambda: real.acknowledged() == [2], "the acknowledgement")
     assert len(agent.starts()) == 1
     assert alive(first["pid"])
-    assert old_token_2 == issuer.token_1.token  # what the child holds is still valid: no downtime
+    assert old_token_2 == after["token_1"]["token"]  # what the child holds is still valid: no downtime
 
 
 def test_reload_with_a_token_file_rewrites_it_atomically(
-    tmp_path: Path,
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str],
-    start_agent: Callable[..., RunningAgent],
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    issuer, notifier, issuer_url, notifier_url = stack
     token_file = tmp_path / "secrets" / "token"
     agent = start_agent(
-        issuer_args(
-            issuer_url, notifier_url, "--slot", "2", "--action", "reload", "--token-file-out", str(token_file)
-        ),
+        agent_args(real, tmp_path, "--slot", "2", "--action", "reload", "--token-file-out", str(token_file)),
         {"CHILD_TOKEN_FILE": str(token_file)},
     )
     first = wait_until(agent.starts, "the child to start")[0]
-    assert first["file_token"] == issuer.token_2.token
-    assert first["sdk_token"] == issuer.token_2.token
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
+    before = real.tokens()
+    assert first["file_token"] == before["token_2"]["token"]
+    assert first["sdk_token"] == before["token_2"]["token"]
+    subscribed(real, agent)
 
-    issuer.rotate()
-    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
-    wait_until(lambda: notifier.acks, "the acknowledgement")
-    assert token_file.read_text().strip() == issuer.token_2.token  # the new Token 2
+    after = real.rotate()
+    wait_until(lambda: real.acknowledged() == [2], "the acknowledgement")
+    assert token_file.read_text().strip() == after["token_2"]["token"]  # the new Token 2
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
     assert sorted(p.name for p in token_file.parent.iterdir()) == ["token"]
     assert agent.records("hup") == []  # with a token file, no signal unless asked
     assert len(agent.starts()) == 1
     assert alive(first["pid"])
-
-
-def test_bad_signatures_are_refused(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
-) -> None:
-    issuer, notifier, issuer_url, notifier_url = stack
-    agent = start_agent(issuer_args(issuer_url, notifier_url))
-    wait_until(agent.starts, "the child to start")
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
-    issuer.rotate()
-    payload = notifier.payload(sub)
-    other_secret = "whsec_" + "A" * 32
-    assert notifier.send(sub, payload, secret=other_secret).status_code == 401
-    assert notifier.send(sub, payload, signature="v1,bm90IGEgc2lnbmF0dXJl").status_code == 401
-    assert notifier.send(sub, payload, signature="garbage").status_code == 401
-    response = notifier.send(sub, payload, signature="")
-    assert response.status_code == 401
-    assert response.json()["error"] == "invalid_signature"
-    time.sleep(0.5)
-    assert len(agent.starts()) == 1
-    assert notifier.acks == []
-    # A correctly signed one still works afterwards.
-    assert notifier.send(sub, payload).status_code == 202
-    wait_until(lambda: agent.starts()[1:], "the child to restart")
 
 
 def test_crashed_child_is_restarted_with_backoff(
@@ -168,17 +109,16 @@ def test_crashed_child_is_restarted_with_backoff(
 
 
 def test_sigterm_stops_the_child_and_the_agent_exits_with_its_status(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    _, notifier, issuer_url, notifier_url = stack
-    agent = start_agent(issuer_args(issuer_url, notifier_url), {"CHILD_TERM_STATUS": "7"})
+    agent = start_agent(agent_args(real, tmp_path), {"CHILD_TERM_STATUS": "7"})
     child = wait_until(agent.starts, "the child to start")[0]
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
+    subscribed(real, agent)
     agent.process.send_signal(signal.SIGTERM)
     assert agent.wait_exit() == 7
     assert agent.records("term")
     assert not alive(child["pid"])
-    assert notifier.deleted == [sub.id]
+    assert real.subscriptions() == []
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_the_stop_timeout(
@@ -196,11 +136,11 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_stop_timeout(
 
 
 def test_a_refused_pat_is_one_clear_line(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    _, _, issuer_url, notifier_url = stack
-    args = issuer_args(issuer_url, notifier_url)
-    args[args.index("pat-admin")] = "pat-wrong"
+    args = agent_args(real, tmp_path)
+    at = args.index("--pat-file")
+    args[at : at + 2] = ["--pat", "pat-wrong"]
     agent = start_agent(args)
     assert agent.wait_exit() == 1
     lines = agent.stderr().splitlines()
@@ -250,21 +190,16 @@ def test_the_child_dies_with_a_sigkilled_agent(start_agent: Callable[..., Runnin
 
 
 def test_a_pat_file_keeps_the_pat_off_the_command_line(
-    tmp_path: Path,
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str],
-    start_agent: Callable[..., RunningAgent],
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    issuer, _, issuer_url, notifier_url = stack
-    pat_file = tmp_path / "pat"
-    pat_file.write_text("pat-admin\n")
-    args = issuer_args(issuer_url, notifier_url)
-    at = args.index("--pat")
-    args[at : at + 2] = ["--pat-file", str(pat_file)]
+    args = agent_args(real, tmp_path)
+    pat = (tmp_path / "pat").read_text()
     agent = start_agent(args, STREAMTOKEN_PAT="pat-wrong")  # --pat-file takes precedence
     start = wait_until(agent.starts, "the child to start")[0]
-    assert start["token"] == issuer.token_1.token
+    assert start["token"] == real.tokens()["token_1"]["token"]
     assert start["pat"] is None
-    assert "pat-admin" not in " ".join(psutil.Process(agent.process.pid).cmdline())
+    assert pat not in " ".join(psutil.Process(agent.process.pid).cmdline())
+    assert str(tmp_path / "pat") not in " ".join(psutil.Process(agent.process.pid).cmdline())
     assert PAT_ON_COMMAND_LINE not in agent.stderr()
 
 
@@ -317,19 +252,19 @@ def test_a_token_file_out_that_cannot_be_written_says_so(
 
 
 def test_a_refused_subscription_is_an_error_with_the_notifiers_message_and_the_child_runs(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    serve_app: Callable[..., str], tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    _, notifier, issuer_url, notifier_url = stack
-    notifier.refuse_hosts = True
-    agent = start_agent(issuer_args(issuer_url, notifier_url))
+    real = start_real_services(
+        serve_app, tmp_path, notifier={"allowed_webhook_hosts": ("hooks.example.com",)}
+    )
+    agent = start_agent(agent_args(real, tmp_path))
     child = wait_until(agent.starts, "the child to start")[0]
-    line = wait_until(
-        lambda: [json.loads(x) for x in agent.stderr().splitlines() if '"subscribe_refused"' in x],
-        "the subscribe_refused error",
-    )[0]
+    line = wait_until(lambda: log_lines(agent.stderr(), "subscribe_refused"), "the subscribe_refused error")[
+        0
+    ]
     assert line["level"] == "error"
     assert line["status"] == 422
-    assert line["notifier_message"] == "the webhook host 127.0.0.1 is not allowed"
+    assert "the webhook host 127.0.0.1 is not allowed" in line["notifier_message"]
     assert "STREAMTOKEN_NOTIFIER_ALLOWED_WEBHOOK_HOSTS" in line["hint"]
     assert line["retry_in"] == 30.0  # slowly: asking again at once will not help
     assert alive(child["pid"])
@@ -337,55 +272,49 @@ def test_a_refused_subscription_is_an_error_with_the_notifiers_message_and_the_c
     agent.process.send_signal(signal.SIGTERM)  # stopping does not wait out the retry delay
     assert agent.wait_exit() == 0
     assert time.monotonic() - began < WAIT
-    assert notifier.subscriptions == {}
+    assert real.subscriptions() == []
 
 
 def test_stopping_during_a_subscribe_request_deletes_what_it_created(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    serve_app: Callable[..., str], tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    _, notifier, issuer_url, notifier_url = stack
-    notifier.subscribe_delay = 1.5
-    agent = start_agent(issuer_args(issuer_url, notifier_url))
+    real = start_real_services(serve_app, tmp_path, slow_subscribe=1.5)
+    agent = start_agent(agent_args(real, tmp_path))
     wait_until(agent.starts, "the child to start")
-    assert notifier.subscribe_started.wait(WAIT)
+    assert real.notifier_observed.slow_started.wait(WAIT)
     agent.process.send_signal(signal.SIGTERM)  # while the subscribe request is under way
     assert agent.wait_exit() == 0
-    assert notifier.subscriptions == {}, "a subscription was left behind"
-    assert len(notifier.deleted) == 1
+    assert real.subscriptions() == [], "a subscription was left behind"
+    assert real.notifier_observed.count("DELETE", "") == 1
 
 
 def test_a_token_file_nobody_updated_is_not_restarted_on_nor_acknowledged_until_it_is(
-    tmp_path: Path,
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str],
-    start_agent: Callable[..., RunningAgent],
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    issuer, notifier, _, notifier_url = stack
     token_file = tmp_path / "token"
-    token_file.write_text(issuer.token_1.token + "\n")
+    token_file.write_text(real.tokens()["token_1"]["token"] + "\n")
     args = [
-        "--token-file", str(token_file), "--notifier-url", notifier_url, "--deployment-id", "f1",
+        "--token-file", str(token_file), "--notifier-url", real.notifier_url, "--deployment-id", "f1",
+        "--portal-url", real.resolver_url, "--state-dir", str(tmp_path / "state"),
         "--backoff-initial", "0.2", "--backoff-max", "1", "--stop-timeout", "5",
     ]  # fmt: skip
     agent = start_agent(args)
     first = wait_until(agent.starts, "the child to start")[0]
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
-    issuer.rotate()
-    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
+    subscribed(real, agent)
+    after = real.rotate()
     unchanged = wait_until(
-        lambda: [json.loads(x) for x in agent.stderr().splitlines() if '"token_unchanged"' in x][1:],
-        "the token_unchanged error, twice (retried)",
+        lambda: log_lines(agent.stderr(), "token_unchanged")[1:], "the token_unchanged error, twice (retried)"
     )
     assert unchanged[0]["level"] == "error"
     assert "update the token file" in unchanged[0]["hint"]
     assert len(agent.starts()) == 1  # not restarted on the token that was rotated out
-    assert notifier.acks == []
+    assert real.acknowledged() == []
     assert alive(first["pid"])
 
-    token_file.write_text(issuer.token_1.token + "\n")  # the operator updates the file
+    token_file.write_text(after["token_1"]["token"] + "\n")  # the operator updates the file
     second = wait_until(lambda: agent.starts()[1:], "the child to restart on the updated file")[0]
-    assert second["token"] == issuer.token_1.token
-    wait_until(lambda: notifier.acks, "the acknowledgement")
-    assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
+    assert second["token"] == after["token_1"]["token"]
+    wait_until(lambda: real.acknowledged() == [2], "the acknowledgement")
     for token in (first["token"], second["token"]):
         assert token not in agent.stderr()
 
@@ -440,21 +369,19 @@ def unprivileged(tmp_path: Path) -> Iterator[Unprivileged]:
 def test_the_child_cannot_read_the_agents_pat(
     how: str,
     unprivileged: Unprivileged,
-    serve_app: Callable[..., str],
+    real: RealServices,
     start_agent: Callable[..., RunningAgent],
 ) -> None:
     user, directory = unprivileged.user, unprivileged.directory
-    pat = "pat-" + secrets.token_hex(16)
-    issuer = IssuerStandIn(pat=pat)
-    issuer_url = serve_app(issuer.app())
+    pat = real.pat()
     pat_file = directory / "deployment.pat"
     pat_file.write_text(pat + "\n")
     pat_file.chmod(0o600)
     if user is not None:
         os.chown(pat_file, user, user)
     args = [
-        "--issuer-url", issuer_url, "--environment", "acme-telemetry-dev", "--no-subscribe",
-        "--portal-url", "http://127.0.0.1:1/portal",
+        "--issuer-url", real.issuer_url, "--environment", real.environment_id, "--no-subscribe",
+        "--portal-url", real.resolver_url,
     ]  # fmt: skip
     extra: dict[str, str] = {}
     if how == "STREAMTOKEN_PAT":
@@ -469,7 +396,7 @@ def test_the_child_cannot_read_the_agents_pat(
         args, {"CHILD_PROBE": "1"}, user=user, logs=directory, child_python=unprivileged.python, **extra
     )
     start = wait_until(agent.starts, "the child to start")[0]
-    assert start["token"] == issuer.token_1.token  # the agent itself got the token with the PAT
+    assert start["token"] == real.tokens()["token_1"]["token"]  # the agent itself got the token with the PAT
     assert start["pat"] is None
     (probe,) = agent.records("probe")
     assert probe["agent"] == agent.process.pid
@@ -489,37 +416,42 @@ def agent_lines(agent: RunningAgent, event: str) -> list[dict[str, Any]]:
 
 
 def test_an_inflated_webhook_neither_strands_the_agent_nor_keeps_a_killed_child_down(
-    stack: tuple[IssuerStandIn, NotifierStandIn, str, str], start_agent: Callable[..., RunningAgent]
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    issuer, notifier, issuer_url, notifier_url = stack
-    agent = start_agent(
-        issuer_args(issuer_url, notifier_url, "--backoff-initial", "0.3", "--backoff-max", "0.6")
-    )
+    agent = start_agent(agent_args(real, tmp_path, "--backoff-initial", "0.3", "--backoff-max", "0.6"))
     first = wait_until(agent.starts, "the child to start")[0]
-    sub = wait_until(lambda: notifier.subscriptions and notifier.only_subscription(), "the subscription")
-    reads_at_start = issuer.reads
-    forged = {**notifier.payload(sub, action="restart"), "generation": 9007199254740993}
-    assert notifier.send(sub, forged).status_code == 202
+    sub = subscribed(real, agent)
+    hooks = sender(real, tmp_path, sub)
+
+    pat = (tmp_path / "pat").read_text()
+
+    def reveals() -> int:  # the agent's own reads of the tokens (not the test's)
+        return real.issuer_observed.count("GET", "/streaming-tokens", pat)
+
+    reads_at_start = reveals()
+    forged = {
+        "type": "streaming_tokens.rotated", "environment_id": real.environment_id, "action": "restart",
+        "generation": 9007199254740993, "subscription_id": sub["id"], "deployment_id": "f1-producer",
+    }  # fmt: skip
+    assert hooks.send(forged).status_code == 202
     wait_until(lambda: agent_lines(agent, "token_older_than_rotation"), "an answer older than the webhook")
     os.kill(first["pid"], signal.SIGKILL)  # the review's repro: the child then stayed down for good
     second = wait_until(lambda: agent.starts()[1:], "the killed child to start again")[0]
-    assert second["token"] == issuer.token_1.token  # nothing was rotated: the same, valid token
+    assert second["token"] == real.tokens()["token_1"]["token"]  # nothing was rotated: the same token
     (dropped,) = wait_until(lambda: agent_lines(agent, "rotation_dropped"), "the issuer's word to win")
     assert dropped["generation"] == 1
     capped = agent_lines(agent, "webhook_generation_capped")
     assert capped[0]["capped_to"] == 1 + 1000
-    reveals = issuer.reads - reads_at_start
-    assert reveals <= 5 + 1  # the bounded answers, plus the killed child's restart
-    assert notifier.acks == []  # a generation the issuer never had is not acknowledged
+    revealed = reveals() - reads_at_start
+    assert revealed <= 5 + 1  # the bounded answers, plus the killed child's restart
+    assert real.acknowledged() == []  # a generation the issuer never had is not acknowledged
     time.sleep(1.5)  # several back-off periods: no further reveals for the forged rotation
-    assert issuer.reads - reads_at_start == reveals
+    assert reveals() - reads_at_start == revealed
 
-    issuer.rotate()  # a real rotation afterwards is applied as usual
-    assert notifier.send(sub, notifier.payload(sub)).status_code == 202
+    after = real.rotate()  # a real rotation afterwards is applied as usual
     third = wait_until(lambda: agent.starts()[2:], "the child to restart on the rotation")[0]
-    assert third["token"] == issuer.token_1.token
-    wait_until(lambda: notifier.acks, "the acknowledgement")
-    assert notifier.acks == [(sub.id, 2, issuer.token_1.token)]
+    assert third["token"] == after["token_1"]["token"]
+    wait_until(lambda: real.acknowledged() == [2], "the acknowledgement")
 
 
 # --- finding 15: no PAT or token in clear text to another host --------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from cli.dev import SERVICE_PORTS, Child, DemoError, Stack, available_services, create_demo_data
 from services.agent.adapters.issuer import IssuerClient
 from shared.broker import free_port
-from tests.integration.agent.stand_ins import IssuerStandIn
+from tests.integration.agent.real_services import start_real_services
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,18 +56,21 @@ def test_stack_stop_leaves_no_process_behind(tmp_path: Path) -> None:
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
 
 
-def test_demo_data_is_created_once_and_read_back_on_a_second_run(serve_app: Callable[..., str]) -> None:
-    issuer = IssuerStandIn(environment_id="acme-telemetry-dev")
-    url = serve_app(issuer.app())
-    first = create_demo_data(url, issuer.pat)
+def test_demo_data_is_created_once_and_read_back_on_a_second_run(
+    serve_app: Callable[..., str], tmp_path: Path
+) -> None:
+    real = start_real_services(serve_app, tmp_path)  # the real issuer; acme-telemetry-dev exists already
+    admin_pat = real.issuer_app.state.issue_pat("demo-admin", "admin", actor="test")[1]
+    first = create_demo_data(real.issuer_url, admin_pat)
     assert first.environments == ["acme-telemetry-dev", "acme-telemetry-prod"]
-    assert first.tokens["token_1"]["token"] == issuer.token_1.token
-    again = create_demo_data(url, issuer.pat)  # the environments exist: 409, then read
+    assert first.tokens["token_1"]["token"] == real.tokens()["token_1"]["token"]
+    again = create_demo_data(real.issuer_url, admin_pat)  # the environments exist: 409, then read
     assert again.environments == first.environments
     with pytest.raises(DemoError, match="401"):
-        create_demo_data(url, "wrong-pat")
-    client = IssuerClient(url, issuer.pat)  # the one issuer client the agent and `streamtoken dev` share
-    assert asyncio.run(client.ensure_environment("acme", "telemetry", "dev"))["id"] == "acme-telemetry-dev"
+        create_demo_data(real.issuer_url, "wrong-pat")
+    client = IssuerClient(real.issuer_url, admin_pat)  # the one issuer client the agent and `dev` share
+    created = asyncio.run(client.ensure_environment("acme", "telemetry", "dev"))
+    assert created["id"] == "acme-telemetry-dev"
 
 
 def _lines(stream: IO[str]) -> queue.Queue[str | None]:
