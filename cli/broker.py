@@ -8,6 +8,7 @@ from types import FrameType
 
 import typer
 
+from cli.common import EXIT_REFUSED
 from cli.dev import (
     NO_ENFORCEMENT,
     Stack,
@@ -62,7 +63,7 @@ def grant(
         typer.echo(
             f"error: the broker refused the grants ({str(exc)[:200]}); connect as a super user", err=True
         )
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_REFUSED) from None
     typer.echo(f"granted {len(grants)} ACLs to the issuer, resolver and notifier principals on {topic}")
 
 

@@ -4,8 +4,8 @@ Starts the embedded broker, then each service found as ``services.<name>.__main_
 its own process group, waits until each answers ``/health/ready`` (showing progress), and on Ctrl-C (or
 SIGTERM) stops every group it started and every process they started, leaving nothing behind.
 
-With ``--demo`` it then creates demo data through the issuer API (an admin PAT minted by
-``streamtoken admin pat``, org ``acme`` / project ``telemetry`` with ``dev`` and ``prod``) and runs
+With ``--demo`` it then creates demo data through the issuer API (an admin PAT minted in process, as
+``streamtoken admin pat`` does; org ``acme`` / project ``telemetry`` with ``dev`` and ``prod``) and runs
 ``examples/f1_producer.py`` - an unmodified quixstreams app - under the deployment agent, and prints the
 URLs, the PAT, dev's tokens and the one command that rotates them.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -41,7 +40,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_APP = REPO_ROOT / "examples" / "f1_producer.py"
 DEMO_ORG, DEMO_PROJECT, DEMO_ENVIRONMENTS = "acme", "telemetry", ("dev", "prod")
 DEMO_DEPLOYMENT = "demo-f1-producer"
-_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
 
 SERVICE_USERS = {"issuer": ISSUER_USER, "resolver": RESOLVER_USER, "notifier": NOTIFIER_USER}
@@ -259,27 +257,40 @@ class DemoError(Exception):
     """A demo step failed; the message is one sentence."""
 
 
-def mint_admin_pat(env: dict[str, str], timeout: float = 60.0, *, scope: tuple[str, ...] = ()) -> str:
-    """``streamtoken admin pat --subject demo-admin --role admin`` in a subprocess (the issuer's own CLI);
-    ``scope`` replaces ``--subject ... --role ...`` (e.g. a deployment PAT for the demo agent)."""
-    who = list(scope) or ["--subject", "demo-admin", "--role", "admin"]
-    argv = [sys.executable, "-m", "cli.main", "admin", "pat", *who]
+def mint_admin_pat(
+    env: dict[str, str],
+    *,
+    subject: str = "demo-admin",
+    role: str = "admin",
+    environments: list[str] | None = None,
+) -> str:
+    """A PAT recorded in the issuer's database, in process (``services.issuer.bootstrap.bootstrap_pat``,
+    what ``streamtoken admin pat`` runs), with the issuer's settings read from ``env`` over this process's
+    environment; e.g. a deployment PAT for the demo agent with ``role="deployment"``."""
+    from services.issuer.bootstrap import bootstrap_pat
+    from services.issuer.handlers import IssuerError
+    from services.issuer.secrets import SecretConfigError
+    from services.issuer.settings import IssuerSettings
+
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
-        result = subprocess.run(
-            argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+        settings = IssuerSettings()
+    except ValueError as exc:
+        raise DemoError(f"the issuer's settings are not valid: {str(exc).splitlines()[0]}") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    try:
+        _, token = bootstrap_pat(
+            settings, subject, role, environments=environments, created_by="streamtoken-dev"
         )
-    except subprocess.TimeoutExpired:
-        raise DemoError(f"'streamtoken admin pat' did not answer in {timeout:g} s") from None
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DemoError(f"'streamtoken admin pat' failed ({result.returncode}): {last}")
-    found = _JWT.search(result.stdout)
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    if found:
-        return found.group(0)
-    if lines:
-        return lines[-1]
-    raise DemoError("'streamtoken admin pat' printed no PAT")
+    except (SecretConfigError, IssuerError, ValueError) as exc:
+        raise DemoError(f"minting a PAT failed: {getattr(exc, 'message', exc)}") from None
+    return token
 
 
 def wait_token_known(resolver_url: str, token: str, timeout: float, should_stop: Callable[[], bool]) -> bool:
@@ -308,25 +319,18 @@ class DemoData:
 
 
 def create_demo_data(issuer_url: str, pat: str) -> DemoData:
-    """Create (or read back) the demo environments and dev's tokens with the agent's issuer client."""
-    import asyncio
-
-    from services.agent.adapters.issuer import IssuerClient, IssuerError
-
-    async def create() -> DemoData:
-        issuer = IssuerClient(issuer_url, pat, timeout=15.0)
-        environments = [
-            str((await issuer.ensure_environment(DEMO_ORG, DEMO_PROJECT, name))["id"])
-            for name in DEMO_ENVIRONMENTS
-        ]
-        return DemoData(pat, environments, await issuer.streaming_tokens(environments[0]))
+    """Create (or read back) the demo environments and dev's tokens with ``shared.client``."""
+    from shared.client import ApiCallError, IssuerClient, Policy
 
     try:
-        return asyncio.run(create())
-    except IssuerError as exc:
-        raise DemoError(exc.message) from None
-    except (KeyError, TypeError) as exc:
-        raise DemoError(f"the issuer's answer is not the expected shape ({type(exc).__name__})") from None
+        with IssuerClient(issuer_url, bearer=pat, policy=Policy(timeout=15.0)) as issuer:
+            environments = [
+                issuer.ensure_environment(DEMO_ORG, DEMO_PROJECT, name).id for name in DEMO_ENVIRONMENTS
+            ]
+            tokens = issuer.streaming_tokens(environments[0]).model_dump(mode="json")
+    except ApiCallError as exc:
+        raise DemoError(exc.describe()) from None
+    return DemoData(pat, environments, tokens)
 
 
 def agent_argv(environment_id: str, urls: dict[str, str], subscribe: bool) -> list[str]:
@@ -566,7 +570,7 @@ def _start_demo(
     if "issuer" not in up:
         typer.echo("demo: skipped - it needs the issuer, which is not running", err=True)
         return
-    typer.echo("demo: minting an admin PAT (streamtoken admin pat --subject demo-admin --role admin) ...")
+    typer.echo("demo: minting an admin PAT (subject demo-admin, in process like streamtoken admin pat) ...")
     try:
         pat = mint_admin_pat(common)
         typer.echo(
@@ -589,8 +593,7 @@ def _start_demo(
             typer.echo("demo: the resolver does not accept dev's token yet; starting the deployment anyway")
         try:  # the agent gets a deployment PAT: Token 1 of dev only, never prod's, never a rotation
             agent_pat = mint_admin_pat(
-                common,
-                scope=("--subject", DEMO_DEPLOYMENT, "--role", "deployment", "--environment", dev_id),
+                common, subject=DEMO_DEPLOYMENT, role="deployment", environments=[dev_id]
             )
         except DemoError as exc:
             typer.echo(f"demo: no sample deployment - {exc}", err=True)

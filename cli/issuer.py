@@ -7,12 +7,25 @@ with its settings and write to its database directly.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from typing import Any, NoReturn
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn
 
 import typer
+
+from cli.common import EXIT_SERVER, EXIT_USAGE, fail, fail_call, print_json
+
+CLI_TIMEOUT = 30.0  # seconds per attempt; idempotent calls are tried 3 times (shared.client.Policy)
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+    DEPLOYMENT = "deployment"
+
+
+RoleOption = Annotated[Role, typer.Option("--role", help="what the PAT may do", case_sensitive=False)]
 
 DEFAULT_ISSUER_URL = "http://127.0.0.1:8001"
 
@@ -54,20 +67,19 @@ def serve(
 # -- HTTP helpers -----------------------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def _fail(message: str, code: int = EXIT_SERVER) -> NoReturn:
+    fail(message, code)
 
 
 def _env_path(environment_id: str, suffix: str = "") -> str:
-    """``/v1/environments/{id}{suffix}`` for a valid id; anything else fails before a request is made."""
-    from shared.ids import InvalidIdentifier, validate_environment_id
+    """``/v1/environments/{id}{suffix}`` for a valid id; anything else fails (exit 2) before a request."""
+    from shared.client.issuer import env_path
+    from shared.ids import InvalidIdentifier
 
     try:
-        validate_environment_id(environment_id)
+        return env_path(environment_id, suffix)
     except InvalidIdentifier as exc:
-        _fail(str(exc))
-    return f"/v1/environments/{environment_id}{suffix}"
+        _fail(str(exc), EXIT_USAGE)
 
 
 def _request(
@@ -79,55 +91,39 @@ def _request(
     json_body: Any = None,
     headers: Any = None,
     params: dict[str, Any] | None = None,
-    attempts: int = 1,
 ) -> Any:
-    """One call; with ``attempts`` > 1 a lost connection or a 502/503/504 is retried with the same request
-    (callers pass attempts only with an Idempotency-Key, so a retry never does the change twice)."""
-    import httpx
+    """One call through ``shared.client`` (its policy retries idempotent calls: reads, and the rotate with
+    its Idempotency-Key, so a retry never does the change twice); the JSON answer as the issuer sent it
+    (``--json`` prints it unchanged). Errors exit 3 (a 4xx) or 1 (no answer, 5xx)."""
+    from shared.client import ApiCallError, Call, IssuerClient, Policy
 
     if not pat:
         _fail(
             "no personal access token: pass --pat or set STREAMTOKEN_PAT (an admin mints one: streamtoken "
-            "pats create; the first: streamtoken admin bootstrap-pat)"
+            "pats create; the first: streamtoken admin bootstrap-pat)",
+            EXIT_USAGE,
         )
-    for attempt in range(1, attempts + 1):
+    call = Call(
+        method, path, path, json=json_body, params=params, headers=headers or {}, ok=(200, 201, 202, 204)
+    )
+    with IssuerClient(issuer_url, bearer=pat, policy=Policy(timeout=CLI_TIMEOUT)) as client:
         try:
-            response = httpx.request(
-                method,
-                issuer_url.rstrip("/") + path,
-                json=json_body,
-                params=params,
-                headers={"Authorization": f"Bearer {pat}", **(headers or {})},
-                timeout=30.0,
-            )
-        except httpx.HTTPError as exc:
-            if attempt < attempts:
-                time.sleep(min(0.5 * attempt, 2.0))
-                continue
-            _fail(f"cannot reach the issuer at {issuer_url}: {type(exc).__name__}; is it running?")
-        if response.status_code in (502, 503, 504) and attempt < attempts:
-            time.sleep(min(0.5 * attempt, 2.0))
-            continue
-        break
-    if response.status_code >= 400:
-        body: Any = None
-        try:
-            body = response.json()
-            message = body.get("message") or body.get("error") or response.text
-        except ValueError:
-            message = response.text[:200] or response.reason_phrase
-        hint = {401: " (check --pat)", 403: " (an admin PAT is needed)"}.get(response.status_code, "")
-        clients = body.get("clients") if isinstance(body, dict) else None
-        if clients:  # 409 token_1_in_use: who still uses Token 1
-            _print_clients(clients, err=True)
-        _fail(f"{response.status_code}: {message}{hint}")
+            response = client.send(call)
+        except ApiCallError as exc:
+            hint = {401: " (check --pat)", 403: " (an admin PAT is needed)"}.get(exc.status or 0, "")
+            clients = exc.body.get("clients")
+            if clients:  # 409 token_1_in_use: who still uses Token 1
+                _print_clients(clients, err=True)
+            if exc.unreachable:
+                _fail(f"cannot reach the issuer at {issuer_url}: {exc.message}")
+            fail_call(exc, hint)
     if response.status_code == 204 or not response.content:
         return None
     return response.json()
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    print_json(data)
 
 
 def _print_tokens(data: dict[str, Any], reveal: bool) -> None:
@@ -221,7 +217,7 @@ def _split(values: list[str] | None) -> list[str] | None:
 @admin_app.command("bootstrap-pat")
 def admin_bootstrap_pat(
     subject: str = typer.Option(..., "--subject", help="who the token is for (e.g. alice, ci-bot)"),
-    role: str = typer.Option("member", "--role", help="admin | member | deployment"),
+    role: RoleOption = Role.MEMBER,
     ttl_days: int | None = typer.Option(
         None,
         "--ttl-days",
@@ -248,25 +244,23 @@ def admin_bootstrap_pat(
         "cli", "WARNING", json=False
     )  # stdout carries the PAT alone: $(streamtoken admin pat ...)
 
-    if role not in {"admin", "member", "deployment"}:
-        _fail(f"--role must be 'admin', 'member' or 'deployment', not {role!r}")
     if not subject.strip():
-        _fail("--subject must not be empty")
+        _fail("--subject must not be empty", EXIT_USAGE)
     if ttl_days is not None and ttl_days < 1:
-        _fail("--ttl-days must be at least 1")
+        _fail("--ttl-days must be at least 1", EXIT_USAGE)
     try:
         settings = IssuerSettings()
         _, token = bootstrap_pat(
             settings,
             subject.strip(),
-            role,
+            role.value,
             ttl=timedelta(days=ttl_days) if ttl_days is not None else None,
             environments=_split(environment),
             actions=_split(action),
             created_by="bootstrap-pat",
         )
     except (SecretConfigError, IssuerError, ValueError) as exc:
-        _fail(str(getattr(exc, "message", exc)))
+        _fail(str(getattr(exc, "message", exc)), EXIT_USAGE)
     typer.echo(token)
 
 
@@ -288,7 +282,7 @@ def admin_reencrypt() -> None:
     try:
         tokens, answers = reencrypt(IssuerSettings())
     except (SecretConfigError, DecryptionError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), EXIT_USAGE)
     typer.echo(f"re-encrypted {tokens} tokens and {answers} idempotent answers with the current key")
 
 
@@ -298,7 +292,7 @@ def admin_reencrypt() -> None:
 @pats_app.command("create")
 def pats_create(
     subject: str = typer.Option(..., "--subject", help="who the token is for"),
-    role: str = typer.Option("member", "--role", help="admin | member | deployment"),
+    role: RoleOption = Role.MEMBER,
     ttl_days: int | None = typer.Option(None, "--ttl-days", help="lifetime (default: the issuer's)"),
     environment: list[str] | None = typer.Option(
         None, "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
@@ -311,7 +305,7 @@ def pats_create(
     as_json: bool = JsonOut,
 ) -> None:
     """Mint a PAT (admin); it is printed this once, the issuer keeps only its record."""
-    body: dict[str, Any] = {"subject": subject, "role": role}
+    body: dict[str, Any] = {"subject": subject, "role": role.value}
     if ttl_days is not None:
         body["ttl_days"] = ttl_days
     if (envs := _split(environment)) is not None:
@@ -363,7 +357,7 @@ def pats_list(
 def pats_revoke(pat_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
     """Revoke a PAT by id (admin): refused at once by this issuer, within seconds by its replicas."""
     if not pat_id.isalnum() or len(pat_id) > 64:
-        _fail("a PAT id is the hex id `streamtoken pats list` shows")
+        _fail("a PAT id is the hex id `streamtoken pats list` shows", EXIT_USAGE)
     data = _request("DELETE", issuer_url, f"/v1/pats/{pat_id}", pat)
     typer.echo(f"revoked PAT {data['id']} ({data['subject']})")
 
@@ -438,8 +432,10 @@ def env_list(issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool =
 
 
 @env_app.command("show")
-def env_show(environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
-    """Show one environment (token ids, not tokens)."""
+def env_show(
+    environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool = JsonOut
+) -> None:
+    """Show one environment (token ids, not tokens) as JSON (``--json`` is accepted for uniformity)."""
     _print_json(_request("GET", issuer_url, _env_path(environment_id), pat))
 
 
@@ -583,7 +579,7 @@ def tokens_rotate(
         body["if_unused_seconds"] = parse_duration(if_unused)
         body["force"] = force
     elif force:
-        _fail("--force goes with --if-unused")
+        _fail("--force goes with --if-unused", EXIT_USAGE)
     if expected_generation is None:
         current = _request("GET", issuer_url, _env_path(environment_id), pat)
         expected_generation = int(current["generation"])
@@ -597,7 +593,6 @@ def tokens_rotate(
             "Idempotency-Key": idempotency_key or uuid.uuid4().hex,
             "If-Match": f'"{expected_generation}"',
         },
-        attempts=3,
     )
     if wait:
         data["propagation"] = _wait_for_propagation(

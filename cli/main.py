@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from cli import agent, broker, dev, issuer, notifier, resolver
+from cli.common import EPILOG
 
 app = typer.Typer(
     name="streamtoken",
@@ -16,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    epilog=EPILOG,
 )
 
 for part in (broker, dev, issuer, resolver, notifier, agent):

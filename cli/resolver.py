@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
+from typing import Annotated
 
 import typer
+
+from cli.common import fail, fail_call, print_json
 
 topics = typer.Typer(help="Topic names and ids of an environment.", no_args_is_help=True)
 
@@ -16,8 +18,12 @@ def register(app: typer.Typer) -> None:
 
 
 def resolver(
-    host: str | None = typer.Option(None, "--host", help="address to listen on [STREAMTOKEN_RESOLVER_HOST]"),
-    port: int | None = typer.Option(None, "--port", "-p", help="port [STREAMTOKEN_RESOLVER_PORT, 8002]"),
+    host: Annotated[
+        str | None, typer.Option("--host", help="address to listen on [STREAMTOKEN_RESOLVER_HOST]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", help="port [STREAMTOKEN_RESOLVER_PORT, 8002]")
+    ] = None,
 ) -> None:
     """Run the resolver (token lookups and the Quix Portal API) in the foreground."""
     from services.resolver.__main__ import main
@@ -27,34 +33,32 @@ def resolver(
 
 @topics.command("resolve")
 def resolve(
-    name: str = typer.Argument(..., help="short topic name, e.g. f1-data"),
-    resolver_url: str = typer.Option(
-        "http://127.0.0.1:8002", "--resolver-url", envvar="STREAMTOKEN_RESOLVER_URL", help="resolver base URL"
-    ),
-    token: str = typer.Option(
-        ..., "--token", envvar="Quix__Sdk__Token", help="streaming token [env Quix__Sdk__Token]"
-    ),
+    name: Annotated[str, typer.Argument(help="short topic name, e.g. f1-data")],
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token",
+            envvar="Quix__Sdk__Token",
+            help="streaming token [env Quix__Sdk__Token]",
+            show_default=False,
+        ),
+    ],
+    resolver_url: Annotated[
+        str, typer.Option("--resolver-url", envvar="STREAMTOKEN_RESOLVER_URL", help="resolver base URL")
+    ] = "http://127.0.0.1:8002",
+    as_json: Annotated[bool, typer.Option("--json", help="print the resolver's JSON answer")] = False,
 ) -> None:
     """Print the environment's topic id for NAME, as the resolver answers it."""
-    from urllib.parse import quote
+    from shared.client import ApiCallError, ResolverClient
 
-    import httpx
-
-    try:
-        response = httpx.get(
-            f"{resolver_url.rstrip('/')}/v1/topics/{quote(name, safe='')}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the resolver at {resolver_url}: {type(exc).__name__}", err=True)
-        raise typer.Exit(2) from None
-    try:
-        body = response.json()
-    except json.JSONDecodeError:
-        body = {}
-    if response.status_code != 200:
-        message = body.get("message", response.reason_phrase) if isinstance(body, dict) else "error"
-        typer.echo(f"error: {response.status_code} {message}", err=True)
-        raise typer.Exit(1)
-    typer.echo(body["topic_id"])
+    if not name:
+        fail("NAME must not be empty", 2)
+    with ResolverClient(resolver_url, bearer=token) as client:
+        try:
+            answer = client.topic(name)
+        except ApiCallError as exc:
+            fail_call(exc)
+    if as_json:
+        print_json(answer.model_dump(mode="json"))
+    else:
+        typer.echo(answer.topic_id)

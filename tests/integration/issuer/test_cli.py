@@ -54,7 +54,7 @@ def test_manage_environments_and_tokens_from_the_command_line(
     code, _, err = run(
         "env", "create", "--org", "acme", "--project", "telemetry", "--name", "prod", pat=admin_pat
     )
-    assert code == 1
+    assert code == 3  # refused by the server (cli/common.py)
     assert "409" in err
     assert "already exists" in err
     code, out, _ = run("env", "list", pat=member_pat)
@@ -70,7 +70,7 @@ def test_manage_environments_and_tokens_from_the_command_line(
     assert "generation 2" in out
     assert len(TOKEN_PATTERN.findall(out)) == 2
     code, _, err = run("tokens", "rotate", "acme-telemetry-prod", pat=member_pat)
-    assert code == 1
+    assert code == 3
     assert "403" in err
     assert "admin" in err
     code, out, _ = run("tokens", "revoke", "acme-telemetry-prod", "--yes", pat=admin_pat)
@@ -85,20 +85,22 @@ def test_manage_environments_and_tokens_from_the_command_line(
     code, _, _ = run("env", "delete", "acme-telemetry-prod", "--yes", pat=admin_pat)
     assert code == 0
     code, _, err = run("env", "show", "acme-telemetry-prod", pat=admin_pat)
-    assert code == 1
+    assert code == 3
     assert "404" in err
 
     code, _, err = run("env", "list")
-    assert code == 1
+    assert code == 2  # usage: no PAT
     assert "STREAMTOKEN_PAT" in err
     code, _, err = run("env", "list", pat="garbage")
-    assert code == 1
+    assert code == 3
     assert "401" in err
+    code, _, err = run("env", "show", "not/an-id", pat=admin_pat)
+    assert code == 2
     code, _, err = run("env", "list", "--issuer-url", f"http://127.0.0.1:{free_port()}", pat=admin_pat)
     assert code == 1
     assert "cannot reach the issuer" in err
     code, _, err = run("admin", "pat", "--subject", "x", "--role", "root")
-    assert code == 1
+    assert code == 2  # an Enum choice: typer's usage error
     assert "admin" in err
 
 
@@ -124,7 +126,7 @@ def test_pats_from_the_command_line_bootstrap_create_list_revoke(
     assert code == 0, err
     admin = admin.strip()
     code, _, err = run("admin", "bootstrap-pat", "--subject", "x", "--role", "admin", "--ttl-days", "3650")
-    assert code == 1
+    assert code == 2
     assert "at most 90 days" in err
     code, out, _ = run("env", "create", "--org", "acme", "--project", "telemetry", "--name", "dev", pat=admin)
     assert code == 0, (out, err)
@@ -155,7 +157,7 @@ def test_pats_from_the_command_line_bootstrap_create_list_revoke(
     assert code == 0
     assert f"revoked PAT {pat_id}" in out
     code, _, err = run("tokens", "show", "acme-telemetry-dev", pat=deploy)
-    assert code == 1
+    assert code == 3
     assert "401" in err
     assert "revoked" in err
 
@@ -170,11 +172,13 @@ def test_rotate_retried_after_a_lost_answer_rotates_once(
 
     issuer = issuer_factory(sqlite_url, kafka_settings, start_relay=False)
     assert issuer.admin.post("/v1/environments", json=ENV).status_code == 201
-    real = httpx.request
+    real = httpx.Client.request
     sent: list[tuple[str, str | None, str | None]] = []
 
-    def lose_the_first_rotate_answer(method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response = real(method, url, **kwargs)  # the issuer did the work ...
+    def lose_the_first_rotate_answer(
+        self: httpx.Client, method: str, url: str, **kwargs: Any
+    ) -> httpx.Response:
+        response = real(self, method, url, **kwargs)  # the issuer did the work ...
         headers = kwargs.get("headers") or {}
         if url.endswith("/rotate"):
             sent.append((method, headers.get("Idempotency-Key"), headers.get("If-Match")))
@@ -182,7 +186,7 @@ def test_rotate_retried_after_a_lost_answer_rotates_once(
                 raise httpx.ReadTimeout("the answer was lost")  # ... but the CLI never saw it
         return response
 
-    monkeypatch.setattr(httpx, "request", lose_the_first_rotate_answer)
+    monkeypatch.setattr(httpx.Client, "request", lose_the_first_rotate_answer)
     env = {"STREAMTOKEN_ISSUER_URL": issuer.url, "STREAMTOKEN_PAT": issuer.pat_for("admin")}
     result = CliRunner().invoke(app, ["tokens", "rotate", ENV_ID, "--json"], env=env)
     assert result.exit_code == 0, result.stderr
@@ -192,9 +196,9 @@ def test_rotate_retried_after_a_lost_answer_rotates_once(
     assert issuer.admin.get(f"/v1/environments/{ENV_ID}").json()["generation"] == 2  # rotated once
 
     # A second run read generation 2 first; if someone rotated in between, it does nothing (412).
-    monkeypatch.setattr(httpx, "request", real)
+    monkeypatch.setattr(httpx.Client, "request", real)
     result = CliRunner().invoke(app, ["tokens", "rotate", ENV_ID, "--expected-generation", "1"], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "412" in result.stderr
     assert "generation 2" in result.stderr
     assert issuer.admin.get(f"/v1/environments/{ENV_ID}").json()["generation"] == 2

@@ -285,7 +285,7 @@ def test_the_cli_shows_usage_refuses_rotate_if_unused_and_forces(
     assert usage["tokens"][0]["client_count"] == 1
 
     refused = run("tokens", "rotate", env_id, "--if-unused", "15m")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 3
     assert "409" in refused.stderr
     assert "f1-dashboard/2.1" in refused.stderr
     assert (
@@ -293,7 +293,7 @@ def test_the_cli_shows_usage_refuses_rotate_if_unused_and_forces(
         or "generation" in run("env", "show", env_id).stdout
     )
     assert run("tokens", "rotate", env_id, "--if-unused", "fortnight").exit_code == 2
-    assert run("tokens", "rotate", env_id, "--force").exit_code == 1
+    assert run("tokens", "rotate", env_id, "--force").exit_code == 2
     forced = run("tokens", "rotate", env_id, "--if-unused", "15m", "--force", "--json")
     assert forced.exit_code == 0, forced.stderr
     assert _json_out(forced.stdout)["generation"] == 2

@@ -52,7 +52,7 @@ def test_service_process_cli_and_token_free_logs(kafka_settings: KafkaSettings, 
         result = runner.invoke(
             app, ["topics", "resolve", "f1-data", "--resolver-url", url, "--token", unknown]
         )
-        assert result.exit_code == 1
+        assert result.exit_code == 3
         assert "401" in result.output
         broker = httpx.get(
             f"{url}/workspaces/acme-telemetry-dev/broker/librdkafka",
