@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
@@ -38,11 +39,13 @@ tokens_app = typer.Typer(
     help="Streaming tokens of an environment: show, usage, rotate, progress, revoke, schedule."
 )
 
-IssuerUrl = typer.Option(
-    DEFAULT_ISSUER_URL, "--issuer-url", envvar="STREAMTOKEN_ISSUER_URL", help="issuer base URL"
-)
-Pat = typer.Option(None, "--pat", envvar="STREAMTOKEN_PAT", help="personal access token (Bearer)")
-JsonOut = typer.Option(False, "--json", help="print the JSON answer as is")
+IssuerUrl = Annotated[
+    str, typer.Option("--issuer-url", envvar="STREAMTOKEN_ISSUER_URL", help="issuer base URL")
+]
+Pat = Annotated[
+    str | None, typer.Option("--pat", envvar="STREAMTOKEN_PAT", help="personal access token (Bearer)")
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="print the JSON answer as is")]
 
 
 def register(app: typer.Typer) -> None:
@@ -55,8 +58,8 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    host: str | None = typer.Option(None, help="address to listen on (STREAMTOKEN_ISSUER_HOST)"),
-    port: int | None = typer.Option(None, help="port (STREAMTOKEN_ISSUER_PORT, default 8001)"),
+    host: Annotated[str | None, typer.Option(help="address to listen on (STREAMTOKEN_ISSUER_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (STREAMTOKEN_ISSUER_PORT, default 8001)")] = None,
 ) -> None:
     """Run the issuer in the foreground with settings from the environment."""
     from services.issuer.__main__ import main
@@ -124,6 +127,18 @@ def _request(
 
 def _print_json(data: Any) -> None:
     print_json(data)
+
+
+def _table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    Console(soft_wrap=False).print(table)
 
 
 def _print_tokens(data: dict[str, Any], reveal: bool) -> None:
@@ -216,19 +231,24 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 @admin_app.command("bootstrap-pat")
 def admin_bootstrap_pat(
-    subject: str = typer.Option(..., "--subject", help="who the token is for (e.g. alice, ci-bot)"),
+    subject: Annotated[str, typer.Option("--subject", help="who the token is for (e.g. alice, ci-bot)")],
     role: RoleOption = Role.MEMBER,
-    ttl_days: int | None = typer.Option(
-        None,
-        "--ttl-days",
-        help="lifetime (default STREAMTOKEN_ISSUER_PAT_TTL_DAYS, at most ..._MAX_TTL_DAYS)",
-    ),
-    environment: list[str] | None = typer.Option(
-        None, "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
-    ),
-    action: list[str] | None = typer.Option(
-        None, "--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"
-    ),
+    ttl_days: Annotated[
+        int | None,
+        typer.Option(
+            "--ttl-days", help="lifetime (default STREAMTOKEN_ISSUER_PAT_TTL_DAYS, at most ..._MAX_TTL_DAYS)"
+        ),
+    ] = None,
+    environment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
+        ),
+    ] = None,
+    action: Annotated[
+        list[str] | None,
+        typer.Option("--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"),
+    ] = None,
 ) -> None:
     """Record a PAT in the issuer's database and print it (on the issuer's machine, with its settings: the
     first admin PAT). Later PATs: `streamtoken pats create` with an admin PAT."""
@@ -291,18 +311,24 @@ def admin_reencrypt() -> None:
 
 @pats_app.command("create")
 def pats_create(
-    subject: str = typer.Option(..., "--subject", help="who the token is for"),
+    subject: Annotated[str, typer.Option("--subject", help="who the token is for")],
     role: RoleOption = Role.MEMBER,
-    ttl_days: int | None = typer.Option(None, "--ttl-days", help="lifetime (default: the issuer's)"),
-    environment: list[str] | None = typer.Option(
-        None, "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
-    ),
-    action: list[str] | None = typer.Option(
-        None, "--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"
-    ),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    ttl_days: Annotated[
+        int | None, typer.Option("--ttl-days", help="lifetime (default: the issuer's)")
+    ] = None,
+    environment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
+        ),
+    ] = None,
+    action: Annotated[
+        list[str] | None,
+        typer.Option("--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"),
+    ] = None,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Mint a PAT (admin); it is printed this once, the issuer keeps only its record."""
     body: dict[str, Any] = {"subject": subject, "role": role.value}
@@ -325,11 +351,11 @@ def pats_create(
 
 @pats_app.command("list")
 def pats_list(
-    limit: int = typer.Option(100, "--limit", min=1, max=500, help="PATs per page"),
-    all_pages: bool = typer.Option(False, "--all", help="follow every page"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="PATs per page")] = 100,
+    all_pages: Annotated[bool, typer.Option("--all", help="follow every page")] = False,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """List PATs, oldest first (admin): ids, subjects, roles, scopes and state; never a token."""
     found: list[dict[str, Any]] = []
@@ -344,17 +370,19 @@ def pats_list(
     if as_json:
         _print_json({"pats": found, "next": after})
         return
+    rows = []
     for p in found:
         state = "revoked" if p["revoked_at"] else f"expires {p['expires_at']}"
         scope = ",".join(p["environments"]) if p["environments"] else "all environments"
         actions = ",".join(p["actions"]) if p["actions"] else "all actions"
-        typer.echo(f"{p['id']}  {p['subject']:<20} {p['role']:<10} {scope}  {actions}  {state}")
+        rows.append((p["id"], p["subject"], p["role"], scope, actions, state))
+    _table("PATs", ("id", "subject", "role", "environments", "actions", "state"), rows)
     if after and not all_pages:
         typer.echo(f"more: --all, or the API's ?after={after}", err=True)
 
 
 @pats_app.command("revoke")
-def pats_revoke(pat_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
+def pats_revoke(pat_id: str, issuer_url: IssuerUrl = DEFAULT_ISSUER_URL, pat: Pat = None) -> None:
     """Revoke a PAT by id (admin): refused at once by this issuer, within seconds by its replicas."""
     if not pat_id.isalnum() or len(pat_id) > 64:
         _fail("a PAT id is the hex id `streamtoken pats list` shows", EXIT_USAGE)
@@ -363,7 +391,7 @@ def pats_revoke(pat_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat)
 
 
 @admin_app.command("republish")
-def admin_republish(issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
+def admin_republish(issuer_url: IssuerUrl = DEFAULT_ISSUER_URL, pat: Pat = None) -> None:
     """Publish the current state of every environment to Kafka again (e.g. after a broker lost its data)."""
     result = _request("POST", issuer_url, "/v1/admin/republish", pat)
     typer.echo(
@@ -373,11 +401,11 @@ def admin_republish(issuer_url: str = IssuerUrl, pat: str | None = Pat) -> None:
 
 @admin_app.command("audit")
 def admin_audit(
-    environment: str | None = typer.Option(None, "--environment", help="only this environment id"),
-    limit: int = typer.Option(50, help="newest entries to show"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    environment: Annotated[str | None, typer.Option("--environment", help="only this environment id")] = None,
+    limit: Annotated[int, typer.Option(help="newest entries to show")] = 50,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Show the audit log, newest first."""
     params: dict[str, Any] = {"limit": limit}
@@ -387,10 +415,8 @@ def admin_audit(
     if as_json:
         _print_json(data)
         return
-    for entry in data["entries"]:
-        typer.echo(
-            f"{entry['at']}  {entry['actor']:<20} {entry['action']:<9} {entry['environment_id'] or '-'}"
-        )
+    rows = [(e["at"], e["actor"], e["action"], e["environment_id"] or "-") for e in data["entries"]]
+    _table("audit log (newest first)", ("at", "actor", "action", "environment"), rows)
 
 
 # -- environments -----------------------------------------------------------------------------------------
@@ -398,12 +424,12 @@ def admin_audit(
 
 @env_app.command("create")
 def env_create(
-    org: str = typer.Option(..., help="organisation slug"),
-    project: str = typer.Option(..., help="project slug"),
-    name: str = typer.Option(..., help="environment slug (e.g. prod)"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    org: Annotated[str, typer.Option(help="organisation slug")],
+    project: Annotated[str, typer.Option(help="project slug")],
+    name: Annotated[str, typer.Option(help="environment slug (e.g. prod)")],
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Create an environment with its Token 1 and Token 2 (admin)."""
     data = _request(
@@ -419,7 +445,7 @@ def env_create(
 
 
 @env_app.command("list")
-def env_list(issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool = JsonOut) -> None:
+def env_list(issuer_url: IssuerUrl = DEFAULT_ISSUER_URL, pat: Pat = None, as_json: JsonOut = False) -> None:
     """List environments."""
     data = _request("GET", issuer_url, "/v1/environments", pat)
     if as_json:
@@ -427,13 +453,14 @@ def env_list(issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool =
         return
     if not data["environments"]:
         typer.echo("no environments yet; create one: streamtoken env create --org O --project P --name N")
-    for env in data["environments"]:
-        typer.echo(f"{env['id']:<40} generation {env['generation']:<5} updated {env['updated_at']}")
+        return
+    rows = [(e["id"], str(e["generation"]), e["updated_at"]) for e in data["environments"]]
+    _table("environments", ("id", "generation", "updated"), rows)
 
 
 @env_app.command("show")
 def env_show(
-    environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool = JsonOut
+    environment_id: str, issuer_url: IssuerUrl = DEFAULT_ISSUER_URL, pat: Pat = None, as_json: JsonOut = False
 ) -> None:
     """Show one environment (token ids, not tokens) as JSON (``--json`` is accepted for uniformity)."""
     _print_json(_request("GET", issuer_url, _env_path(environment_id), pat))
@@ -442,9 +469,9 @@ def env_show(
 @env_app.command("delete")
 def env_delete(
     environment_id: str,
-    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
 ) -> None:
     """Delete an environment: both tokens stop working (admin)."""
     if not yes and not typer.confirm(f"Delete {environment_id}? Both its tokens stop working."):
@@ -459,10 +486,10 @@ def env_delete(
 @tokens_app.command("show")
 def tokens_show(
     environment_id: str,
-    reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    reveal: Annotated[bool, typer.Option("--reveal", help="print the tokens in full")] = False,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Show Token 1 and Token 2 of an environment, with who used each lately (every display is
     audit-logged; ``--json`` adds the usage view as ``usage_view``)."""
@@ -477,7 +504,7 @@ def tokens_show(
 
 @tokens_app.command("usage")
 def tokens_usage(
-    environment_id: str, issuer_url: str = IssuerUrl, pat: str | None = Pat, as_json: bool = JsonOut
+    environment_id: str, issuer_url: IssuerUrl = DEFAULT_ISSUER_URL, pat: Pat = None, as_json: JsonOut = False
 ) -> None:
     """Who uses which token: last use, clients and deployments per token (no token is shown or
     audit-logged) — check it before a rotation."""
@@ -508,11 +535,13 @@ def _progress_line(p: dict[str, Any]) -> str:
 @tokens_app.command("progress")
 def tokens_progress(
     environment_id: str,
-    watch: bool = typer.Option(False, "--watch", help="poll until acknowledged (or --timeout)"),
-    timeout: float = typer.Option(300.0, "--timeout", min=0.0, help="seconds --watch waits (exit 1)"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    watch: Annotated[bool, typer.Option("--watch", help="poll until acknowledged (or --timeout)")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.0, help="seconds --watch waits (exit 1)")
+    ] = 300.0,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """The latest rotation's progress: broker, resolvers, deployments notified and acknowledged."""
     path = _env_path(environment_id, "/streaming-tokens/progress")
@@ -539,36 +568,47 @@ def tokens_progress(
 @tokens_app.command("rotate")
 def tokens_rotate(
     environment_id: str,
-    grace_period_seconds: int = typer.Option(
-        0, "--grace-period-seconds", help="keep the old Token 1 valid this long"
-    ),
-    idempotency_key: str | None = typer.Option(
-        None, "--idempotency-key", help="default: a fresh random key, the same for every retry of this run"
-    ),
-    expected_generation: int | None = typer.Option(
-        None,
-        "--expected-generation",
-        min=1,
-        help="rotate only from this generation (default: the one read just before)",
-    ),
-    if_unused: str | None = typer.Option(
-        None,
-        "--if-unused",
-        help="rotate only if Token 1 was unused this long (15m, 2h, 7d); else exit 1 listing its clients",
-    ),
-    force: bool = typer.Option(False, "--force", help="with --if-unused: rotate even if Token 1 is in use"),
-    reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
-    wait: bool = typer.Option(
-        False,
-        "--wait",
-        help="wait until the broker and every resolver accept the new tokens and refuse the old one",
-    ),
-    wait_timeout: float = typer.Option(
-        60.0, "--wait-timeout", min=0.0, help="seconds --wait waits before it fails (exit 1)"
-    ),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    grace_period_seconds: Annotated[
+        int, typer.Option("--grace-period-seconds", help="keep the old Token 1 valid this long")
+    ] = 0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key", help="default: a fresh random key, the same for every retry of this run"
+        ),
+    ] = None,
+    expected_generation: Annotated[
+        int | None,
+        typer.Option(
+            "--expected-generation",
+            min=1,
+            help="rotate only from this generation (default: the one read just before)",
+        ),
+    ] = None,
+    if_unused: Annotated[
+        str | None,
+        typer.Option(
+            "--if-unused",
+            help="rotate only if Token 1 was unused this long (15m, 2h, 7d); else exit 3 listing its clients",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="with --if-unused: rotate even if Token 1 is in use")
+    ] = False,
+    reveal: Annotated[bool, typer.Option("--reveal", help="print the tokens in full")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="wait until the broker and every resolver accept the new tokens and refuse the old one",
+        ),
+    ] = False,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", min=0.0, help="seconds --wait waits before it fails (exit 1)")
+    ] = 60.0,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Rotate: Token 1 is deactivated, Token 2 becomes Token 1, a new Token 2 is issued (admin).
 
@@ -672,21 +712,24 @@ def _wait_for_propagation(
 @tokens_app.command("schedule")
 def tokens_schedule(
     environment_id: str,
-    every_days: float | None = typer.Option(None, "--every-days", min=0.001, help="rotate every N days"),
-    unused_window: str = typer.Option(
-        "15m", "--unused-window", help="only once Token 1 was unused this long"
-    ),
-    deadline_days: float | None = typer.Option(
-        None, "--deadline-days", min=0.0, help="rotate anyway this many days after it was due"
-    ),
-    warn_before: str = typer.Option(
-        "1d", "--warn-before", help="warn subscribed deployments this long before"
-    ),
-    grace_period_seconds: int = typer.Option(0, "--grace-period-seconds", min=0),
-    off: bool = typer.Option(False, "--off", help="remove the schedule"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    every_days: Annotated[
+        float | None, typer.Option("--every-days", min=0.001, help="rotate every N days")
+    ] = None,
+    unused_window: Annotated[
+        str, typer.Option("--unused-window", help="only once Token 1 was unused this long")
+    ] = "15m",
+    deadline_days: Annotated[
+        float | None,
+        typer.Option("--deadline-days", min=0.0, help="rotate anyway this many days after it was due"),
+    ] = None,
+    warn_before: Annotated[
+        str, typer.Option("--warn-before", help="warn subscribed deployments this long before")
+    ] = "1d",
+    grace_period_seconds: Annotated[int, typer.Option("--grace-period-seconds", min=0)] = 0,
+    off: Annotated[bool, typer.Option("--off", help="remove the schedule")] = False,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Show, set (``--every-days``) or remove (``--off``) the environment's scheduled rotation (admin to
     change): every N days, once Token 1 is unused for the window, forced after the deadline."""
@@ -725,11 +768,11 @@ def tokens_schedule(
 @tokens_app.command("revoke")
 def tokens_revoke(
     environment_id: str,
-    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
-    reveal: bool = typer.Option(False, "--reveal", help="print the tokens in full"),
-    issuer_url: str = IssuerUrl,
-    pat: str | None = Pat,
-    as_json: bool = JsonOut,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    reveal: Annotated[bool, typer.Option("--reveal", help="print the tokens in full")] = False,
+    issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
+    pat: Pat = None,
+    as_json: JsonOut = False,
 ) -> None:
     """Emergency: replace both tokens at once; every client using either stops working (admin)."""
     if not yes and not typer.confirm(

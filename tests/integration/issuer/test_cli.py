@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,8 @@ def test_pats_from_the_command_line_bootstrap_create_list_revoke(
     assert "agent" in out
     assert "deployment" in out
     assert deploy not in out
-    pat_id = next(line.split()[0] for line in out.splitlines() if " agent " in line)
+    code, out, _ = run("pats", "list", "--all", "--json", pat=admin)
+    pat_id = next(p["id"] for p in json.loads(out)["pats"] if p["subject"] == "agent")
     code, out, _ = run("pats", "revoke", pat_id, pat=admin)
     assert code == 0
     assert f"revoked PAT {pat_id}" in out
