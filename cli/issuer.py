@@ -118,7 +118,7 @@ def _request(
             if clients:  # 409 token_1_in_use: who still uses Token 1
                 _print_clients(clients, err=True)
             if exc.unreachable:
-                _fail(f"cannot reach the issuer at {issuer_url}: {exc.message}")
+                _fail(f"cannot reach the issuer at {issuer_url}: {exc.message}; is it running?")
             fail_call(exc, hint)
     if response.status_code == 204 or not response.content:
         return None

@@ -14,14 +14,11 @@ from typing import Protocol
 
 import httpx
 
+from shared.client import BAD_ANSWER, ApiCallError, AsyncResolverClient, Policy
 from shared.logs import get_logger
 from shared.tokens import fingerprint
 
 log = get_logger(__name__)
-
-INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
-FORWARDED_FOR = "X-Streamtoken-Forwarded-For"  # services.resolver.api.FORWARDED_FOR_HEADER
-FORWARDED_USER_AGENT = "X-Streamtoken-Forwarded-User-Agent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +108,9 @@ class ResolverWhoami:
         max_entries: int = 10_000,
         internal_key: str | None = None,
     ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=resolver_url.rstrip("/"), timeout=timeout, transport=transport
+        # No retries here: a failed check answers 503 at once and the caller asks again.
+        self._resolver = AsyncResolverClient(
+            resolver_url, policy=Policy(timeout=timeout, retries=0), transport=transport
         )
         # Usage (issue 12): the resolver counts a forwarded whoami for our caller, not for us, when it
         # trusts the headers (its internal key, or it has none).
@@ -132,34 +130,23 @@ class ResolverWhoami:
         hit = self._valid.get(key, now) or self._refused.get(key, now)
         if hit is not None:
             return hit[1]
+        identity: Identity | None
         try:
-            headers = {"authorization": f"Bearer {token}"}
-            if client is not None:
-                headers[FORWARDED_FOR] = client[0][:100]
-                headers[FORWARDED_USER_AGENT] = client[1][:300]
-                if self._internal_key:
-                    headers[INTERNAL_KEY_HEADER] = self._internal_key
-            response = await self._client.get("/v1/whoami", headers=headers)
-        except httpx.HTTPError as exc:
-            log.warning("resolver_unreachable", error=type(exc).__name__, fingerprint=key)
-            raise ResolverUnavailable(type(exc).__name__) from None
-        if response.status_code in (401, 403):
-            identity = None
-        elif response.status_code == 200:
-            try:
-                data = response.json()
-                identity = Identity(
-                    environment_id=str(data["environment_id"]),
-                    slot=int(data["slot"]),
-                    token_id=str(data["token_id"]),
-                    generation=int(data["generation"]),
-                )
-            except (ValueError, KeyError, TypeError):
+            answer = await self._resolver.whoami(token, client, self._internal_key)
+        except ApiCallError as exc:
+            if exc.status in (401, 403):
+                identity = None
+            elif exc.unreachable:
+                log.warning("resolver_unreachable", error=exc.message, fingerprint=key)
+                raise ResolverUnavailable(exc.message) from None
+            elif exc.code == BAD_ANSWER:
                 log.error("resolver_bad_answer", fingerprint=key)
                 raise ResolverUnavailable("unexpected whoami answer") from None
+            else:
+                log.warning("resolver_error", status=exc.status, fingerprint=key)
+                raise ResolverUnavailable(f"HTTP {exc.status}") from None
         else:
-            log.warning("resolver_error", status=response.status_code, fingerprint=key)
-            raise ResolverUnavailable(f"HTTP {response.status_code}")
+            identity = Identity(answer.environment_id, answer.slot, answer.token_id, answer.generation)
         if identity is None:
             suppressed = self._sampler.take("token_refused")
             if suppressed is not None:
@@ -171,4 +158,4 @@ class ResolverWhoami:
         return identity
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._resolver.aclose()

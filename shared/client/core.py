@@ -63,10 +63,15 @@ class ApiCallError(Exception):
         """A 4xx other than 408/429: asking again the same way will not help until something changes."""
         return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
 
+    @property
+    def server_message(self) -> str:
+        """The ``message`` of the service's JSON error body, ``""`` when it sent none (at most 200 chars)."""
+        return scrub(str(self.body.get("message", "")))[:200]
+
     def describe(self) -> str:
         """One line: ``404 not_found: no environment acme-x`` or ``cannot reach the issuer at URL: ...``."""
         if self.status is None:
-            return f"cannot reach the {self.service} at {self.base_url}: {self.message}"
+            return f"cannot reach the {self.service} at {self.base_url}: {self.message}; is it running?"
         return f"{self.status} {self.code}: {self.message}"
 
 
@@ -77,7 +82,7 @@ class Policy:
     502/503/504 is sent again up to ``retries`` more times, ``backoff * attempt`` seconds apart (at most
     ``max_backoff``). Non-idempotent calls are sent once."""
 
-    timeout: float = 10.0
+    timeout: float | None = 10.0  # None: the timeout of the httpx client passed in
     retries: int = 2
     backoff: float = 0.5
     max_backoff: float = 2.0
@@ -162,9 +167,7 @@ class _Base:
         }
 
     def _unreachable(self, exc: httpx.HTTPError) -> ApiCallError:
-        return ApiCallError(
-            self.service, self.base_url, None, UNREACHABLE, f"{type(exc).__name__}; is it running?"
-        )
+        return ApiCallError(self.service, self.base_url, None, UNREACHABLE, type(exc).__name__)
 
     def _check(self, call: Call, response: httpx.Response) -> httpx.Response:
         if response.status_code not in call.ok:
@@ -248,7 +251,8 @@ class AsyncClient(_Base):
         attempts = 1 + (self.policy.retries if call.idempotent else 0)
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._http.request(**self._build(call), timeout=self.policy.timeout)
+                timeout = httpx.USE_CLIENT_DEFAULT if self.policy.timeout is None else self.policy.timeout
+                response = await self._http.request(**self._build(call), timeout=timeout)
             except httpx.HTTPError as exc:
                 if attempt < attempts:
                     await asyncio.sleep(self.policy.delay(attempt))

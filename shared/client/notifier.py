@@ -116,7 +116,8 @@ class AsyncNotifierClient(AsyncClient):
     service = "notifier"
     calls = NotifierCalls
 
-    async def _with(self, call: Call, token: str) -> httpx.Response:
+    async def send_as(self, call: Call, token: str) -> httpx.Response:
+        """``call`` with ``token`` as its Bearer."""
         return await self.send(
             Call(
                 call.method,
@@ -132,12 +133,12 @@ class AsyncNotifierClient(AsyncClient):
     async def subscribe(
         self, token: str, deployment_id: str, url: str, action: Action | str, key: str | None = None
     ) -> SubscriptionCreated | SubscriptionWithSecret:
-        response = await self._with(self.calls.subscribe(deployment_id, url, action, key), token)
+        response = await self.send_as(self.calls.subscribe(deployment_id, url, action, key), token)
         kind = SubscriptionCreated if response.status_code == 201 else SubscriptionWithSecret
         return parse(self.service, self.base_url, response, kind)
 
     async def acknowledge(self, token: str, subscription_id: str, generation: int, key: str | None) -> None:
-        await self._with(self.calls.acknowledge(subscription_id, generation, key), token)
+        await self.send_as(self.calls.acknowledge(subscription_id, generation, key), token)
 
     async def unsubscribe(self, token: str, subscription_id: str, key: str | None) -> None:
-        await self._with(self.calls.unsubscribe(subscription_id, key), token)
+        await self.send_as(self.calls.unsubscribe(subscription_id, key), token)

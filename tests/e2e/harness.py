@@ -1,5 +1,6 @@
 """The whole stack as a user runs it, for the end-to-end tests and the fleet benchmark: the three services as
-processes on a broker, the issuer's own CLI for the admin PAT, and deployments under ``streamtoken run``."""
+processes on a broker, an admin PAT minted in process (as ``streamtoken admin pat`` does), calls through
+``shared.client``, and deployments under ``streamtoken run``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import httpx
 
 from cli.dev import SAMPLE_APP, Broker, Child, Stack, mint_admin_pat, service_child, service_environments
 from shared.broker import free_port
+from shared.client import NO_RETRY, ApiCallError, IssuerClient, ResolverClient
+from shared.client.core import SyncClient
 from shared.kafka_broker import ApacheKafkaBroker, KafkaCluster
 from tests.support import read_records, wait_until
 
@@ -60,9 +63,11 @@ class RunningStack:
     admin_pat: str
     tmp: Path
     clients: dict[tuple[str, str], httpx.Client] = field(default_factory=dict)
+    apis: dict[str, SyncClient] = field(default_factory=dict)
 
     def client(self, service: str, token: str) -> httpx.Client:
-        """One pooled client per service and token, closed with the stack."""
+        """One pooled raw HTTP client per service and token (for tests of the HTTP itself), closed with the
+        stack; the harness's own calls go through ``shared.client``."""
         key = (service, token)
         if key not in self.clients:
             self.clients[key] = httpx.Client(
@@ -80,20 +85,32 @@ class RunningStack:
     def issuer(self) -> httpx.Client:
         return self.client("issuer", self.admin_pat)
 
+    @property
+    def issuer_api(self) -> IssuerClient:
+        """The issuer through ``shared.client`` with the admin PAT."""
+        if "issuer" not in self.apis:
+            self.apis["issuer"] = IssuerClient(self.urls["issuer"], bearer=self.admin_pat)
+        api = self.apis["issuer"]
+        assert isinstance(api, IssuerClient)
+        return api
+
     def create_environment(self, name: str) -> str:
-        response = self.issuer.post(
-            "/v1/environments", json={"org": "acme", "project": f"e2e{uuid.uuid4().hex[:6]}", "name": name}
-        )
-        assert response.status_code == 201, response.text
-        return str(response.json()["id"])
+        return self.issuer_api.create_environment("acme", f"e2e{uuid.uuid4().hex[:6]}", name).id
 
     def tokens(self, environment_id: str) -> dict[str, Any]:
-        response = self.issuer.get(f"/v1/environments/{environment_id}/streaming-tokens")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
+        return self.issuer_api.streaming_tokens(environment_id).model_dump(mode="json")
 
     def whoami(self, token: str) -> int:
-        return self.client("resolver", token).get("/v1/whoami").status_code
+        """The resolver's status for ``token``: 200, 401, 503 while it loads (0: no answer)."""
+        if "resolver" not in self.apis:
+            self.apis["resolver"] = ResolverClient(self.urls["resolver"], policy=NO_RETRY)
+        api = self.apis["resolver"]
+        assert isinstance(api, ResolverClient)
+        try:
+            api.whoami(token)
+        except ApiCallError as exc:
+            return exc.status or 0
+        return 200
 
     def run(self, name: str, agent_args: list[str], app_args: list[str]) -> Deployment:
         out, log = self.tmp / f"{name}.out", self.tmp / f"{name}.log"
@@ -144,6 +161,8 @@ def running_stack(broker: Broker, tmp: Path, **settings: str) -> Iterator[Runnin
         if running is not None:
             for client in running.clients.values():
                 client.close()
+            for api in running.apis.values():
+                api.close()
         stack.stop()
 
 

@@ -1,4 +1,4 @@
-"""The issuer's API as the agent and ``streamtoken dev`` use it (Bearer PAT): one client, one error shape."""
+"""The issuer's API as the agent uses it (Bearer PAT), on ``shared.client``; one error shape."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import httpx
 
-from services.agent.adapters.http import error_message
+from shared.client import ApiCallError, AsyncIssuerClient, Call, Policy
+from shared.client.issuer import IssuerCalls
 
 
 class IssuerError(Exception):
@@ -23,7 +24,9 @@ class IssuerError(Exception):
 
 
 class IssuerClient:
-    """``/v1/environments`` and ``/v1/environments/{id}/streaming-tokens`` of the issuer at ``issuer_url``."""
+    """``/v1/environments`` and ``/v1/environments/{id}/streaming-tokens`` of the issuer at ``issuer_url``,
+    through ``shared.client.AsyncIssuerClient`` (no retries there: the agent's runtime has its own back-off).
+    The answers stay plain JSON: the token sources check their shape with their own messages."""
 
     def __init__(
         self,
@@ -35,32 +38,26 @@ class IssuerClient:
         self.issuer_url = issuer_url.rstrip("/")
         self._pat = pat
         self._client = client
-        self._timeout = timeout
+        self._policy = Policy(timeout=timeout, retries=0)
 
-    async def _request(self, method: str, path: str, json: object | None = None) -> httpx.Response:
-        url = f"{self.issuer_url}{path}"
-        headers = {"Authorization": f"Bearer {self._pat}", "Accept": "application/json"}
+    async def _send(self, what: str, call: Call) -> httpx.Response:
+        api = AsyncIssuerClient(self.issuer_url, bearer=self._pat, policy=self._policy, client=self._client)
         try:
-            if self._client is not None:
-                return await self._client.request(
-                    method, url, headers=headers, json=json, timeout=self._timeout
-                )
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
-                return await client.request(method, url, headers=headers, json=json)
-        except httpx.HTTPError as exc:
-            raise IssuerError(f"issuer unreachable at {self.issuer_url} ({type(exc).__name__})") from None
+            return await api.send(call)
+        except ApiCallError as exc:
+            raise self._error(what, exc) from None
+        finally:
+            await api.aclose()  # closes only a client it made itself
 
-    def _error(self, what: str, response: httpx.Response) -> IssuerError:
-        detail = error_message(response)
+    def _error(self, what: str, exc: ApiCallError) -> IssuerError:
+        if exc.unreachable:
+            return IssuerError(f"issuer unreachable at {self.issuer_url} ({exc.message})")
+        detail = exc.server_message
         suffix = f": {detail}" if detail else ""
-        return IssuerError(
-            f"{what}: the issuer answered {response.status_code}{suffix}", response.status_code, detail
-        )
+        return IssuerError(f"{what}: the issuer answered {exc.status}{suffix}", exc.status, detail)
 
-    async def _json(self, what: str, method: str, path: str, ok: tuple[int, ...], json: object = None) -> Any:
-        response = await self._request(method, path, json)
-        if response.status_code not in ok:
-            raise self._error(what, response)
+    async def _json(self, what: str, call: Call) -> Any:
+        response = await self._send(what, call)
         try:
             return response.json()
         except ValueError:
@@ -69,12 +66,9 @@ class IssuerClient:
     async def streaming_tokens(self, environment_id: str, slot: int | None = None) -> dict[str, Any]:
         """The environment's token state; ``slot=2`` asks for Token 2 too (a deployment PAT answers only the
         current Token 1 unless asked for the slot its deployment uses)."""
-        query = "?slot=2" if slot == 2 else ""
         body = await self._json(
             f"reading the tokens of {environment_id}",
-            "GET",
-            f"/v1/environments/{environment_id}/streaming-tokens{query}",
-            (200,),
+            IssuerCalls.streaming_tokens(environment_id, 2 if slot == 2 else None),
         )
         if not isinstance(body, dict):
             raise IssuerError(f"reading the tokens of {environment_id}: the issuer's answer is not an object")
@@ -82,7 +76,7 @@ class IssuerClient:
 
     async def environment(self, environment_id: str) -> dict[str, Any]:
         body = await self._json(
-            f"reading environment {environment_id}", "GET", f"/v1/environments/{environment_id}", (200,)
+            f"reading environment {environment_id}", IssuerCalls.environment(environment_id)
         )
         return dict(body)
 
@@ -91,11 +85,7 @@ class IssuerClient:
         environment_id = f"{org}-{project}-{name}"
         try:
             body = await self._json(
-                f"creating environment {environment_id}",
-                "POST",
-                "/v1/environments",
-                (200, 201),
-                {"org": org, "project": project, "name": name},
+                f"creating environment {environment_id}", IssuerCalls.create_environment(org, project, name)
             )
         except IssuerError as exc:
             if exc.status != 409:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
-from services.agent.adapters.http import error_message
 from services.agent.adapters.keys import SubscriptionKeys
 from services.agent.domain import Action, Credential
+from shared.client import ApiCallError, AsyncNotifierClient, Call, Policy
+from shared.client.notifier import KEY_HEADER, NotifierCalls
+
+CLIENT_TIMEOUT = Policy(timeout=None, retries=0)  # the shared httpx client's timeout; the runtime retries
 
 
 class NotifierError(Exception):
@@ -36,13 +39,13 @@ class Subscription:
     management_key: str | None = field(default=None, repr=False)  # needed to ack and unsubscribe
 
 
-def _error(what: str, base_url: str, response: httpx.Response) -> NotifierError:
-    detail = error_message(response)
+def _error(what: str, base_url: str, exc: ApiCallError) -> NotifierError:
+    if exc.unreachable:
+        return NotifierError(f"notifier unreachable at {base_url} ({exc.message})")
+    detail = exc.server_message
     suffix = f": {detail}" if detail else ""
     return NotifierError(
-        f"the notifier at {base_url} refused to {what} ({response.status_code}){suffix}",
-        response.status_code,
-        detail,
+        f"the notifier at {base_url} refused to {what} ({exc.status}){suffix}", exc.status, detail
     )
 
 
@@ -51,48 +54,34 @@ class NotifierClient:
         self, base_url: str, client: httpx.AsyncClient, stored_keys: SubscriptionKeys | None = None
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client
+        self._api = AsyncNotifierClient(self.base_url, policy=CLIENT_TIMEOUT, client=client)
         self._keys: dict[str, str] = {}  # subscription id -> the management key its creation returned
         self._stored = stored_keys  # kept across agent restarts, to register the same deployment again
         self._names: dict[str, tuple[str, str]] = {}  # subscription id -> (environment id, deployment id)
 
-    @staticmethod
-    def _auth(credential: Credential) -> dict[str, str]:
-        return {"Authorization": f"Bearer {credential.token}"}
-
     async def _call(
         self,
         what: str,
-        method: str,
-        path: str,
+        call: Call,
         credential: Credential,
-        json: object | None = None,
         subscription_id: str | None = None,
-        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        headers = {**self._auth(credential), **(headers or {})}
         key = self._keys.get(subscription_id) if subscription_id is not None else None
         if key is not None:
-            headers["X-Subscription-Key"] = key
+            call = replace(call, headers={**call.headers, KEY_HEADER: key})
+        call = replace(call, what=what, ok=tuple(range(200, 300)))
         try:
-            response = await self._client.request(
-                method, f"{self.base_url}{path}", headers=headers, json=json
-            )
-        except httpx.HTTPError as exc:
-            raise NotifierError(f"notifier unreachable at {self.base_url} ({type(exc).__name__})") from None
-        if response.status_code >= 300:
-            raise _error(what, self.base_url, response)
-        return response
+            return await self._api.send_as(call, credential.token)
+        except ApiCallError as exc:
+            raise _error(what, self.base_url, exc) from None
 
     async def subscribe(
         self, credential: Credential, deployment_id: str, url: str, action: Action
     ) -> Subscription:
-        body = {"deployment_id": deployment_id, "url": url, "action": action}
         environment_id = credential.environment_id or ""
         known = self._stored.load(self.base_url, environment_id, deployment_id) if self._stored else None
-        headers = {"X-Subscription-Key": known} if known else None
         response = await self._call(
-            "subscribe", "POST", "/v1/subscriptions", credential, body, headers=headers
+            "subscribe", NotifierCalls.subscribe(deployment_id, url, action, known), credential
         )
         try:
             data = response.json()
@@ -115,22 +104,15 @@ class NotifierClient:
     async def acknowledge(self, subscription_id: str, generation: int, credential: Credential) -> None:
         await self._call(
             "record the acknowledgement",
-            "POST",
-            f"/v1/subscriptions/{subscription_id}/acks",
+            NotifierCalls.acknowledge(subscription_id, generation, None),
             credential,
-            {"generation": generation},
             subscription_id,
         )
 
     async def unsubscribe(self, subscription_id: str, credential: Credential) -> None:
         try:
             await self._call(
-                "unsubscribe",
-                "DELETE",
-                f"/v1/subscriptions/{subscription_id}",
-                credential,
-                None,
-                subscription_id,
+                "unsubscribe", NotifierCalls.unsubscribe(subscription_id, None), credential, subscription_id
             )
         except NotifierError as exc:
             if exc.status != 404:
