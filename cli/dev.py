@@ -295,19 +295,16 @@ def mint_admin_pat(
 
 def wait_token_known(resolver_url: str, token: str, timeout: float, should_stop: Callable[[], bool]) -> bool:
     """Wait until the resolver accepts ``token`` (it learns tokens from Kafka, a moment after the issuer)."""
-    import httpx
+    from shared.client import ApiCallError, Policy, ResolverClient
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not should_stop():
-        try:
-            response = httpx.get(
-                f"{resolver_url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=2.0
-            )
-            if response.status_code == 200:
+    with ResolverClient(resolver_url, policy=Policy(timeout=2.0, retries=0)) as resolver:
+        while time.monotonic() < deadline and not should_stop():
+            try:
+                resolver.whoami(token)
                 return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+            except ApiCallError:
+                time.sleep(0.3)
     return False
 
 
