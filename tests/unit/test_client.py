@@ -91,3 +91,11 @@ def test_unreachable_is_one_error_with_no_status_and_retries_stay_bounded() -> N
 def test_an_invalid_environment_id_fails_before_any_request() -> None:
     with IssuerClient("http://127.0.0.1:9", bearer="x") as client, pytest.raises(ValueError):
         client.environment("../admin")
+
+
+def test_dev_waits_for_the_resolver_to_know_a_token(resolver_url: tuple[str, Env]) -> None:
+    from cli.dev import wait_token_known
+
+    url, env = resolver_url
+    assert wait_token_known(url, env.token_1, 10.0, lambda: False)
+    assert not wait_token_known(url, generate_token(), 0.5, lambda: False)
