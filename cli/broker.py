@@ -5,12 +5,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import Annotated
 
 import typer
 
 from cli.common import EXIT_REFUSED
 from cli.dev import (
     NO_ENFORCEMENT,
+    BrokerKind,
     Stack,
     default_broker_kind,
     service_environments,
@@ -33,10 +35,12 @@ def register(app: typer.Typer) -> None:
 
 
 def render(
-    out: Path = typer.Option(..., "--out", help="directory to write the broker's configuration into"),
-    host: str = typer.Option("kafka", "--host", help="the broker's host name (TLS certificate, listeners)"),
-    port: int = typer.Option(9092, "--port", help="the SASL_SSL client listener"),
-    controller_port: int = typer.Option(9093, "--controller-port", help="the controller listener"),
+    out: Annotated[Path, typer.Option("--out", help="directory to write the broker's configuration into")],
+    host: Annotated[
+        str, typer.Option("--host", help="the broker's host name (TLS certificate, listeners)")
+    ] = "kafka",
+    port: Annotated[int, typer.Option("--port", help="the SASL_SSL client listener")] = 9092,
+    controller_port: Annotated[int, typer.Option("--controller-port", help="the controller listener")] = 9093,
 ) -> None:
     """Render Apache Kafka's server.properties (the template the local stack and tests use), development TLS
     and the format arguments into OUT (what docker-compose.yml's kafka container runs)."""
@@ -47,8 +51,10 @@ def render(
 
 
 def grant(
-    topic: str = typer.Option("streaming-tokens", "--topic", help="the control topic"),
-    notifier_group: str = typer.Option("notifier", "--notifier-group", help="the notifier's consumer group"),
+    topic: Annotated[str, typer.Option("--topic", help="the control topic")] = "streaming-tokens",
+    notifier_group: Annotated[
+        str, typer.Option("--notifier-group", help="the notifier's consumer group")
+    ] = "notifier",
 ) -> None:
     """Give the issuer, resolver and notifier principals their least-privilege ACLs, connecting with the
     STREAMTOKEN_KAFKA_* settings of a super user (idempotent)."""
@@ -69,20 +75,24 @@ def grant(
 
 def broker(
     ctx: typer.Context,
-    port: int = typer.Option(DEFAULT_PORT, "--port", "-p", help="port to listen on (127.0.0.1)"),
-    broker_kind: str = typer.Option(
-        None,
-        "--broker",
-        help="kafka (Apache Kafka: TLS, SCRAM, ACLs) or embedded (Tansu: enforces nothing); default kafka "
-        "where Java 17+ is installed",
-        show_default=False,
+    port: Annotated[int, typer.Option("--port", "-p", help="port to listen on (127.0.0.1)")] = DEFAULT_PORT,
+    broker_kind: Annotated[
+        BrokerKind | None,
+        typer.Option(
+            "--broker",
+            help="kafka (Apache Kafka: TLS, SCRAM, ACLs) or embedded (Tansu: enforces nothing); default "
+            "kafka where Java 17+ is installed",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Apache Kafka keeps its data in DATA_DIR/kafka")] = Path(
+        ".streamtoken"
     ),
-    data_dir: Path = typer.Option(Path(".streamtoken"), help="Apache Kafka keeps its data in DATA_DIR/kafka"),
 ) -> None:
     """Run the broker on 127.0.0.1 until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
-    kind = broker_kind or default_broker_kind()
+    kind = broker_kind.value if broker_kind is not None else default_broker_kind()
     try:
         running = start_broker(kind, port, data_dir.resolve(), None, lambda m: typer.echo(m, err=True))
         service_environments(running)

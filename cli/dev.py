@@ -23,9 +23,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import typer
 
@@ -49,6 +50,11 @@ NO_ENFORCEMENT = (
     "that scopes each token."
 )
 Broker = EmbeddedBroker | ApacheKafkaBroker | KafkaCluster
+
+
+class BrokerKind(StrEnum):
+    KAFKA = "kafka"  # Apache Kafka: TLS, SCRAM, ACLs
+    EMBEDDED = "embedded"  # Tansu: enforces nothing
 
 
 def default_broker_kind() -> str:
@@ -365,34 +371,34 @@ def register(app: typer.Typer) -> None:
 
 
 def dev(
-    kafka_port: int = typer.Option(DEFAULT_PORT, help="port of the broker"),
-    broker_kind: str = typer.Option(
-        None,
-        "--broker",
-        help="kafka (Apache Kafka from Maven jars: TLS, SCRAM, ACLs) or embedded (Tansu: enforces nothing); "
-        "default kafka where Java 17+ is installed",
-        show_default=False,
+    kafka_port: Annotated[int, typer.Option(help="port of the broker")] = DEFAULT_PORT,
+    broker_kind: Annotated[
+        BrokerKind | None,
+        typer.Option(
+            "--broker",
+            help="kafka (Apache Kafka from Maven jars: TLS, SCRAM, ACLs) or embedded (Tansu: enforces "
+            "nothing); default kafka where Java 17+ is installed",
+            show_default=False,
+        ),
+    ] = None,
+    issuer_port: Annotated[int, typer.Option(help="port of the issuer")] = SERVICE_PORTS["issuer"],
+    resolver_port: Annotated[int, typer.Option(help="port of the resolver")] = SERVICE_PORTS["resolver"],
+    notifier_port: Annotated[int, typer.Option(help="port of the notifier")] = SERVICE_PORTS["notifier"],
+    data_dir: Annotated[Path, typer.Option(help="where the SQLite databases, keys and logs live")] = Path(
+        ".streamtoken"
     ),
-    issuer_port: int = typer.Option(SERVICE_PORTS["issuer"], help="port of the issuer"),
-    resolver_port: int = typer.Option(SERVICE_PORTS["resolver"], help="port of the resolver"),
-    notifier_port: int = typer.Option(SERVICE_PORTS["notifier"], help="port of the notifier"),
-    data_dir: Path = typer.Option(
-        Path(".streamtoken"), help="where the SQLite databases, keys and logs live"
-    ),
-    demo: bool = typer.Option(
-        False, "--demo/--no-demo", help="create demo environments and a sample deployment"
-    ),
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="show the services' logs here instead of in DATA_DIR/logs/"
-    ),
-    ready_timeout: float = typer.Option(60.0, help="seconds to wait for each service to be ready"),
+    demo: Annotated[
+        bool, typer.Option("--demo/--no-demo", help="create demo environments and a sample deployment")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="show the services' logs here instead of in DATA_DIR/logs/"),
+    ] = False,
+    ready_timeout: Annotated[float, typer.Option(help="seconds to wait for each service to be ready")] = 60.0,
 ) -> None:
     """Run the broker and every service in the foreground until Ctrl-C."""
-    kind = broker_kind or default_broker_kind()
+    kind = broker_kind.value if broker_kind is not None else default_broker_kind()
     os.environ["STREAMTOKEN_ENV"] = "dev"  # the local stack: the broker started here and its children
-    if kind not in {"kafka", "embedded"}:
-        typer.echo(f"error: --broker must be kafka or embedded, not {kind!r}", err=True)
-        raise typer.Exit(2)
     ports = {"issuer": issuer_port, "resolver": resolver_port, "notifier": notifier_port}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     stopping = False
