@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from shared.client.core import AsyncClient, Call, SyncClient
-from shared.models.resolver import TopicLookup, WhoamiAnswer
+from shared.models.resolver import HeartbeatAnswer, TopicLookup, WhoamiAnswer
 
 INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
 FORWARDED_FOR = "X-Streamtoken-Forwarded-For"  # services.resolver.api.FORWARDED_FOR_HEADER
@@ -23,6 +23,16 @@ class ResolverCalls:
     def whoami(token: str, headers: Mapping[str, str] | None = None) -> Call:
         return Call(
             "GET", "/v1/whoami", "whoami", headers={"Authorization": f"Bearer {token}", **(headers or {})}
+        )
+
+    @staticmethod
+    def heartbeat(token: str, deployment_id: str) -> Call:
+        return Call(
+            "POST",
+            "/v1/heartbeat",
+            "heartbeat",
+            json={"deployment_id": deployment_id},
+            headers={"Authorization": f"Bearer {token}"},
         )
 
 
@@ -56,3 +66,7 @@ class AsyncResolverClient(AsyncClient):
     ) -> WhoamiAnswer:
         """The token's identity; an ``ApiCallError`` with status 401/403 when the resolver refuses it."""
         return await self.get(self.calls.whoami(token, forwarded(client, internal_key)), WhoamiAnswer)
+
+    async def heartbeat(self, token: str, deployment_id: str) -> HeartbeatAnswer:
+        """Report the token a deployment runs with (usage with its deployment id)."""
+        return await self.get(self.calls.heartbeat(token, deployment_id), HeartbeatAnswer)

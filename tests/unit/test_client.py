@@ -63,6 +63,11 @@ def test_resolver_answers_typed_refusals_with_the_servers_code(
     async def check() -> None:
         async with AsyncResolverClient(url, policy=NO_RETRY) as client:
             assert (await client.whoami(env.token_1, ("10.0.0.7", "probe/1"))).slot == 1
+            beat = await client.heartbeat(env.token_2, "f1-producer")
+            assert (beat.environment_id, beat.slot) == ("acme-telemetry-dev", 2)
+            with pytest.raises(ApiCallError) as bad_body:
+                await client.heartbeat(env.token_2, "no spaces allowed")
+            assert (bad_body.value.status, bad_body.value.code) == (422, "invalid_request")
             with pytest.raises(ApiCallError) as exc:
                 await client.whoami("not-a-token")
             assert exc.value.status == 401

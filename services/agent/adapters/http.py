@@ -1,22 +1,12 @@
-"""What the agent's HTTP clients share: reading the ``{"error", "message"}`` body every service answers."""
+"""What the agent's HTTP adapters share: which URLs would send a secret over the network in clear.
+
+(Error bodies are read by ``shared.client``.)
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from urllib.parse import urlsplit
-
-import httpx
-
-
-def error_message(response: httpx.Response, limit: int = 200) -> str:
-    """The ``message`` of an error body (``shared.web``'s shape), or ``""``; at most ``limit`` characters."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if not isinstance(body, dict):
-        return ""
-    return str(body.get("message", ""))[:limit]
 
 
 def cleartext_host(url: str) -> str | None:

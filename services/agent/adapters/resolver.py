@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from services.agent.adapters.http import error_message
 from services.agent.domain import Credential, HeartbeatAnswered
-
-HEARTBEAT_PATH = "/v1/heartbeat"
+from shared.client import ApiCallError, AsyncResolverClient, Policy
+from shared.client.resolver import ResolverCalls
 
 
 class ResolverClient:
@@ -15,33 +14,25 @@ class ResolverClient:
 
     def __init__(self, portal_url: str, client: httpx.AsyncClient) -> None:
         self.base_url = portal_url.rstrip("/")
-        self._client = client
+        self._api = AsyncResolverClient(self.base_url, policy=Policy(timeout=None, retries=0), client=client)
 
     async def heartbeat(self, credential: Credential, deployment_id: str) -> HeartbeatAnswered:
         fingerprint = credential.fingerprint
         try:
-            response = await self._client.post(
-                f"{self.base_url}{HEARTBEAT_PATH}",
-                headers={"Authorization": f"Bearer {credential.token}"},
-                json={"deployment_id": deployment_id},
-            )
-        except httpx.HTTPError as exc:
+            response = await self._api.send(ResolverCalls.heartbeat(credential.token, deployment_id))
+        except ApiCallError as exc:
+            if exc.unreachable:
+                message = f"resolver unreachable at {self.base_url} ({exc.message})"
+                return HeartbeatAnswered(fingerprint, "failed", message=message)
+            if exc.status == 401:
+                return HeartbeatAnswered(fingerprint, "refused", message=exc.server_message)
+            if exc.status in (404, 405):  # an older resolver without the route
+                return HeartbeatAnswered(fingerprint, "unsupported")
+            detail = exc.server_message
             return HeartbeatAnswered(
                 fingerprint,
                 "failed",
-                message=f"resolver unreachable at {self.base_url} ({type(exc).__name__})",
-            )
-        status = response.status_code
-        if status == 401:
-            return HeartbeatAnswered(fingerprint, "refused", message=error_message(response))
-        if status in (404, 405):  # an older resolver without the route
-            return HeartbeatAnswered(fingerprint, "unsupported")
-        if status != 200:
-            detail = error_message(response)
-            return HeartbeatAnswered(
-                fingerprint,
-                "failed",
-                message=f"the resolver answered {status}" + (f": {detail}" if detail else ""),
+                message=f"the resolver answered {exc.status}" + (f": {detail}" if detail else ""),
             )
         try:
             body = response.json()
