@@ -399,6 +399,10 @@ def dev(
     """Run the broker and every service in the foreground until Ctrl-C."""
     kind = broker_kind.value if broker_kind is not None else default_broker_kind()
     os.environ["STREAMTOKEN_ENV"] = "dev"  # the local stack: the broker started here and its children
+    from shared.logs import configure_logging
+
+    # This console shows progress lines; the issuer code run here (minting the demo PATs) logs warnings only.
+    configure_logging("dev", "WARNING", json=False)
     ports = {"issuer": issuer_port, "resolver": resolver_port, "notifier": notifier_port}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     stopping = False
