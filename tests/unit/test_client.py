@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -11,10 +12,19 @@ from services.issuer.auth import MAX_SUBJECT
 from services.issuer.domain import MAX_GRACE
 from services.notifier import domain as notifier_domain
 from services.resolver.bootstrap import build_app
+from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import TokenTable
 from shared.broker import free_port
-from shared.client import NO_RETRY, ApiCallError, AsyncResolverClient, IssuerClient, Policy, ResolverClient
+from shared.client import (
+    NO_RETRY,
+    ApiCallError,
+    AsyncResolverClient,
+    Call,
+    IssuerClient,
+    Policy,
+    ResolverClient,
+)
 from shared.kafka import KafkaSettings
 from shared.models import issuer as issuer_models
 from shared.models import notifier as notifier_models
@@ -34,11 +44,10 @@ def resolver_url(serve_app: Callable[..., str]) -> tuple[str, Env]:
     env = Env("acme-telemetry-dev")
     table = TokenTable()
     table.apply_event(env.environment_id, env.event())
-    settings = ResolverSettings(
-        kafka=KafkaSettings(bootstrap_servers="kafka.internal:9092"),
-        public_bootstrap_servers="kafka.example.com:9093",
-    )
-    return serve_app(build_app(settings, table=table, start_replica=False)), env
+    # Nothing listens on 127.0.0.1:9 and usage is off: this resolver needs no Kafka and sends nothing out.
+    settings = ResolverSettings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), usage_enabled=False)
+    app = build_app(settings, table=table, start_replica=False, status=lambda: Status.READY)
+    return serve_app(app), env
 
 
 def test_resolver_answers_typed_refusals_with_the_servers_code(
@@ -104,3 +113,41 @@ def test_dev_waits_for_the_resolver_to_know_a_token(resolver_url: tuple[str, Env
     url, env = resolver_url
     assert wait_token_known(url, env.token_1, 10.0, lambda: False)
     assert not wait_token_known(url, generate_token(), 0.5, lambda: False)
+
+
+def test_the_policy_retries_idempotent_calls_on_503_and_never_a_plain_post(
+    serve_app: Callable[..., str],
+) -> None:
+    """A tiny ASGI app on loopback that answers 503 (our error body) to the first two requests."""
+    seen: list[str] = []
+
+    async def flaky(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(f"{scope['method']} {scope['path']}")
+        status, body = (
+            (503, b'{"error":"not_ready","message":"catching up"}') if len(seen) <= 2 else (200, b"{}")
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    url = serve_app(flaky)
+    fast = Policy(timeout=5.0, retries=2, backoff=0.01)
+    with IssuerClient(url, bearer="x", policy=fast) as client:
+        assert client.send(Call("GET", "/v1/environments", "listing")).status_code == 200
+        assert len(seen) == 3  # two 503s, then the answer
+        seen.clear()
+        with pytest.raises(ApiCallError) as once:
+            client.send(Call("POST", "/v1/environments", "creating", json={}))
+        assert len(seen) == 1  # no Idempotency-Key: never sent twice
+        assert (once.value.status, once.value.code, once.value.message) == (503, "not_ready", "catching up")
+        seen.clear()
+        keyed = Call("POST", "/rotate", "rotating", json={}, headers={"Idempotency-Key": "k1"})
+        assert client.send(keyed).status_code == 200
+        assert seen == ["POST /rotate"] * 3
