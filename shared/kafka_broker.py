@@ -133,13 +133,23 @@ def ensure_jars(version: str = KAFKA_VERSION, progress: Any = None) -> Path:
     return lib
 
 
-def render_config(values: Mapping[str, object], template: Path = TEMPLATE) -> str:
-    """The broker's ``server.properties`` from the template; every placeholder must be given."""
+def render_config(
+    values: Mapping[str, object], template: Path = TEMPLATE, properties: Mapping[str, str] | None = None
+) -> str:
+    """The broker's ``server.properties`` from the template; every placeholder must be given.
+    ``properties`` are appended after it (in Java's properties files a later key wins)."""
     text = template.read_text()
     missing = sorted({m for m in _PLACEHOLDER.findall(text) if m not in values})
     if missing:
         raise KeyError(f"template values missing: {missing}")
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+    rendered = _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+    if properties:
+        for key, value in properties.items():
+            if not re.fullmatch(r"[a-z0-9._-]+", key) or "\n" in value or "\r" in value:
+                raise ValueError(f"not a broker property: {key!r}")
+        rendered += "\n# given by the launcher (later keys win)\n"
+        rendered += "".join(f"{key}={value}\n" for key, value in properties.items())
+    return rendered
 
 
 @dataclass
@@ -338,8 +348,10 @@ class ApacheKafkaBroker:
         credentials: BrokerCredentials | None = None,
         tls: BrokerTls | None = None,
         cluster_id: str | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.properties = dict(properties or {})
         self.node_id = node_id
         self.voters = voters
         self.replication_factor = replication_factor
@@ -463,7 +475,7 @@ class ApacheKafkaBroker:
         config = self.data_dir / "server.properties"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(render_config(self._config_values()))
+            handle.write(render_config(self._config_values(), properties=self.properties))
         classpath = f"{lib}/*"
         if not (self.data_dir / "logs" / "meta.properties").is_file():
             self._format(java, classpath, config)
@@ -478,8 +490,13 @@ class ApacheKafkaBroker:
                     *self.jit_flags(),
                     "-Djava.awt.headless=true",
                     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                    "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                    "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSZ",
+                    f"-Xlog:gc:file={self.data_dir / 'gc.log'}:time,uptime:filecount=2,filesize=2m",
                     "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
                     "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.raft.QuorumState=info",
+                    "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.controller.QuorumController=info",
+                    "-Dorg.slf4j.simpleLogger.log.kafka.server.BrokerLifecycleManager=info",
                     "-cp",
                     classpath,
                     "kafka.Kafka",
@@ -597,13 +614,35 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
+# KRaft's defaults (fetch timeout 2 s: a quorum leader resigns after 3 s without a majority's fetch; election
+# timeout 1 s) assume a quiet machine; on two shared cores with slow fsyncs the two nodes left after a kill
+# lost and re-elected the leader again and again. Given to every node of a KafkaCluster (``properties``).
+CLUSTER_PROPERTIES: dict[str, str] = {
+    "controller.quorum.fetch.timeout.ms": "10000",
+    "controller.quorum.election.timeout.ms": "5000",
+    "broker.session.timeout.ms": "15000",
+}
+
+
 class KafkaCluster:
     """``size`` Apache Kafka nodes on loopback, each broker + controller, a static controller quorum of all of
     them, topics replicated ``size`` times with ``min.insync.replicas=2`` (issue 10's fault tests). Nodes
-    share the passwords and the TLS material; each node can be killed and started again."""
+    share the passwords and the TLS material; each node can be killed and started again.
 
-    def __init__(self, data_dir: Path, size: int = 3, heap: str = "384m", host: str = "127.0.0.1") -> None:
+    ``properties``: extra broker properties for every node, over ``CLUSTER_PROPERTIES``. ``fast_start``: C1
+    only; off by default, since C1 makes the brokers' TLS ~10x as costly (see ``ApacheKafkaBroker``)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        size: int = 3,
+        heap: str = "384m",
+        host: str = "127.0.0.1",
+        properties: Mapping[str, str] | None = None,
+        fast_start: bool = False,
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.properties = {**CLUSTER_PROPERTIES, **(properties or {})}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.credentials = BrokerCredentials.load_or_create(self.data_dir / "credentials.json")
@@ -623,6 +662,8 @@ class KafkaCluster:
                 credentials=self.credentials,
                 tls=self.tls,
                 cluster_id=cluster_id,
+                properties=self.properties,
+                fast_start=fast_start,
             )
             for node in ports
         }

@@ -34,6 +34,19 @@ def test_every_placeholder_of_the_template_must_be_given(tmp_path: Path) -> None
     assert "{{" in TEMPLATE.read_text()
 
 
+def test_extra_properties_come_last_and_must_be_plain_keys(tmp_path: Path) -> None:
+    credentials = BrokerCredentials.load_or_create(tmp_path / "credentials.json")
+    values = config_values(
+        credentials, ensure_dev_tls(tmp_path / "tls"), tmp_path / "logs", port=1, controller_port=2
+    )
+    text = render_config(values, properties={"broker.session.timeout.ms": "15000"})
+    assert text.rstrip().endswith("broker.session.timeout.ms=15000")  # a later key wins in Java properties
+    assert "metadata.log.max.snapshot.interval.ms=" in text  # restarts load a snapshot (docs/broker.md)
+    for bad in ({"a=b": "1"}, {"x": "1\nsuper.users=User:eve"}):
+        with pytest.raises(ValueError):
+            render_config(values, properties=bad)
+
+
 def test_credentials_are_generated_once_and_kept_private(tmp_path: Path) -> None:
     path = tmp_path / "credentials.json"
     first = BrokerCredentials.load_or_create(path)

@@ -181,6 +181,7 @@ class OutboxRelay:
         self._list_offsets_trusted = True  # False once ListOffsets was seen below the acked end (Tansu)
         self._lost_reason: str | None = None  # a loss found by the watch, for the next check_topic
         self.kafka_error: str | None = None
+        self._watch_error: str | None = None  # the last topic check's error, until one answers
         self.kafka_last_error: str | None = None
         self.kafka_ok_at: datetime | None = None
         self.database_error: str | None = None
@@ -259,9 +260,9 @@ class OutboxRelay:
         self.last_error = None
         self.broker_error = None
         self.error_code = None
-        self.kafka_error = None
+        self.kafka_error = self._watch_error  # published, but the topic's broker check does not answer
         self.database_error = None
-        self._metrics.kafka_up.set(1)
+        self._metrics.kafka_up.set(0 if self._watch_error else 1)
         self._metrics.database_up.set(1)
         self._metrics.broker_access_up.set(1)
 
@@ -280,6 +281,10 @@ class OutboxRelay:
             if isinstance(exc, BrokerSyncFailed):
                 self.broker_error = str(exc)
                 self._metrics.broker_access_up.set(0)
+                if self._broker is not None:
+                    # A fresh admin client next time: fresh metadata, so its calls go to a live node (Kafka
+                    # names any live broker its "controller"; a client keeps waiting on a killed one).
+                    self._broker.close()
             else:
                 self.kafka_error = self.kafka_last_error = self.error_code
                 self._metrics.kafka_up.set(0)
@@ -348,15 +353,22 @@ class OutboxRelay:
         if time.monotonic() < self._next_topic_check:
             return
         self._next_topic_check = time.monotonic() + self._topic_check_interval_s
-        identity = self._topic_admin.identity()
-        self._kafka_answered()
-        reason: str | None = None
-        if identity is None:
-            reason = "missing"
-        elif self._identity is not None and identity.topic_id != self._identity.topic_id:
-            reason = "recreated"
-        elif self._published_end:
-            reason = self._truncated()
+        try:
+            identity = self._topic_admin.identity()
+            self._kafka_answered()
+            reason: str | None = None
+            if identity is None:
+                reason = "missing"
+            elif self._identity is not None and identity.topic_id != self._identity.topic_id:
+                reason = "recreated"
+            elif self._published_end:
+                reason = self._truncated()
+        except Exception as exc:
+            if database_problem(exc) is not None:
+                raise
+            self._watch_failed(exc)
+            return
+        self._watch_error = None
         if self._identity is None:
             self._identity = identity
         if reason is None:
@@ -371,6 +383,18 @@ class OutboxRelay:
         self._lost_reason = reason
         self._topic_checked = False
         self.check_topic()
+
+    def _watch_failed(self, exc: Exception) -> None:
+        """The topic check got no answer (a node of the cluster down, its controller moving): a check, not
+        a step of publishing, so the pass goes on (records go to the partitions' leaders, which the
+        producer finds by itself) and the health says Kafka is failing until a check answers again. The
+        next check comes soon, with a fresh admin client (fresh metadata: a live node to ask)."""
+        code = error_code(str(exc)) or type(exc).__name__
+        self._watch_error = self.kafka_error = self.kafka_last_error = code
+        self._metrics.kafka_up.set(0)
+        self._forget_topic_admin_client()
+        self._next_topic_check = time.monotonic() + min(self._topic_check_interval_s, 1.0)
+        log.warning("control_topic_check_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
     def _truncated(self) -> str | None:
         """ "truncated" when some partition ends below the offset this relay had acknowledged there."""

@@ -287,6 +287,36 @@ def test_a_broker_that_stops_answering_turns_the_health_to_kafka_retrying() -> N
         relay.stop()
 
 
+def test_a_topic_check_without_answer_does_not_hold_publishing_back() -> None:
+    """A node of the cluster down (or its controller moving) makes the topic check time out while the
+    partitions' leaders take records: the relay publishes, and says Kafka is failing until a check answers."""
+    topic = FakeTopic()
+    outbox = FakeOutbox([message(1, "a", 1)])
+    publisher = FakePublisher(topic=topic)
+    metrics = IssuerMetrics()
+    relay = OutboxRelay(
+        outbox,
+        publisher,
+        metrics=metrics,
+        topic_admin=topic,
+        republish=Republish(),
+        topic_check_interval_s=0.0,
+    )
+    relay.run_once()
+    assert outbox.published == [1]
+    topic.down = True
+    outbox.pending.append(message(2, "a", 2))
+    relay.run_once()  # the check fails, the pass goes on
+    assert outbox.published == [1, 2]
+    assert publisher.resets == 0  # the producer was fine: not thrown away
+    assert relay.health().kafka_error == "_TRANSPORT"
+    assert relay.health().kafka_last_error == "_TRANSPORT"
+    topic.down = False
+    relay._next_topic_check = 0.0  # the retry of the check is due (it comes within 1 s)
+    relay.run_once()
+    assert relay.health().kafka_error is None
+
+
 class LosingOutbox(FakeOutbox):
     """The database restarts once while the relay marks rows published: the mark is lost."""
 

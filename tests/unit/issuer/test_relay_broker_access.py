@@ -153,6 +153,7 @@ def test_a_running_relay_reports_the_broker_failure_in_one_line_then_recovers(wo
         assert token not in error
         assert not world.relay.healthy
         assert world.publisher.sent == []
+        assert world.broker.closed  # the admin client dropped: the next try starts from fresh metadata
         world.broker.fail = 0
         while world.publisher.sent != [1] and time.monotonic() < deadline:
             time.sleep(0.01)
