@@ -19,7 +19,7 @@ from services.resolver.bootstrap import build_app as build_resolver
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from tests.integration.issuer.conftest import RunningIssuer
 from tests.integration.notifier.conftest import fast_settings
-from tests.integration.notifier.standins import Receiver
+from tests.integration.notifier.support import Receiver
 from tests.integration.resolver.conftest import resolver_settings, wait_ready
 from tests.support import wait_until
 

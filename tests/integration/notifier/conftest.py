@@ -1,4 +1,4 @@
-"""Fixtures of the notifier's integration tests: the stand-in resolver, receivers, a running notifier."""
+"""Fixtures of the notifier's integration tests: the real resolver (no Kafka), a running notifier."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from services.notifier.bootstrap import build_app
 from services.notifier.settings import NotifierSettings
 from shared.kafka import KafkaSettings
 from tests.conftest import POSTGRES_ADMIN_URL, _postgres_required, _sqlalchemy_url
-from tests.integration.notifier.standins import ResolverStandin
+from tests.integration.notifier.support import Resolver
 
 
 @pytest.fixture
@@ -43,13 +43,14 @@ def restartable_postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def resolver() -> ResolverStandin:
-    return ResolverStandin()
+def resolver() -> Resolver:
+    """The real resolver over a table the test fills (``resolver.apply(event)``)."""
+    return Resolver()
 
 
 @pytest.fixture
-def resolver_url(resolver: ResolverStandin, serve_app: Callable[..., str]) -> str:
-    return serve_app(resolver)
+def resolver_url(resolver: Resolver, serve_app: Callable[..., str]) -> str:
+    return serve_app(resolver.app)
 
 
 def fast_settings(database_url: str, resolver_url: str, **overrides: Any) -> NotifierSettings:

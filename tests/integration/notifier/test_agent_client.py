@@ -10,11 +10,11 @@ import pytest
 
 from services.agent.adapters.notifier import NotifierClient, NotifierError
 from services.agent.domain import Credential
-from tests.integration.notifier.standins import ResolverStandin, new_environment
+from tests.integration.notifier.support import Resolver, new_environment
 
 
 async def test_the_agent_subscribes_acknowledges_and_unsubscribes_with_its_key(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None, deliver=False)
     env = new_environment(resolver)

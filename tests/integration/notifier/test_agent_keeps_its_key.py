@@ -12,11 +12,11 @@ import pytest
 from services.agent.adapters.keys import SubscriptionKeys
 from services.agent.adapters.notifier import NotifierClient, NotifierError
 from services.agent.domain import Credential
-from tests.integration.notifier.standins import ResolverStandin, new_environment
+from tests.integration.notifier.support import Resolver, new_environment
 
 
 async def test_a_restarted_agent_registers_its_deployment_again_with_the_kept_key(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin, tmp_path: Path
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver, tmp_path: Path
 ) -> None:
     api = start_notifier(sqlite_url, None, deliver=False)
     env = new_environment(resolver)

@@ -18,13 +18,8 @@ from shared.broker import EmbeddedBroker
 from shared.events import TokenStateChanged
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from shared.kafka_broker import ApacheKafkaBroker
-from tests.integration.notifier.standins import (
-    Environment,
-    Receiver,
-    ResolverStandin,
-    new_environment,
-    produce,
-)
+from tests.factories import Environment
+from tests.integration.notifier.support import Receiver, Resolver, new_environment, produce, rotate
 from tests.support import wait_until
 
 FAST = {"topic_check_interval_seconds": 0.5, "lease_seconds": 30}
@@ -117,7 +112,7 @@ def _replay_scenario(
     api: httpx.Client,
     receiver: Receiver,
     receiver_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
     publish: Callable[..., None],
     recreate: Callable[[], None],
 ) -> None:
@@ -150,7 +145,7 @@ def _replay_scenario(
 
     events: list[TokenStateChanged] = []
     for generation in (2, 3):
-        events.append(env.rotate(resolver))
+        events.append(rotate(resolver, env))
         publish(events[-1])
         expected = tuple(range(2, generation + 1))
         wait_until(lambda: received(*expected), 60, f"rotation {generation}")  # noqa: B023
@@ -159,7 +154,7 @@ def _replay_scenario(
     recreate()
     # The republish of the current state (rotation 3, same event id) comes first on the new topic: a
     # consumer still at its old position would skip what follows it; one that replays sees it again.
-    publish(events[-1], env.rotate(resolver), env.rotate(resolver))
+    publish(events[-1], rotate(resolver, env), rotate(resolver, env))
     wait_until(lambda: received(2, 3, 4, 5), 90, "rotations 4 and 5 after the topic was recreated")
     wait_until(lambda: _settled(api, env), 90, "the replay to finish with nothing pending", interval=0.2)
 
@@ -187,7 +182,7 @@ def test_a_restarted_tansu_with_an_empty_topic_is_replayed_and_nothing_is_sent_t
     start_notifier: Callable[..., httpx.Client],
     serve_app: Callable[..., str],
     embedded_broker_factory: Callable[..., EmbeddedBroker],
-    resolver: ResolverStandin,
+    resolver: Resolver,
     sqlite_url: str,
     topic_name: str,
 ) -> None:
@@ -231,7 +226,7 @@ def test_a_deleted_and_recreated_kafka_topic_is_replayed_and_nothing_is_sent_twi
     serve_app: Callable[..., str],
     kafka_broker: ApacheKafkaBroker,
     kafka_settings: KafkaSettings,
-    resolver: ResolverStandin,
+    resolver: Resolver,
     request: pytest.FixtureRequest,
     database: str,
 ) -> None:

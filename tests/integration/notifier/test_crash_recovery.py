@@ -12,9 +12,9 @@ import pytest
 
 from shared.broker import free_port
 from shared.kafka import KafkaSettings
-from tests.integration.notifier.standins import (
+from tests.integration.notifier.support import (
     Receiver,
-    ResolverStandin,
+    Resolver,
     new_environment,
     produce,
 )
@@ -37,7 +37,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_a_killed_notifier_resumes_and_every_subscription_gets_the_rotation_exactly_once(
     serve_app: Callable[..., str],
     resolver_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
     kafka_settings: KafkaSettings,
     tmp_path: Path,
     processes: list[subprocess.Popen[bytes]],
@@ -88,7 +88,7 @@ def test_a_killed_notifier_resumes_and_every_subscription_gets_the_rotation_exac
         for i in range(SUBSCRIPTIONS):
             body = {"deployment_id": f"d{i}", "url": f"{receiver_url}/d{i}", "action": "reload"}
             assert api.post("/v1/subscriptions", json=body).status_code == 201
-    produce(kafka_settings, env.event(generation=2))
+    produce(kafka_settings, env.rotate())
 
     wait_until(lambda: len(receiver.requests) >= 40, 60, "the fan-out to start")
     processes[0].send_signal(signal.SIGKILL)

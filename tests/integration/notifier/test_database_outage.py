@@ -23,14 +23,9 @@ from services.notifier.bootstrap import build_app
 from services.notifier.store import Store
 from shared.kafka import KafkaSettings
 from tests.conftest import POSTGRES_ADMIN_URL
+from tests.factories import Environment
 from tests.integration.notifier.conftest import fast_settings
-from tests.integration.notifier.standins import (
-    Environment,
-    Receiver,
-    ResolverStandin,
-    new_environment,
-    produce,
-)
+from tests.integration.notifier.support import Receiver, Resolver, new_environment, produce, rotate
 from tests.support import wait_until
 
 SUBSCRIPTIONS = 60
@@ -122,7 +117,7 @@ def test_a_postgres_restart_while_recording_and_delivering_loses_nothing_and_sen
     serve_app: Callable[..., str],
     restartable_postgres_url: str,
     kafka_settings: KafkaSettings,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver = Receiver(delay=0.05)
     receiver_url = serve_app(receiver)
@@ -135,10 +130,10 @@ def test_a_postgres_restart_while_recording_and_delivering_loses_nothing_and_sen
         assert _subscribe(api, env, receiver_url, name).status_code == 201
 
     with Prober(api, env) as prober:
-        produce(kafka_settings, env.rotate(resolver))
+        produce(kafka_settings, rotate(resolver, env))
         wait_until(lambda: len(receiver.requests) >= 3, 60, "the fan-out of rotation 2 to start")
         _restart_postgres()  # in the middle of delivering rotation 2
-        produce(kafka_settings, env.rotate(resolver))  # recorded once the store is back
+        produce(kafka_settings, rotate(resolver, env))  # recorded once the store is back
         wait_until(
             lambda: all(_generations(receiver, f"/{n}") == [2, 3] for n in names),
             120,
@@ -172,7 +167,7 @@ def test_while_postgres_refuses_the_api_answers_503_and_readiness_says_why_then_
     start_notifier: Callable[..., httpx.Client],
     serve_app: Callable[..., str],
     postgres_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver_url = serve_app(Receiver())
     api = start_notifier(postgres_url, None)
@@ -212,7 +207,7 @@ def test_a_locked_sqlite_database_answers_503_with_a_message_not_a_500(
     start_notifier: Callable[..., httpx.Client],
     serve_app: Callable[..., str],
     sqlite_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver_url = serve_app(Receiver())
     api = start_notifier(sqlite_url, None, database_busy_timeout_seconds=0.2)
@@ -253,7 +248,7 @@ def test_a_full_sqlite_disk_answers_503_with_a_message_not_a_500(
     serve_app: Callable[..., str],
     resolver_url: str,
     sqlite_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver_url = serve_app(Receiver())
     store = Store.from_url(sqlite_url, busy_timeout_seconds=1)

@@ -8,15 +8,9 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from shared.events import ChangeType
 from shared.kafka import KafkaSettings
-from tests.integration.notifier.standins import (
-    Environment,
-    Receiver,
-    ResolverStandin,
-    new_environment,
-    produce,
-)
+from tests.factories import Environment
+from tests.integration.notifier.support import Receiver, Resolver, new_environment, produce
 from tests.support import wait_until
 
 
@@ -34,7 +28,7 @@ def test_a_rotation_reaches_every_subscription_of_its_environment_and_none_of_an
     serve_app: Callable[..., str],
     database_url: str,
     kafka_settings: KafkaSettings,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver = Receiver()
     receiver_url = serve_app(receiver)
@@ -45,8 +39,9 @@ def test_a_rotation_reaches_every_subscription_of_its_environment_and_none_of_an
         for name, action in [("a1", "restart"), ("a2", "reload"), ("a3", "restart")]
     }
     others = {name: _subscribe(api, other, receiver_url, name, "restart") for name in ("b1", "b2")}
-    rotation = env.event(generation=2)
-    produce(kafka_settings, other.event(1, ChangeType.CREATED), rotation)
+    created = env.event()
+    rotation = env.rotate()
+    produce(kafka_settings, other.event(), rotation)
 
     wait_until(lambda: all(receiver.at(f"/{n}") for n in subs), 60, "every subscription of the environment")
     for name, sub in subs.items():
@@ -68,7 +63,7 @@ def test_a_rotation_reaches_every_subscription_of_its_environment_and_none_of_an
 
     # The same record again (a re-consumption) and an older generation change nothing; the other
     # environment's rotation reaches only its own subscriptions.
-    produce(kafka_settings, rotation, env.event(generation=1), other.event(generation=2))
+    produce(kafka_settings, rotation, created, other.rotate())
     wait_until(lambda: all(receiver.at(f"/{n}") for n in others), 60, "the other environment's subscriptions")
     time.sleep(0.5)
     assert sorted(r.path for r in receiver.requests) == ["/a1", "/a2", "/a3", "/b1", "/b2"]
@@ -95,7 +90,7 @@ def test_retries_dead_letters_replay_and_gone(
     serve_app: Callable[..., str],
     sqlite_url: str,
     kafka_settings: KafkaSettings,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver = Receiver()
     receiver_url = serve_app(receiver)
@@ -107,7 +102,7 @@ def test_retries_dead_letters_replay_and_gone(
     receiver.fail_first["/flaky"] = (2, 503, "0")
     receiver.always["/down"] = 500
     receiver.always["/gone"] = 410
-    produce(kafka_settings, env.event(generation=2))
+    produce(kafka_settings, env.rotate())
 
     wait_until(lambda: len(receiver.at("/flaky")) == 3, 60, "the flaky receiver's third attempt")
     attempts = receiver.at("/flaky")
@@ -161,7 +156,7 @@ def test_restarts_are_staggered_until_acknowledged_and_progress_shows_acks(
     serve_app: Callable[..., str],
     database_url: str,
     kafka_settings: KafkaSettings,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver = Receiver()
     receiver_url = serve_app(receiver)
@@ -169,7 +164,7 @@ def test_restarts_are_staggered_until_acknowledged_and_progress_shows_acks(
     env = new_environment(resolver)
     restarts = [_subscribe(api, env, receiver_url, f"x{i}", "restart") for i in range(3)]
     _subscribe(api, env, receiver_url, "reloader", "reload")
-    produce(kafka_settings, env.event(generation=2))
+    produce(kafka_settings, env.rotate())
 
     def restarted() -> list[str]:
         return [r.path for r in receiver.requests if r.path.startswith("/x")]

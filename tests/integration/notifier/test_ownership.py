@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from services.notifier.store import Store
-from tests.integration.notifier.standins import ResolverStandin, new_environment
+from tests.integration.notifier.support import Resolver, new_environment, revoke, rotate
 
 HOOK = "http://127.0.0.1:9/hook"
 
@@ -31,7 +31,7 @@ def _forbidden(response: httpx.Response) -> None:
 
 
 def test_only_the_management_key_reads_the_secret_changes_deletes_acks_or_reregisters(
-    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(database_url, None)
     env = new_environment(resolver)
@@ -80,7 +80,7 @@ def test_only_the_management_key_reads_the_secret_changes_deletes_acks_or_reregi
 
 
 def test_subscriptions_end_with_the_token_that_made_them(
-    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(database_url, None, deliver=False)
     store = Store.from_url(database_url)
@@ -93,7 +93,7 @@ def test_subscriptions_end_with_the_token_that_made_them(
         # Rotation: Token 1 is deactivated, Token 2 becomes Token 1. The subscription made with Token 2
         # keeps working; the one made with the outgoing Token 1 still gets this rotation's webhook (its
         # deployment must restart) and then ends, unless its owner renews it with a valid token.
-        store.record_events([env.rotate(resolver)])
+        store.record_events([rotate(resolver, env)])
         subs = {s["deployment_id"]: s for s in api.get("/v1/subscriptions", headers=env.auth()).json()}
         assert subs["made-with-token-2"]["enabled"]
         assert not subs["made-with-token-1"]["enabled"]
@@ -104,12 +104,12 @@ def test_subscriptions_end_with_the_token_that_made_them(
 
         # The next rotation deactivates the token that made the other one: it gets that last webhook, and
         # the first one, ended already, gets nothing.
-        store.record_events([env.rotate(resolver)])
+        store.record_events([rotate(resolver, env)])
         claimed = store.claim_due(1e12, 100, 30, 0, 1)
         assert [c.subscription_id for c in claimed] == [by_token_2["id"]]
 
         # Revocation replaces both tokens: an acknowledgement with the key and a new token renews it.
-        store.record_events([env.revoke(resolver)])
+        store.record_events([revoke(resolver, env)])
         assert not api.get(f"/v1/subscriptions/{by_token_2['id']}", headers=env.auth()).json()["enabled"]
         renewed = api.post(
             f"/v1/subscriptions/{by_token_2['id']}/acks",
@@ -118,7 +118,7 @@ def test_subscriptions_end_with_the_token_that_made_them(
         )
         assert renewed.status_code == 200, renewed.text
         assert renewed.json()["enabled"]
-        store.record_events([env.rotate(resolver)])
+        store.record_events([rotate(resolver, env)])
         claimed = store.claim_due(1e12, 100, 30, 0, 1)
         assert by_token_2["id"] in {c.subscription_id for c in claimed}
         assert by_token_1["id"] not in {c.subscription_id for c in claimed}
@@ -127,14 +127,14 @@ def test_subscriptions_end_with_the_token_that_made_them(
 
 
 def test_an_old_record_consumed_late_does_not_end_a_subscription_of_a_newer_token(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None, deliver=False)
     store = Store.from_url(sqlite_url)
     try:
         env = new_environment(resolver)
-        first = env.event(env.generation)
-        rotation = env.rotate(resolver)
+        first = env.event()
+        rotation = rotate(resolver, env)
         sub = _create(api, env.auth(slot=2), "new")  # made with a token of generation 2
         store.record_events([first, rotation])  # a consumer that lags behind reads generation 1, then 2
         assert api.get(f"/v1/subscriptions/{sub['id']}", headers=env.auth()).json()["enabled"]

@@ -13,7 +13,8 @@ from sqlalchemy import event
 from services.notifier.domain import Action, DeliveryStatus, new_credentials
 from services.notifier.store import AttemptResult, EnvironmentDeleted, Store
 from shared.kafka import KafkaSettings
-from tests.integration.notifier.standins import ResolverStandin, new_environment, produce
+from tests.factories import Environment
+from tests.integration.notifier.support import Resolver, new_environment, produce
 from tests.support import wait_until
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -34,7 +35,7 @@ def _sub(api: httpx.Client, headers: dict[str, str], name: str) -> httpx.Respons
 
 
 def test_subscriptions_per_environment_are_capped(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None, max_subscriptions_per_environment=3)
     env, other = new_environment(resolver), new_environment(resolver)
@@ -48,7 +49,7 @@ def test_subscriptions_per_environment_are_capped(
 
 
 def test_lists_are_paginated(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None)
     env = new_environment(resolver)
@@ -71,12 +72,13 @@ def test_lists_are_paginated(
 
 
 def test_rotation_progress_is_counted_in_sql_without_loading_deliveries(store: Store) -> None:
-    env = new_environment(ResolverStandin())
+    env = Environment.create()
+    # Made with Token 2, which the first rotation keeps (as Token 1): notified of both rotations.
     subs = [
-        store.register(env.id, f"d{i}", HOOK, Action.RELOAD, 1, new_credentials(), env.token_ids[0])
+        store.register(env.id, f"d{i}", HOOK, Action.RELOAD, 1, new_credentials(), env.token_ids[1])
         for i in range(4)
     ]
-    store.record_events([env.event(2), env.event(3)])
+    store.record_events([env.rotate(), env.rotate()])
     claimed = store.claim_due(1e12, 100, 30, 0, 1)
     gen2 = [c for c in claimed if c.generation == 2]
     store.complete(
@@ -109,7 +111,7 @@ def test_rotation_progress_is_counted_in_sql_without_loading_deliveries(store: S
 
 
 def test_acknowledged_generations_are_bounded(
-    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(database_url, None)
     env = new_environment(resolver)
@@ -124,14 +126,14 @@ def test_acknowledged_generations_are_bounded(
 
 
 def test_replay_is_rate_limited(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None, deliver=False, replays_per_subscription_per_minute=1)
     store = Store.from_url(sqlite_url)
     try:
         env = new_environment(resolver)
         sub = _sub(api, env.auth(), "d").json()
-        store.record_events([env.event(2)])
+        store.record_events([env.rotate()])
         (claimed,) = store.claim_due(1e12, 10, 30, 0, 1)
         dead = AttemptResult(claimed.id, sub["id"], DeliveryStatus.DEAD, 8, 1e12, 500, "HTTP 500")
         store.complete([dead], 1e12)
@@ -145,9 +147,9 @@ def test_replay_is_rate_limited(
 
 
 def test_a_deleted_environment_leaves_no_subscriptions_or_deliveries(store: Store) -> None:
-    env = new_environment(ResolverStandin())
-    store.register(env.id, "old", HOOK, Action.RELOAD, 1, new_credentials(), "tid_old")
-    store.record_events([env.event(2)])
+    env = Environment.create()
+    store.register(env.id, "old", HOOK, Action.RELOAD, 1, new_credentials(), env.token_ids[0])
+    store.record_events([env.rotate()])
     assert store.count_by_status(env.id)
     store.record_events([EnvironmentDeleted(env.id, deleted_at=None)])
     assert store.list_subscriptions(env.id, limit=100) == []
@@ -160,13 +162,13 @@ def test_a_tombstone_on_the_topic_deletes_the_environment_s_subscriptions(
     start_notifier: Callable[..., httpx.Client],
     database_url: str,
     kafka_settings: KafkaSettings,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     api = start_notifier(database_url, kafka_settings)
     env, other = new_environment(resolver), new_environment(resolver)
     old = _sub(api, env.auth(), "old").json()
     _sub(api, other.auth(), "stays")
-    produce(kafka_settings, env.event(2), env.id)
+    produce(kafka_settings, env.rotate(), env.id)
     wait_until(
         lambda: api.get(f"/v1/subscriptions/{old['id']}", headers=env.auth()).status_code == 404,
         60,

@@ -16,7 +16,7 @@ from services.notifier.domain import Action, DeliveryStatus, WebhookAddressPolic
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Claimed, Store
 from services.notifier.transport import AsyncioTransport
-from tests.integration.notifier.standins import ResolverStandin, new_environment
+from tests.integration.notifier.support import Resolver, new_environment
 from tests.integration.notifier.test_transport import OK, scripted_server
 
 
@@ -121,7 +121,7 @@ async def test_last_error_says_what_failed_without_addresses_ports_or_os_message
 
 
 def test_replay_honours_a_disabled_subscription(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None, deliver=False)
     store = Store.from_url(sqlite_url)
@@ -129,7 +129,7 @@ def test_replay_honours_a_disabled_subscription(
         env = new_environment(resolver)
         body = {"deployment_id": "d", "url": "http://127.0.0.1:9/hook", "action": "reload"}
         sub = api.post("/v1/subscriptions", json=body, headers=env.auth()).json()
-        store.record_events([env.event(env.generation + 1)])
+        store.record_events([env.rotate()])
         (claimed,) = store.claim_due(1e12, 10, 30, 0, 1)
         from services.notifier.store import AttemptResult
 

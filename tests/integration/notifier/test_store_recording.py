@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from services.notifier.domain import Action, DeliveryStatus, new_credentials, webhook_event_type
 from services.notifier.store import Store
-from tests.integration.notifier.standins import ResolverStandin, new_environment
+from tests.factories import Environment
 
 
 def test_a_fan_out_is_recorded_in_chunks_once_per_subscription(database_url: str) -> None:
     store = Store.from_url(database_url)
     store.create_tables()
     try:
-        env = new_environment(ResolverStandin())
+        env = Environment.create()
         subs = [
             store.register(
                 env.id, f"d{i}", f"http://127.0.0.1:9/{i}", Action.RELOAD, 1, new_credentials()
             ).subscription.id
             for i in range(10)
         ]
-        rotation = env.event(generation=2)
+        rotation = env.rotate()
         event_type = webhook_event_type(rotation.change.type)
         assert event_type is not None
 

@@ -7,13 +7,13 @@ import pytest
 from standardwebhooks import Webhook
 
 from shared.tokens import generate_token
-from tests.integration.notifier.standins import ResolverStandin, new_environment
+from tests.integration.notifier.support import Resolver, new_environment, rotate
 
 HOOK = "http://127.0.0.1:9/hook"
 
 
 def test_register_reregister_list_update_delete(
-    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], database_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(database_url, None)
     env, other = new_environment(resolver), new_environment(resolver)
@@ -74,7 +74,7 @@ def _body(url: str = HOOK, action: str = "restart", **extra: object) -> dict[str
 def test_bad_subscription_input_gets_a_clear_4xx(
     start_notifier: Callable[..., httpx.Client],
     sqlite_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
     body: dict[str, object],
     status: int,
     code: str,
@@ -90,7 +90,7 @@ def test_bad_subscription_input_gets_a_clear_4xx(
 
 
 def test_missing_malformed_unknown_and_deactivated_tokens_get_401(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None)
     env = new_environment(resolver)
@@ -107,8 +107,9 @@ def test_missing_malformed_unknown_and_deactivated_tokens_get_401(
     response = api.post("/v1/subscriptions", json=body, headers={"authorization": f"Bearer {unknown}"})
     assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
     assert unknown not in response.text
-    resolver.remove(env.token_1)  # rotated out
-    response = api.post("/v1/subscriptions", json=body, headers=env.auth())
+    outgoing = env.auth(slot=1)
+    rotate(resolver, env)  # Token 1 rotated out
+    response = api.post("/v1/subscriptions", json=body, headers=outgoing)
     assert response.status_code == 401
     assert "deactivated" in response.json()["message"]
     assert api.post("/v1/subscriptions", json=body, headers=env.auth(slot=2)).status_code == 201
