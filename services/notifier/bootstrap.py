@@ -100,16 +100,10 @@ def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> http
         return AsyncioTransport(
             settings.workers, settings.request_timeout_seconds, address_allowed=policy.allows
         )
-    if settings.http_transport == "aiohttp":
-        from services.notifier.transport import AiohttpTransport
-
-        return AiohttpTransport(
-            settings.workers, settings.request_timeout_seconds, address_allowed=policy.allows
-        )
     log.warning(
         "webhook_addresses_unchecked",
         detail="the httpcore transport does not check the addresses webhook hosts resolve to; "
-        "use STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT=asyncio or aiohttp",
+        "use STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT=asyncio",
     )
     return httpx.AsyncHTTPTransport(limits=limits)
 

@@ -27,6 +27,7 @@ from services.notifier.delivery import NotifierMetrics
 from services.notifier.health import ConsumerView
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import EnvironmentDeleted, Record, Store
+from shared.backoff import exponential
 from shared.events import EventDecodeError, decode_event
 from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from shared.logs import get_logger
@@ -131,16 +132,19 @@ class EventConsumer:
         )
 
     def _run_forever(self) -> None:
-        delay = 0.5
+        paused = failures = 0  # consecutive pauses without a broker, consecutive failed runs
         while not self._stop.is_set():
             try:
                 self._run()
                 if self._all_brokers_down:  # wait a little before asking the broker again
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 5.0)
+                    paused += 1
+                    self._stop.wait(exponential(paused, 0.5, 5.0))
                 else:
-                    delay = 0.5
+                    paused = 0
+                failures = 0
             except Exception as exc:
+                failures += 1
+                delay = exponential(failures, 0.5, 10.0)
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 self.subscribed.clear()
                 self.joined = False
@@ -150,7 +154,6 @@ class EventConsumer:
                     self.brokers_up = 0 if _broker_unreachable(exc) else self.brokers_up
                 log.error("consumer_failed", error=type(exc).__name__, detail=str(exc)[:300], retry_in=delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
 
     # --- librdkafka callbacks (run inside poll, in the consumer thread) -----------------------------
 
@@ -435,16 +438,17 @@ class EventConsumer:
 
     def _record(self, events: list[Record]) -> int | None:
         """Write the batch's deliveries, retrying while the database is unreachable; None if stopping."""
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 created = self.store.record_events(events, on_progress=self.on_recorded)
             except Exception as exc:
                 self.recording_blocked = True
+                failures += 1
+                delay = exponential(failures, 0.2, 5.0)
                 log.error("record_failed", error=type(exc).__name__, detail=str(exc)[:300], retry_in=delay)
                 if self._stop.wait(delay):
                     return None
-                delay = min(delay * 2, 5.0)
                 continue
             self.recording_blocked = False
             self.metrics.recorded.inc(created)

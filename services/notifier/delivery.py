@@ -82,24 +82,9 @@ def _key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix("whsec_"))
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
-    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
-    digest = hmac.new(_key(secret), f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
-
-
-def webhook_headers(secret: str, msg_id: str, body: str, timestamp: int) -> dict[str, str]:
-    return {
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
-    }
-
-
 class Signer:
-    """Signs webhooks like :func:`sign`, keeping decoded keys so a fan-out decodes each secret once."""
+    """Standard Webhooks signing: ``webhook-signature`` = ``v1,`` + base64 HMAC-SHA256 of
+    ``{id}.{timestamp}.{body}``; decoded keys are kept so a fan-out decodes each secret once."""
 
     def __init__(self, max_keys: int = 100_000) -> None:
         self._keys: dict[str, bytes] = {}

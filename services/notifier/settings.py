@@ -90,11 +90,11 @@ class NotifierSettings(BaseSettings):
             "STREAMTOKEN_NOTIFIER_WORKERS: concurrent webhook requests (and the most connections kept open)"
         ),
     )
-    http_transport: Literal["asyncio", "aiohttp", "httpcore"] = Field(
+    http_transport: Literal["asyncio", "httpcore"] = Field(
         "asyncio",
         description=(
             "STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT: the connection pool under the webhook httpx.AsyncClient: "
-            "asyncio (a lean keep-alive HTTP/1.1 pool, the fastest), aiohttp, or httpcore (httpx's own)"
+            "asyncio (a lean keep-alive HTTP/1.1 pool, the fastest) or httpcore (httpx's own)"
         ),
     )
     claim_batch: int = Field(

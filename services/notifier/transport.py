@@ -7,14 +7,13 @@ what costs CPU. ``STREAMTOKEN_NOTIFIER_HTTP_TRANSPORT`` selects it:
   asyncio protocols with httptools' response parser (httptools comes with ``uvicorn[standard]``). It does
   only what a webhook POST needs: one request per connection at a time, keep-alive reuse, TLS, a total
   timeout, no redirects, no decompression.
-- ``aiohttp``: :class:`AiohttpTransport`, aiohttp's client pool.
 - ``httpcore``: httpx's own transport (several times slower per request). It checks no resolved address:
-  only the URL checks apply, so prefer the other two where webhook hosts are names.
+  only the URL checks apply, so prefer ``asyncio`` where webhook hosts are names.
 
-The two pools of this module resolve a webhook's host themselves, refuse the host when any address it
-resolves to is not allowed (public, or in a listed network: :class:`WebhookAddressPolicy`), and connect to
-the address they checked, so a name cannot point the notifier at an internal service. They read at most
-``MAX_RESPONSE_BODY`` bytes of an answer (the rest is dropped with the connection) and refuse answers whose
+The pool of this module resolves a webhook's host itself, refuses the host when any address it
+resolves to is not allowed (public, or in a listed network: :class:`WebhookAddressPolicy`), and connects to
+the address it checked, so a name cannot point the notifier at an internal service. It reads at most
+``MAX_RESPONSE_BODY`` bytes of an answer (the rest is dropped with the connection) and refuses answers whose
 headers exceed ``MAX_RESPONSE_HEADERS``.
 """
 
@@ -30,14 +29,11 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import httptools
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.notifier.domain import IPAddress, is_public_address
 
-_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection"})
 MAX_RESPONSE_BODY = 64 * 1024  # a webhook answer's body is only ever logged, never needed whole
 MAX_RESPONSE_HEADERS = 64 * 1024
 MAX_RESPONSE_HEADER_COUNT = 200
@@ -80,93 +76,6 @@ async def checked_addresses(host: str, port: int, allowed: AddressCheck, resolve
 class _AddressRefused(Exception):
     def __str__(self) -> str:
         return "the webhook host resolves to an address that is not allowed"
-
-
-class _CheckedResolver(AbstractResolver):
-    """aiohttp's resolver with the same address check as :class:`AsyncioTransport`."""
-
-    def __init__(self, allowed: AddressCheck) -> None:
-        self._allowed = allowed
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            try:
-                ip = ipaddress.ip_address(str(result["host"]).split("%", 1)[0])
-            except ValueError:
-                raise OSError(str(_AddressRefused())) from None
-            if not self._allowed(ip):
-                raise OSError(str(_AddressRefused()))
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(
-        self, max_connections: int, timeout: float, *, address_allowed: AddressCheck = is_public_address
-    ) -> None:
-        self._max_connections = max_connections
-        self._timeout = timeout
-        self._allowed = address_allowed
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, use_dns_cache=False, resolver=_CheckedResolver(self._allowed)
-                ),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        headers = [
-            (key.decode("latin-1"), value.decode("latin-1"))
-            for key, value in request.headers.raw
-            if key.lower().decode("latin-1") not in _HOP_BY_HOP
-        ]
-        try:
-            async with self._get_session().request(
-                request.method, str(request.url), data=body, headers=headers, allow_redirects=False
-            ) as response:
-                content = await _read_bounded(response.content)
-                status = response.status
-                raw_headers = list(response.raw_headers)
-        except TimeoutError:
-            raise httpx.TimeoutException("the request timed out", request=request) from None
-        except (aiohttp.ClientError, asyncio.CancelledError, OSError) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if str(_AddressRefused()) in str(exc):
-                raise AddressNotAllowed(str(_AddressRefused()), request=request) from None
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from None
-        return httpx.Response(status, headers=raw_headers, content=content, request=request)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-async def _read_bounded(stream: aiohttp.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < MAX_RESPONSE_BODY:
-        chunk = await stream.readany()
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)[:MAX_RESPONSE_BODY]
 
 
 # --- the asyncio pool -------------------------------------------------------------------------------------
