@@ -186,7 +186,7 @@ def _consumed_created(port: int) -> bool:
     except httpx.HTTPError:
         return False
     return any(
-        line.startswith('notifier_events_total{kind="created"}') and float(line.split()[-1]) >= 1
+        line.startswith('streamtoken_notifier_events_total{kind="created"}') and float(line.split()[-1]) >= 1
         for line in text.splitlines()
     )
 

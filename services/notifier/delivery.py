@@ -21,7 +21,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from services.notifier.domain import (
     Action,
@@ -124,37 +132,48 @@ def webhook_client(transport: httpx.AsyncBaseTransport, timeout: float, workers:
 
 
 class NotifierMetrics:
-    """Prometheus metrics of one notifier instance, on its own registry."""
+    """Prometheus metrics of one notifier instance (``streamtoken_notifier_*``) on its own registry, with
+    the process, platform and garbage-collector collectors (``process_resident_memory_bytes``, ...)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.deliveries = Counter(
-            "notifier_deliveries_total",
+            "streamtoken_notifier_deliveries_total",
             "Deliveries that reached a final or retry outcome, by outcome",
             ["outcome"],
             registry=registry,
         )
-        self.attempts = Counter("notifier_attempts_total", "Webhook requests sent", registry=registry)
+        self.attempts = Counter(
+            "streamtoken_notifier_attempts_total", "Webhook requests sent", registry=registry
+        )
         self.request_seconds = Histogram(
-            "notifier_request_seconds",
+            "streamtoken_notifier_request_seconds",
             "Duration of one webhook request",
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.latency = Histogram(
-            "notifier_delivery_latency_seconds",
+            "streamtoken_notifier_delivery_latency_seconds",
             "From recording a delivery to its successful delivery",
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
         )
         self.queue_depth = Gauge(
-            "notifier_queue_depth", "Deliveries pending (due or waiting)", registry=registry
+            "streamtoken_notifier_queue_depth", "Deliveries pending (due or waiting)", registry=registry
         )
         self.recorded = Counter(
-            "notifier_recorded_deliveries_total", "Deliveries recorded from Kafka events", registry=registry
+            "streamtoken_notifier_recorded_deliveries_total",
+            "Deliveries recorded from Kafka events",
+            registry=registry,
         )
         self.events = Counter(
-            "notifier_events_total", "Kafka records consumed, by kind", ["kind"], registry=registry
+            "streamtoken_notifier_events_total",
+            "Kafka records consumed, by kind",
+            ["kind"],
+            registry=registry,
         )
 
 

@@ -137,4 +137,7 @@ def test_the_api_serves_openapi_health_and_metrics(
     assert api.get("/health/live").status_code == 200
     ready = api.get("/health/ready")
     assert ready.status_code == 200, ready.text
-    assert "notifier_queue_depth" in api.get("/metrics").text
+    metrics = api.get("/metrics").text
+    assert "\nstreamtoken_notifier_queue_depth " in metrics
+    assert "\nprocess_resident_memory_bytes " in metrics  # the process collector
+    assert "\nnotifier_" not in metrics  # one namespace
