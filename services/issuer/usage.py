@@ -385,43 +385,58 @@ def _run_one(deps: Deps, schedule: RotationSchedule, notifier: NotifierProbe | N
     return outcome
 
 
+WARNING_PENDING = "warning pending"
+
+
 def _warn(deps: Deps, env: Environment, times: ScheduleTimes, notifier: NotifierProbe | None) -> str:
+    """Have the notifier send the warning of this generation's rotation, once: the notice id is the
+    generation, so a retry or a second issuer replica never sends it twice. An unreachable notifier is
+    asked again on the next pass (audited once as pending, then as sent); the rotation itself does not
+    wait for it after its due time."""
     notice = {
-        "type": "streaming_tokens.rotation_due",
-        "environment_id": env.id,
+        "kind": "rotation_due",
         "generation": env.generation,
-        "token_1_id": env.token_1.token_id,
         "due_at": times.due_at.isoformat(),
         "forced_at": times.forced_at.isoformat() if times.forced_at else None,
+        "notice_id": f"rotation-due-g{env.generation}",
     }
     queued: int | None = None
     webhook = "no notifier configured"
+    pending = False
     if notifier is not None:
         try:
             queued = notifier.warn(env.id, notice)
-            webhook = "queued"
+            webhook = "sent"
         except NotifierUnavailable as exc:
-            # Audited as not sent, and not retried: the rotation's own webhook still goes out when it
-            # happens, and a notifier without the notices endpoint would be asked again every pass.
-            webhook = f"not sent: {exc}"[:200]
-            log.warning("rotation_warning_not_sent", environment_id=env.id, reason=str(exc))
+            webhook = f"pending: {exc}"[:200]
+            pending = True
+            log.warning("rotation_warning_pending", environment_id=env.id, reason=str(exc))
     now = deps.clock()
     with deps.store.transaction() as tx:
-        tx.add_audit(
-            AuditEntry(
-                at=now,
-                actor=SCHEDULER_ACTOR,
-                action="rotation_warned",
-                environment_id=env.id,
-                token_ids=(env.token_1.token_id,),
-                detail={
-                    "generation": env.generation,
-                    "due_at": times.due_at.isoformat(),
-                    "deployments": queued,
-                    "webhook": webhook,
-                },
+        schedule = tx.rotation_schedule(env.id)
+    marker = f"{WARNING_PENDING} (generation {env.generation})"
+    already_pending = schedule is not None and (schedule.last_outcome or "").startswith(marker)
+    if not (pending and already_pending):  # one audit entry per outcome, not one per pass
+        with deps.store.transaction() as tx:
+            tx.add_audit(
+                AuditEntry(
+                    at=now,
+                    actor=SCHEDULER_ACTOR,
+                    action="rotation_warned",
+                    environment_id=env.id,
+                    token_ids=(env.token_1.token_id,),
+                    detail={
+                        "generation": env.generation,
+                        "due_at": times.due_at.isoformat(),
+                        "deployments": queued,
+                        "webhook": webhook,
+                    },
+                )
             )
-        )
+    if pending:
+        if not already_pending:
+            _record_outcome(deps, env.id, f"{marker} since {now.isoformat()}")
+        return "warning_pending"
     _record_outcome(deps, env.id, f"warned at {now.isoformat()}", warned_generation=env.generation)
     log.info("rotation_warned", environment_id=env.id, generation=env.generation, deployments=queued)
     return "warned"

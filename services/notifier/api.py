@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.notifier.auth import Identity, ResolverUnavailable, TokenVerifier
-from services.notifier.domain import MAX_GENERATION, DeliveryStatus, Subscription, WebhookDelivery
+from services.notifier.domain import MAX_GENERATION, DeliveryStatus, Notice, Subscription, WebhookDelivery
 from services.notifier.handlers import (
     KEY_HEADER,
     Conflict,
@@ -39,6 +39,8 @@ from shared.models.notifier import (  # noqa: F401 - the bodies are part of this
     DEPLOYMENT_ID_PATTERN,
     AckCreate,
     DeliveryPublic,
+    NoticeAccepted,
+    NoticeCreate,
     RotationPublic,
     RotationsPublic,
     SubscriptionCreate,
@@ -390,6 +392,56 @@ def build_router(handlers: Handlers, verifier: TokenVerifier, internal_key: str 
         if who is None:
             return _rotations(await handlers.rotations_of(environment_id, limit, before))
         return _rotations(await handlers.rotations(who, environment_id, limit, before))
+
+    async def internal_only(request: Request) -> None:
+        """Only the issuer, with the internal key: 401 without or with a wrong one, 403 when the notifier
+        has no internal key configured (nobody may send notices then)."""
+        given = request.headers.get("x-streamtoken-internal-key")
+        if not internal_key:
+            raise ApiError(
+                403, "forbidden", "notices need STREAMTOKEN_NOTIFIER_INTERNAL_KEY, which is not set here"
+            )
+        if given is None or not hmac.compare_digest(given.encode(), internal_key.encode()):
+            raise ApiError(
+                401, "unauthorized", "missing or wrong internal key (STREAMTOKEN_NOTIFIER_INTERNAL_KEY)"
+            )
+
+    @router.post(
+        "/environments/{environment_id}/notices",
+        response_model=NoticeAccepted,
+        status_code=202,
+        responses=_errors(403, 413),
+        tags=["notices"],
+        dependencies=[Depends(internal_only)],
+    )
+    async def notice(
+        environment_id: Annotated[str, Path(max_length=200)], body: NoticeCreate
+    ) -> NoticeAccepted:
+        """The issuer warns the environment's subscribed deployments that a scheduled rotation is due.
+
+        Needs X-Streamtoken-Internal-Key. Each enabled subscription gets a signed ``token.rotation_due``
+        webhook (no ``action``: nothing to restart), retried like a rotation's; the same ``notice_id``
+        again sends nothing new. Not counted in any rotation's progress.
+        """
+        if body.due_at.tzinfo is None or (body.forced_at is not None and body.forced_at.tzinfo is None):
+            raise ApiError(422, "invalid_request", "due_at and forced_at need a time zone")
+        recorded = await handlers.notice(
+            Notice(
+                environment_id=environment_id,
+                notice_id=body.notice_id,
+                kind=body.kind,
+                generation=body.generation,
+                due_at=body.due_at.timestamp(),
+                forced_at=body.forced_at.timestamp() if body.forced_at else None,
+            )
+        )
+        return NoticeAccepted(
+            environment_id=environment_id,
+            notice_id=body.notice_id,
+            generation=body.generation,
+            queued=recorded.deliveries,
+            created=recorded.created,
+        )
 
     @router.get(
         "/deliveries",

@@ -324,6 +324,72 @@ def plan_deliveries(
     ]
 
 
+# --- notices: a scheduled rotation's warning ahead of time -----------------------------------------------
+
+NOTICE_TYPE = "token.rotation_due"  # the webhook ``type`` of a warning: no ``action``, nothing to restart
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A warning the issuer asks the notifier to send: the rotation of ``generation`` is due at ``due_at``
+    (Unix seconds; ``forced_at`` the deadline after which it happens whoever still uses Token 1).
+    ``notice_id`` is the issuer's idempotency id: the same id is accepted once."""
+
+    environment_id: str
+    notice_id: str
+    kind: str
+    generation: int
+    due_at: float
+    forced_at: float | None = None
+
+
+def notice_event_id(environment_id: str, notice_id: str) -> str:
+    """The event id of a notice's deliveries (their ``webhook-id`` follows from it, as for rotations)."""
+    digest = hashlib.sha256(f"notice\x00{environment_id}\x00{notice_id}".encode()).hexdigest()[:40]
+    return f"ntc_{digest}"
+
+
+def notice_body(notice: Notice, subscription: SubscriptionTarget, at: float) -> str:
+    """The JSON body of a warning webhook: ``type`` ``token.rotation_due`` and no ``action``, so a
+    deployment can never mistake it for a rotation; ids and times only."""
+
+    def iso(value: float | None) -> str | None:
+        return datetime.fromtimestamp(value, UTC).isoformat() if value is not None else None
+
+    return orjson.dumps(
+        {
+            "type": NOTICE_TYPE,
+            "kind": notice.kind,
+            "environment_id": notice.environment_id,
+            "generation": notice.generation,
+            "due_at": iso(notice.due_at),
+            "forced_at": iso(notice.forced_at),
+            "notice_id": notice.notice_id,
+            "subscription_id": subscription.id,
+            "deployment_id": subscription.deployment_id,
+            "occurred_at": iso(at),
+        }
+    ).decode()
+
+
+def plan_notice(
+    notice: Notice, subscriptions: Iterable[SubscriptionTarget], at: float
+) -> list[PlannedDelivery]:
+    """One delivery per enabled subscription. Its row carries action ``reload``: a warning never holds a
+    restart slot nor waits for an acknowledgement (the body has no action at all)."""
+    event_id = notice_event_id(notice.environment_id, notice.notice_id)
+    return [
+        PlannedDelivery(
+            id=delivery_id(event_id, sub.id),
+            subscription_id=sub.id,
+            action=Action.RELOAD,
+            body=notice_body(notice, sub, at),
+        )
+        for sub in subscriptions
+        if sub.enabled
+    ]
+
+
 # --- responses and the retry schedule ---------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from services.notifier.domain import (
     DeliveryStatus,
     GenerationAhead,
     InvalidWebhookUrl,
+    Notice,
     ReplayOutcome,
     RotationProgress,
     Subscription,
@@ -35,7 +36,7 @@ from services.notifier.domain import (
     validate_webhook_url,
 )
 from services.notifier.settings import NotifierSettings
-from services.notifier.store import Registration, Store
+from services.notifier.store import NoticeRecorded, Registration, Store
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -257,6 +258,23 @@ class Handlers:
             generation=generation,
         )
         return acked
+
+    # --- notices (the issuer's, with the internal key) ------------------------------------------------
+
+    async def notice(self, notice: Notice) -> NoticeRecorded:
+        """Store a warning and its deliveries (once per notice id) and wake the delivery engine."""
+        recorded = await asyncio.to_thread(self.store.record_notice, notice)
+        log.info(
+            "notice_accepted" if recorded.created else "notice_repeated",
+            environment_id=notice.environment_id,
+            notice_id=notice.notice_id,
+            kind=notice.kind,
+            generation=notice.generation,
+            deliveries=recorded.deliveries,
+        )
+        if recorded.created and recorded.deliveries:
+            self.on_replay()
+        return recorded
 
     # --- rotations and deliveries --------------------------------------------------------------------
 

@@ -51,10 +51,12 @@ from sqlmodel import create_engine
 from services.notifier import domain
 from services.notifier.domain import (
     MAX_GENERATION,
+    NOTICE_TYPE,
     TOKEN_ENDED,
     Action,
     Credentials,
     DeliveryStatus,
+    Notice,
     Owner,
     ReplayOutcome,
     RotationProgress,
@@ -64,10 +66,11 @@ from services.notifier.domain import (
     SubscriptionTarget,
     WebhookDelivery,
     plan_deliveries,
+    plan_notice,
     select_within_restart_limit,
     webhook_event_type,
 )
-from services.notifier.tables import DELIVERIES, ENVIRONMENTS, ROTATIONS, SUBSCRIPTIONS
+from services.notifier.tables import DELIVERIES, ENVIRONMENTS, NOTICES, ROTATIONS, SUBSCRIPTIONS
 from shared.events import TokenStateChanged
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "AttemptResult",
     "Claimed",
     "EnvironmentDeleted",
+    "NoticeRecorded",
     "Record",
     "Registration",
     "Store",
@@ -140,6 +144,15 @@ class AttemptResult:
     awaiting_ack_until: float = 0.0
     disable_subscription: bool = False
     disable_reason: str = "the webhook answered 410 Gone"
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRecorded:
+    """What accepting a notice did: how many deliveries it has, and whether this call recorded it (False:
+    the notice id was accepted before, nothing new is sent)."""
+
+    deliveries: int
+    created: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,10 +690,81 @@ class Store:
             conn.execute(D.delete().where(D.c.environment_id == environment_id))
             conn.execute(R.delete().where(R.c.environment_id == environment_id))
             conn.execute(E.delete().where(E.c.environment_id == environment_id))
+            conn.execute(NOTICES.delete().where(NOTICES.c.environment_id == environment_id))
             subscriptions = S.delete().where(S.c.environment_id == environment_id)
             if deleted_at is not None:
                 subscriptions = subscriptions.where(S.c.created_at <= deleted_at)
             conn.execute(subscriptions)
+
+    # --- notices ----------------------------------------------------------------------------------
+
+    def record_notice(self, notice: Notice) -> NoticeRecorded:
+        """Accept a notice once: one transaction stores it and one pending delivery per enabled subscription
+        of its environment (the durable queue, as for rotations). The same notice id again records
+        nothing and answers the first call's count."""
+        now = self.clock()
+        n = NOTICES
+        event_id = domain.notice_event_id(notice.environment_id, notice.notice_id)
+        with self._tx() as conn:
+            inserted = conn.execute(
+                self._insert_ignore(n)
+                .values(
+                    environment_id=notice.environment_id,
+                    notice_id=notice.notice_id,
+                    event_id=event_id,
+                    kind=notice.kind,
+                    generation=notice.generation,
+                    due_at=notice.due_at,
+                    forced_at=notice.forced_at,
+                    deliveries=0,
+                    accepted_at=now,
+                )
+                .returning(n.c.notice_id)
+            ).all()
+            if not inserted:
+                count = conn.execute(
+                    select(n.c.deliveries).where(
+                        n.c.environment_id == notice.environment_id, n.c.notice_id == notice.notice_id
+                    )
+                ).scalar_one()
+                return NoticeRecorded(int(count), created=False)
+            targets = [
+                SubscriptionTarget(r.id, r.deployment_id, _ACTIONS[r.action], r.last_notified_generation)
+                for r in conn.execute(
+                    select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation).where(
+                        S.c.environment_id == notice.environment_id, S.c.enabled.is_(True)
+                    )
+                )
+            ]
+            planned = plan_notice(notice, targets, now)
+            if planned:
+                rows = [
+                    {
+                        "id": p.id,
+                        "event_id": event_id,
+                        "subscription_id": p.subscription_id,
+                        "environment_id": notice.environment_id,
+                        "generation": notice.generation,
+                        "rotation_id": None,
+                        "event_type": NOTICE_TYPE,
+                        "action": p.action.value,
+                        "body": p.body,
+                        "status": DeliveryStatus.PENDING.value,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "leased_until": 0.0,
+                        "awaiting_ack_until": 0.0,
+                        "created_at": now,
+                    }
+                    for p in planned
+                ]
+                conn.execute(self._insert_ignore(D), rows)
+                conn.execute(
+                    update(n)
+                    .where(n.c.environment_id == notice.environment_id, n.c.notice_id == notice.notice_id)
+                    .values(deliveries=len(planned))
+                )
+        return NoticeRecorded(len(planned), created=True)
 
     # --- the delivery side -------------------------------------------------------------------------
 
@@ -963,6 +1047,7 @@ class Store:
                     .where(
                         D.c.environment_id == environment_id,
                         D.c.generation.in_([g for g, _ in rotations]),
+                        D.c.event_type != NOTICE_TYPE,  # a warning is no rotation's delivery
                     )
                     .group_by(D.c.generation)
                 )

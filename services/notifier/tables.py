@@ -85,11 +85,29 @@ class EnvironmentStateRow(SQLModel, table=True):
     updated_at: float
 
 
+class NoticeRow(SQLModel, table=True):
+    """A warning the issuer asked for (a scheduled rotation due soon), kept so a repeated request with the
+    same notice id is answered without a second fan-out; its deliveries are in ``notifier_delivery``."""
+
+    __tablename__ = "notifier_notice"
+
+    environment_id: str = Field(primary_key=True, max_length=200)
+    notice_id: str = Field(primary_key=True, max_length=100)
+    event_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    generation: int
+    due_at: float
+    forced_at: float | None = None
+    deliveries: int = 0
+    accepted_at: float
+
+
 SUBSCRIPTIONS: Table = SQLModel.metadata.tables[SubscriptionRow.__tablename__]
 DELIVERIES: Table = SQLModel.metadata.tables[DeliveryRow.__tablename__]
 ROTATIONS: Table = SQLModel.metadata.tables[RotationRow.__tablename__]
 ENVIRONMENTS: Table = SQLModel.metadata.tables[EnvironmentStateRow.__tablename__]
-TABLES = (SUBSCRIPTIONS, DELIVERIES, ROTATIONS, ENVIRONMENTS)
+NOTICES: Table = SQLModel.metadata.tables[NoticeRow.__tablename__]
+TABLES = (SUBSCRIPTIONS, DELIVERIES, ROTATIONS, ENVIRONMENTS, NOTICES)
 
 
 def notifier_metadata() -> MetaData:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,3 +124,26 @@ class DeliveryPublic(BaseModel):
     last_error: str | None
     created_at: datetime
     delivered_at: datetime | None
+
+
+NOTICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+
+
+class NoticeCreate(_Input):
+    """A warning the issuer has the notifier send (``POST /v1/environments/{id}/notices``, internal key)."""
+
+    kind: Literal["rotation_due"] = Field(description="rotation_due: a scheduled rotation is coming")
+    generation: int = Field(ge=0, le=MAX_GENERATION, description="the environment's current generation")
+    due_at: datetime = Field(description="when the rotation is due (ISO 8601 with a zone)")
+    forced_at: datetime | None = Field(None, description="when it happens even if Token 1 is still used")
+    notice_id: str = Field(
+        pattern=NOTICE_ID_PATTERN, description="the issuer's idempotency id: the same id is sent once"
+    )
+
+
+class NoticeAccepted(BaseModel):
+    environment_id: str
+    notice_id: str
+    generation: int
+    queued: int = Field(description="deliveries of this notice (one per enabled subscription)")
+    created: bool = Field(description="false: this notice id was accepted before; nothing new is sent")

@@ -76,6 +76,7 @@ def test_a_database_from_before_the_migrations_is_adopted_with_its_data(database
         notifier_migrate.upgrade(engine)
         with engine.begin() as connection:
             connection.exec_driver_sql(f"DROP TABLE {notifier_migrate.VERSION_TABLE}")
+            connection.exec_driver_sql("DROP TABLE notifier_notice")  # revision 0002 (notices) came later
             connection.exec_driver_sql("DROP TABLE notifier_subscription")
             connection.exec_driver_sql(LEGACY_SUBSCRIPTION)
             connection.exec_driver_sql(
