@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import hmac
 import html
+import json
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -26,7 +27,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
@@ -39,17 +40,106 @@ log = get_logger(__name__)
 
 
 class ErrorBody(BaseModel):
-    """Every error answer: a stable code and one sentence."""
+    """Every error answer (4xx and 5xx): a stable code and one sentence; some codes add fields of their
+    own (``details`` of ``invalid_request``, ``clients`` of ``token_1_in_use``)."""
+
+    model_config = ConfigDict(extra="allow", title="ErrorBody")
 
     error: str = Field(description="a stable, machine-readable code, e.g. invalid_token")
     message: str = Field(description="one sentence for a person")
+    details: list[dict[str, str]] | None = Field(
+        None,
+        description="invalid_request (422): each offending field ('body.name', 'query.limit', ...) and its "
+        "problem; the input itself is never echoed",
+    )
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each status documented with the JSON error body."""
+    """``responses=`` for a route: each status documented with the JSON error body (the statuses every
+    route can answer are added by :func:`document_errors`; list a route's own ones here)."""
     return {
         status: {"model": ErrorBody, "description": HTTPStatus(status).phrase} for status in sorted(statuses)
     }
+
+
+MAX_BODY_BYTES = 1024 * 1024
+ERROR_SCHEMA_REF = "#/components/schemas/ErrorBody"
+_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
+_FRAMEWORK_VALIDATION = ("HTTPValidationError", "ValidationError")
+ALWAYS_500 = "internal_error: the service failed to handle this request (the reason is in its log)"
+
+
+def _error_answer(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}},
+    }
+
+
+def document_errors(
+    spec: dict[str, Any],
+    api_errors: Mapping[int, str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> dict[str, Any]:
+    """The error model of an OpenAPI document made true, in place (and idempotent): one ``ErrorBody``
+    component; every 422 answer refers to it (FastAPI's ``HTTPValidationError`` is never sent: the handler
+    of :func:`install_error_handlers` answers ``invalid_request`` with ``details``); and each operation
+    documents what any route can answer: 401 and 403 where it declares security, 400 and 413 where it
+    takes a body (unparsable; over :class:`BodySizeLimit`), 422 where it takes parameters or a body,
+    ``api_errors`` (status →
+    description, e.g. the issuer's 503 for a database outage) on every operation but the health ones, and
+    500. What a route documents itself stays (its own descriptions, 404, 409, 429, ...)."""
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = ErrorBody.model_json_schema(mode="serialization")
+    for operations in spec.get("paths", {}).values():
+        for method, operation in operations.items():
+            if method not in _METHODS or not isinstance(operation, dict):
+                continue
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            wanted: dict[int, str] = {}
+            if operation.get("security"):
+                wanted[401] = "no, an unknown or an expired credential"
+                wanted[403] = "the credential does not allow this"
+            if "requestBody" in operation:
+                wanted[400] = (
+                    "bad_request: the body could not be parsed (e.g. not JSON in the declared encoding)"
+                )
+                wanted[413] = "payload_too_large: the request body is over the service's cap"
+            if "requestBody" in operation or operation.get("parameters"):
+                wanted[422] = "invalid_request: a parameter or the body is invalid (see details)"
+            if "health" not in operation.get("tags", ()):
+                wanted.update(api_errors or {})
+            wanted[500] = ALWAYS_500
+            for status, description in wanted.items():
+                responses.setdefault(str(status), _error_answer(description))
+            if "422" in responses:
+                description = responses["422"].get("description") or "invalid_request"
+                if description == "Validation Error":  # FastAPI's default text
+                    description = wanted.get(422, "invalid_request")
+                responses["422"] = _error_answer(description)
+            operation["responses"] = dict(sorted(responses.items(), key=lambda item: item[0]))
+    text = json.dumps(spec.get("paths", {}))
+    for name in _FRAMEWORK_VALIDATION:
+        if f"/schemas/{name}" not in text:
+            components.pop(name, None)
+    return spec
+
+
+def install_error_contract(
+    app: FastAPI, api_errors: Mapping[int, str] | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> None:
+    """``app.openapi()`` (and ``/openapi.json``, ``/docs``) post-processed by :func:`document_errors`."""
+    build = app.openapi
+    done: list[int] = []
+
+    def openapi() -> dict[str, Any]:
+        spec = build()  # FastAPI's, cached on the app
+        if done != [id(spec)]:
+            document_errors(spec, api_errors, max_body_bytes)
+            done[:] = [id(spec)]
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _code_for(status: int) -> str:
@@ -66,9 +156,6 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
         details.append({"field": ".".join(loc), "problem": str(err.get("msg", ""))})
     summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details[:5]) or "malformed request"
     return f"invalid request - {summary}", details
-
-
-MAX_BODY_BYTES = 1024 * 1024
 
 
 class _BodyTooLarge(Exception):
@@ -130,11 +217,15 @@ def install_error_handlers(
     *,
     service: str | None = None,
     ops: OpsSettings | None = None,
+    api_errors: Mapping[int, str] | None = None,
 ) -> None:
     """JSON errors for every failure, a cap on request bodies (413 above ``max_body_bytes``), and the
     operational endpoints of :func:`install_ops` (``service`` defaults to the name in a title
-    ``streamtoken <service>``; ``ops`` to that service's :class:`OpsSettings`)."""
+    ``streamtoken <service>``; ``ops`` to that service's :class:`OpsSettings`), and the OpenAPI document's
+    error model made true by :func:`document_errors` (``api_errors``: statuses every API operation can
+    answer besides 500, with their description)."""
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    install_error_contract(app, api_errors, max_body_bytes)
     install_ops(app, service or _service_of(app), ops)
 
     @app.exception_handler(ApiError)

@@ -262,7 +262,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         description="Environments, their streaming tokens (Token 1 / Token 2), rotation and the audit log.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, api_errors={503: DATABASE_UNAVAILABLE})
     install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
     app.include_router(build_router(deps, notifier_probe))
@@ -329,6 +329,12 @@ def readiness(
     if reasons:
         detail["reason"] = reasons[0]
     return detail
+
+
+DATABASE_UNAVAILABLE = (
+    "database_unavailable, database_locked or database_full: the database is down, locked or full "
+    "(nothing was changed; retry after Retry-After seconds)"
+)
 
 
 def install_database_errors(app: FastAPI) -> None:

@@ -3,25 +3,26 @@
 Each service is built in process as it runs, minus its broker connections: the issuer on SQLite with its
 relay off, the resolver with a loaded table and a fake topic admin, the notifier on SQLite without Kafka,
 checking streaming tokens against that real resolver app. Every operation gets ``MAX_EXAMPLES`` generated
-requests, sent with a valid credential, a weaker one or none (:class:`Credentials`), and must answer no
-5xx, only documented status codes, and bodies that match the documented schemas.
-
-``KNOWN_GAPS`` lists the operations whose routes are being changed elsewhere right now; they are expected
-to fail (xfail, named by operation) until their owners document or fix them.
+requests, sent with a valid credential, a weaker one or none (:class:`Credentials`), half of them made to
+break the schema (negative cases: their 422s and other errors are checked too), and must answer no 5xx,
+only documented status codes, and bodies that match the documented schemas: error answers against the one
+``ErrorBody`` of ``shared.web`` (:func:`test_every_error_answer_is_the_one_error_body`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from schemathesis import APIOperation, Case
+from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
@@ -46,18 +47,6 @@ pytestmark = pytest.mark.integration
 MAX_EXAMPLES = 10
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 NOWHERE = KafkaSettings(bootstrap_servers="127.0.0.1:9")  # nothing may reach a broker here
-
-# "service METHOD path" -> why it fails today (owned by other work in progress; see the module docstring).
-_401 = "401 (no or an invalid PAT)"
-_403 = "403 (a PAT without the admin role)"
-_404 = "404 (no such environment)"
-
-
-def _undocumented(*codes: str) -> str:
-    return f"answers {', '.join(codes)}, not documented in its OpenAPI responses"
-
-
-KNOWN_GAPS: dict[str, str] = {}  # the issuer documents every status it answers (its xfails are gone)
 
 ENV = Env("acme-telemetry-dev")
 
@@ -142,12 +131,13 @@ def _own_workspace(case: Case) -> Case:
 
 
 def _strategy(operation: APIOperation) -> st.SearchStrategy[Case]:
-    """Generated cases; where the path names a workspace, half of them name the caller's own (a random
-    one is always a 403 and would leave the rest of the route untested)."""
-    cases = operation.as_strategy()
+    """Generated cases, half of them negative (not fitting the schema: the 422s and their bodies); where
+    the path names a workspace, half of them name the caller's own (a random one is always a 403 and would
+    leave the rest of the route untested)."""
+    positive = operation.as_strategy()
     if "{workspace}" in operation.path:
-        return st.one_of(cases, cases.map(_own_workspace))
-    return cases
+        positive = st.one_of(positive, positive.map(_own_workspace))
+    return st.one_of(positive, operation.as_strategy(GenerationMode.NEGATIVE))
 
 
 def contract_failures(operation: APIOperation, credentials: list[dict[str, str]]) -> list[str]:
@@ -183,27 +173,74 @@ def credentials(service: str) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_operation_keeps_its_documented_contract(request: pytest.FixtureRequest, service: str) -> None:
-    found = operations(request, service)
-    stale = [label for label in KNOWN_GAPS if label.startswith(f"{service} ") and label not in found]
-    assert not stale, f"KNOWN_GAPS names operations that no longer exist: {stale}"
     failures = {}
-    for label, operation in found.items():
-        if label in KNOWN_GAPS:
-            continue
-        found = contract_failures(operation, credentials(service))
-        if found:
+    for label, operation in operations(request, service).items():
+        if found := contract_failures(operation, credentials(service)):
             failures[label] = found
-    assert not failures, "\n".join(f"{label}: {'; '.join(found)}" for label, found in failures.items())
+    assert not failures, "\n".join(f"{label}: {'; '.join(lines)}" for label, lines in failures.items())
 
 
-@pytest.mark.parametrize(
-    "label",
-    [
-        pytest.param(label, marks=pytest.mark.xfail(reason=f"{label}: {why}"))
-        for label, why in KNOWN_GAPS.items()
-    ],
-)
-def test_known_contract_gap(request: pytest.FixtureRequest, label: str) -> None:
-    service = label.split(" ", 1)[0]
-    found = contract_failures(operations(request, service)[label], credentials(service))
-    assert not found, f"{label}: {'; '.join(found)}"
+ERROR_BODY = "#/components/schemas/ErrorBody"
+
+
+def _schema_refs(answer: dict[str, Any]) -> list[str]:
+    schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+    return [s["$ref"] for s in [schema, *schema.get("anyOf", [])] if "$ref" in s]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_error_answer_is_the_one_error_body(request: pytest.FixtureRequest, service: str) -> None:
+    """Every 4xx/5xx of every operation is (or, for the issuer's 409 token_1_in_use, may be) the one
+    ``ErrorBody``; FastAPI's HTTPValidationError is gone; the statuses any route can answer are there."""
+    spec = request.getfixturevalue(f"{service}_app").openapi()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert "ValidationError" not in schemas
+    assert {"error", "message"} <= set(schemas["ErrorBody"]["required"])
+    wrong = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            responses = operation["responses"]
+            needed = {"500"}
+            if "requestBody" in operation:
+                needed |= {"400", "413", "422"}
+            if operation.get("parameters"):
+                needed.add("422")
+            if operation.get("security"):
+                needed |= {"401", "403"}
+            if service == "issuer" and path.startswith(("/v1/", "/ui/")):
+                needed.add("503")  # the database's outage
+            wrong += [f"{method} {path}: no {code}" for code in sorted(needed - set(responses))]
+            for code, answer in responses.items():
+                readiness = path == "/health/ready" and code == "503"  # the readiness detail, not an error
+                if code[0] in "45" and not readiness and ERROR_BODY not in _schema_refs(answer):
+                    wrong.append(f"{method} {path} {code}: {_schema_refs(answer)}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("service", ["issuer", "resolver"])  # the notifier's: by the negative cases above
+def test_the_422_body_is_the_documented_one(request: pytest.FixtureRequest, service: str) -> None:
+    """An invalid query parameter answers the ``invalid_request`` body the document describes, naming the
+    field and never echoing the value."""
+    app = request.getfixturevalue(f"{service}_app")
+    path = {"issuer": "/v1/pats", "resolver": "/v1/heartbeat", "notifier": "/v1/subscriptions"}[service]
+    headers = credentials(service)[0]
+    hostile = "sx_" + "A" * 40
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            if service == "resolver":
+                return await client.post(path, headers=headers, json={"deployment_id": [hostile]})
+            return await client.get(path, headers=headers, params={"limit": hostile})
+
+    response = asyncio.run(send())
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "invalid_request", body
+    assert body["message"], body
+    assert hostile not in response.text
+    spec = app.openapi()
+    answer = spec["paths"][path]["post" if service == "resolver" else "get"]["responses"]["422"]
+    assert _schema_refs(answer) == [ERROR_BODY]
+    jsonschema.validate(body, spec["components"]["schemas"]["ErrorBody"])
