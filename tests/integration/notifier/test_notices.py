@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
-from tests.integration.notifier.standins import Receiver, ResolverStandin, new_environment
+from tests.integration.notifier.support import Receiver, Resolver, new_environment
 from tests.support import wait_until
 
 KEY = "the-notifiers-internal-key-for-notices"
@@ -28,7 +28,7 @@ def test_a_notice_is_sent_once_signed_to_every_subscription_and_not_counted_as_a
     start_notifier: Callable[..., httpx.Client],
     serve_app: Callable[..., str],
     sqlite_url: str,
-    resolver: ResolverStandin,
+    resolver: Resolver,
 ) -> None:
     receiver = Receiver()
     hooks = serve_app(receiver)
@@ -84,7 +84,7 @@ def test_a_notice_is_sent_once_signed_to_every_subscription_and_not_counted_as_a
 
 
 def test_notices_need_the_internal_key_and_a_valid_body(
-    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: ResolverStandin
+    start_notifier: Callable[..., httpx.Client], sqlite_url: str, resolver: Resolver
 ) -> None:
     api = start_notifier(sqlite_url, None, internal_key=KEY)
     env = new_environment(resolver)
