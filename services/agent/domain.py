@@ -29,6 +29,8 @@ HeartbeatOutcome = Literal["ok", "refused", "unsupported", "failed"]
 
 ROTATED = "streaming_tokens.rotated"
 REVOKED = "streaming_tokens.revoked"
+# A scheduled rotation's warning ahead of time (the notifier's notices): logged, never a restart or reload.
+ROTATION_DUE = "token.rotation_due"
 _SEEN_WEBHOOKS = 1024
 
 

@@ -20,8 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.agent.domain import RELOAD, RESTART, REVOKED, ROTATED, WebhookReceived
+from services.agent.domain import RELOAD, RESTART, REVOKED, ROTATED, ROTATION_DUE, WebhookReceived
 from shared.errors import error_body
+from shared.logs import get_logger
+
+_log = get_logger(__name__)
 
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 64 * 1024  # a webhook body is a few hundred bytes; anything this large is not one
@@ -84,6 +87,17 @@ def build_listener(
             return JSONResponse(
                 error_body("invalid_webhook", "the webhook body is not JSON"), status_code=400
             )
+        if isinstance(payload, dict) and payload.get("type") == ROTATION_DUE:
+            # A warning: the rotation is coming. Logged for the operator; the child is left alone.
+            _log.info(
+                "rotation_due",
+                webhook_id=request.headers.get("webhook-id", "")[:100],
+                environment_id=str(payload.get("environment_id"))[:200],
+                generation=payload.get("generation") if isinstance(payload.get("generation"), int) else None,
+                due_at=str(payload.get("due_at"))[:40],
+                forced_at=str(payload.get("forced_at"))[:40] if payload.get("forced_at") else None,
+            )
+            return JSONResponse({"status": "accepted"}, status_code=202)
         event = _event_from(request.headers.get("webhook-id", ""), payload, environment_id())
         if isinstance(event, str):
             return JSONResponse(error_body("invalid_webhook", event), status_code=400)
