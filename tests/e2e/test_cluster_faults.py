@@ -50,16 +50,8 @@ from shared.kafka_broker import KafkaCluster
 from tests.e2e.harness import RunningStack, running_stack
 from tests.support import read_records
 
-# Opt-in until it has passed in a row here (docs/benchmarks.md, "Faults (issue 10)"); run it with
-# STREAMTOKEN_CLUSTER_FAULTS=1. 200 rotations and three kills take ~6-9 min on the shared 2-core machine.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        os.environ.get("STREAMTOKEN_CLUSTER_FAULTS", "") not in {"1", "true", "yes"},
-        reason="the 3-node fault run is opt-in (STREAMTOKEN_CLUSTER_FAULTS=1): see docs/benchmarks.md",
-    ),
-]
+# Bounded: 200 rotations and three kills take ~5-9 min on this project's shared 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ENVIRONMENTS = 3
 ROTATIONS = 200
@@ -728,10 +720,17 @@ def _check(
             continue
         by_environment.setdefault(record.key, []).append(int(json.loads(record.value)["generation"]))
     topic_findings: list[str] = []
+    resent = 0
     for tenant in tenants:
         seen = by_environment.get(tenant.environment_id, [])
+        # The relay is at-least-once: a record the broker wrote but whose acknowledgement timed out
+        # (_MSG_TIMED_OUT while a node was down) is sent again right after itself. Such a repeat of the
+        # previous record is counted, not a finding (the resolver and the notifier ignore a generation that is
+        # not newer); anything else out of order, or missing, is.
+        distinct = [g for i, g in enumerate(seen) if i == 0 or g != seen[i - 1]]
+        resent += len(seen) - len(distinct)
         full = list(range(tenant.first_generation, tenant.generation + 1))
-        if seen != full:
+        if distinct != full:
             repeats = sorted(g for g, n in Counter(seen).items() if n > 1)
             missing = sorted(set(full) - set(seen))
             disorder = [a for a, b in itertools.pairwise(seen) if b <= a]
@@ -770,7 +769,8 @@ def _check(
     print(
         f"totals: rotations {len(rotations)} (calls retried {sum(r.retried for r in reports)}), "
         f"webhooks raw {receiver.raw}, distinct {len(receiver.by_id)}, raw duplicates (same webhook-id) "
-        f"{receiver.raw_duplicates}; records acked {acked}, delivery errors {dict(errors) or 0}; "
+        f"{receiver.raw_duplicates}; control records sent again by the relay {resent}; "
+        f"records acked {acked}, delivery errors {dict(errors) or 0}; "
         f"resolver staleness after the 200 p50 {staleness[len(staleness) // 2] * 1000:.0f} ms, "
         f"max {staleness[-1] * 1000:.0f} ms"
     )
