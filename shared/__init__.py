@@ -6,6 +6,17 @@ service follows, and the embedded broker launcher.
 """
 
 import warnings as _warnings
+from importlib import metadata as _metadata
+
+
+def _version() -> str:
+    try:
+        return _metadata.version("streamtoken")  # pyproject.toml's [project] version: the one place
+    except _metadata.PackageNotFoundError:  # pragma: no cover - a checkout that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 
 def _quiet_authlib() -> None:

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import __version__
 from shared.errors import ApiError, error_body
 from shared.logs import get_logger
 
@@ -295,7 +296,7 @@ def health_router(
 
     @router.get("/health/live")
     async def live() -> dict[str, str]:
-        return {"status": "live"}
+        return {"status": "live", "version": __version__}
 
     @router.get(
         "/health/ready",

@@ -36,6 +36,7 @@ from services.issuer.ports import PatRecord
 from services.issuer.secrets import resolve_encryption_keys, resolve_jwt_secret
 from services.issuer.settings import IssuerSettings
 from services.issuer.usage import NotifierProbe
+from shared import __version__
 from shared.errors import error_body
 from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
@@ -258,7 +259,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     app = FastAPI(
         redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
         title="streamtoken issuer",
-        version="1",
+        version=__version__,
         description="Environments, their streaming tokens (Token 1 / Token 2), rotation and the audit log.",
         lifespan=lifespan,
     )

@@ -29,6 +29,7 @@ from services.notifier.handlers import Handlers
 from services.notifier.health import Assessment, ConsumerView, HealthGauges, assess
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store, database_unavailable
+from shared import __version__
 from shared.errors import error_body
 from shared.kafka import KafkaSettings
 from shared.logs import get_logger
@@ -203,7 +204,7 @@ def build_app(
     app = FastAPI(
         redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
         title="streamtoken notifier",
-        version="0.1.0",
+        version=__version__,
         description="Tells subscribed deployments to restart or reload after a streaming-token rotation.",
         lifespan=lifespan,
     )

@@ -17,6 +17,7 @@ from services.resolver.replica import Status, TableReplica
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import TokenTable
 from services.resolver.usage import KafkaUsagePublisher, UsageFlusher, UsagePublisher, UsageTracker
+from shared import __version__
 from shared.logs import get_logger
 from shared.web import health_router, install_error_handlers
 
@@ -112,7 +113,7 @@ def build_app(
         redirect_slashes=False,  # a 307 with an empty body breaks clients that need JSON and never follow
         title="streamtoken resolver",
         summary="Streaming token → environment lookups and the Quix Portal API subset",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         # We export Prometheus metrics ourselves; FastAPI's OpenTelemetry hooks cost time on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},

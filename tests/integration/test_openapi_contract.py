@@ -27,6 +27,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+import shared
 from services.issuer.auth import Role
 from services.issuer.bootstrap import build_app as build_issuer
 from services.issuer.settings import IssuerSettings
@@ -193,6 +194,7 @@ def test_every_error_answer_is_the_one_error_body(request: pytest.FixtureRequest
     """Every 4xx/5xx of every operation is (or, for the issuer's 409 token_1_in_use, may be) the one
     ``ErrorBody``; FastAPI's HTTPValidationError is gone; the statuses any route can answer are there."""
     spec = request.getfixturevalue(f"{service}_app").openapi()
+    assert spec["info"]["version"] == shared.__version__  # pyproject's version, the one place
     schemas = spec["components"]["schemas"]
     assert "HTTPValidationError" not in schemas
     assert "ValidationError" not in schemas

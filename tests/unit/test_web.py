@@ -215,3 +215,17 @@ def test_openapi_documents_the_error_bodies_and_readiness_codes() -> None:
     assert {"200", "503"} <= set(spec["paths"]["/health/ready"]["get"]["responses"])
     assert "/metrics" not in spec["paths"]
     assert "/docs" not in spec["paths"]
+
+
+async def test_the_version_is_pyprojects_everywhere() -> None:
+    from importlib.metadata import version
+
+    import shared
+
+    assert shared.__version__ == version("streamtoken")
+    app = FastAPI(version=shared.__version__)
+    install_error_handlers(app)
+    app.include_router(health_router(lambda: (True, {}), CollectorRegistry()))
+    async with client_for(app) as c:
+        live = await c.get("/health/live")
+    assert live.json() == {"status": "live", "version": shared.__version__}
