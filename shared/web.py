@@ -281,6 +281,17 @@ def _short_values(detail: Any) -> Any:
     return detail
 
 
+def register_process_collectors(registry: CollectorRegistry) -> CollectorRegistry:
+    """The process, platform and garbage-collector collectors (``process_resident_memory_bytes``,
+    ``python_info``, ``python_gc_*``) on a service's own registry, as on prometheus_client's default one."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
 _HEALTH_DETAIL = {
     "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}
 }

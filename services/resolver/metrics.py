@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.web import register_process_collectors
+
 STATUSES = ("loading", "ready", "rebuilding", "degraded")
 SERVING_STATUSES = ("ready", "rebuilding")
 PROBLEMS = ("no broker connection", "control topic missing", "replay failing")
@@ -18,7 +20,7 @@ class ResolverMetrics:
     """Lookups, hits, misses, table size, records applied, lag and readiness. Never a token."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or register_process_collectors(CollectorRegistry())
         r = self.registry
         # Lookups are counted with plain ints (the hot path runs on the event loop thread only) and
         # exported at scrape time: a prometheus_client Counter takes a lock on every increment.

@@ -229,3 +229,22 @@ async def test_the_version_is_pyprojects_everywhere() -> None:
     async with client_for(app) as c:
         live = await c.get("/health/live")
     assert live.json() == {"status": "live", "version": shared.__version__}
+
+
+def test_every_service_exports_its_process_metrics_under_its_own_names() -> None:
+    from prometheus_client import generate_latest
+
+    from services.issuer.metrics import IssuerMetrics
+    from services.resolver.metrics import ResolverMetrics
+
+    for service, metrics in (("issuer", IssuerMetrics()), ("resolver", ResolverMetrics())):
+        text = generate_latest(metrics.registry).decode()
+        assert "process_resident_memory_bytes" in text, service
+        assert "python_info" in text, service
+        own = [
+            line.split()[2]
+            for line in text.splitlines()
+            if line.startswith("# TYPE") and not line.split()[2].startswith(("process_", "python_"))
+        ]
+        assert own, service
+        assert all(name.startswith(f"streamtoken_{service}_") for name in own), own
