@@ -120,11 +120,12 @@ def test_a_warning_the_notifier_cannot_send_is_audited_once_and_the_rotation_sti
     clock = {"now": NOW + timedelta(hours=11, minutes=30)}
     deps.clock = lambda: clock["now"]
     notifier = _Notifier({})
-    assert usage.run_schedules(deps, notifier) == [(env.id, "warned")]
-    assert usage.run_schedules(deps, notifier) == [(env.id, "warned")]
+    # Not sent: the warning stays pending (tried again on every pass), audited once.
+    assert usage.run_schedules(deps, notifier) == [(env.id, "warning_pending")]
+    assert usage.run_schedules(deps, notifier) == [(env.id, "warning_pending")]
     assert isinstance(deps.store, FakeStore)
     warned = [e for e in deps.store.state.audit if e.action == "rotation_warned"]
     assert len(warned) == 1
-    assert warned[0].detail["webhook"] == "not sent: HTTP 404 from the notifier"
+    assert warned[0].detail["webhook"] == "pending: HTTP 404 from the notifier"
     clock["now"] = NOW + timedelta(hours=12, minutes=1)
     assert usage.run_schedules(deps, notifier) == [(env.id, "rotated")]
