@@ -106,7 +106,15 @@ const scenarios = {
     await submit.click();
     await rotate.locator('#rotate-result').waitFor();
     step('rotated');
-    await rotate.locator('#progress-state').filter({ hasText: /^acknowledged$/ }).waitFor({ timeout: config.progress_wait_ms || 120000 });
+    try {
+      await rotate.locator('#progress-state').filter({ hasText: /^acknowledged$/ }).waitFor({ timeout: config.progress_wait_ms || 120000 });
+    } catch (error) {
+      result.progress = await rotate.locator('#progress-steps li').allTextContents();
+      result.progress_state = await rotate.locator('#progress-state').textContent();
+      result.progress_note = await rotate.locator('#progress-note').textContent();
+      await shot(page, 'rotation-progress-timeout.png');
+      throw new Error(`${error.message}\nprogress: ${result.progress_state} ${JSON.stringify(result.progress)} ${result.progress_note}`);
+    }
     result.progress = await rotate.locator('#progress-steps li').allTextContents();
     result.progress_note = await rotate.locator('#progress-note').textContent();
     step('progress acknowledged');
