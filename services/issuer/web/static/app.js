@@ -618,7 +618,8 @@ function renderProgress(progress) {
     items.push(el('li', { dataset: { step: 'notified', done: String(notified) } }, `${mark(notified)} ${STEP_NAMES.notified}: ${d.notified} of ${d.subscribed} subscribed`));
     items.push(el('li', { dataset: { step: 'acknowledged', done: String(acked) } }, `${mark(acked)} ${STEP_NAMES.acknowledged}: ${d.acknowledged} of ${d.subscribed}${d.dead ? ` (${d.dead} failed for good)` : ''}`));
   } else {
-    items.push(el('li', { dataset: { step: 'notified', done: 'false' } }, 'Deployments: not available (no notifier reports)'));
+    const why = typeof progress.deployments_reason === 'string' ? progress.deployments_reason : 'no notifier reports';
+    items.push(el('li', { dataset: { step: 'notified', done: 'false' } }, `Deployments: not available (${why})`));
   }
   $('progress-steps').replaceChildren(...items);
   $('progress-state').textContent = progress.state || 'unknown';
