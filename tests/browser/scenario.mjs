@@ -73,6 +73,7 @@ const scenarios = {
     result.token_1_clients = await token1.locator('.clients li').allTextContents();
     result.token_1_last_used = await token1.locator('.last-used').textContent();
     step('app listed on Token 1');
+    await shot(page, 'streaming-tokens.png'); // masked: the README's screenshot
     const masked = await page.locator('#token-1-value').inputValue();
     result.masked_before_reveal = masked;
     await token1.getByRole('button', { name: 'Reveal Token 1' }).click();
@@ -86,7 +87,7 @@ const scenarios = {
     } catch (error) {
       result.clipboard_error = String(error);
     }
-    await shot(page, 'streaming-tokens.png');
+    await shot(page, 'streaming-tokens-revealed.png');
     // Keyboard: the "rotate them" link is a real button; Enter opens the dialog.
     await dialog.getByRole('button', { name: 'rotate them' }).focus();
     await page.keyboard.press('Enter');
