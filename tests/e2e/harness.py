@@ -138,12 +138,16 @@ def running_stack(broker: Broker, tmp: Path, **settings: str) -> Iterator[Runnin
     ports = {name: free_port() for name in ("issuer", "resolver", "notifier")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     kafka_env = service_environments(broker, f"streaming-tokens-e2e-{uuid.uuid4().hex[:8]}")
+    notifier_key = uuid.uuid4().hex  # the issuer's progress view reads the notifier's rotations with it
     env = {
         "STREAMTOKEN_ENV": "dev",
         "STREAMTOKEN_DATA_DIR": str(tmp / "data"),
         "STREAMTOKEN_KAFKA_TOPIC": kafka_env["issuer"]["STREAMTOKEN_KAFKA_TOPIC"],
         "STREAMTOKEN_NOTIFIER_RESOLVER_URL": urls["resolver"],
         "STREAMTOKEN_ISSUER_RESOLVER_URLS": urls["resolver"],
+        "STREAMTOKEN_ISSUER_NOTIFIER_URL": urls["notifier"],
+        "STREAMTOKEN_ISSUER_NOTIFIER_INTERNAL_KEY": notifier_key,
+        "STREAMTOKEN_NOTIFIER_INTERNAL_KEY": notifier_key,
         "STREAMTOKEN_NOTIFIER_RETRY_BASE_SECONDS": "0.2",
         "STREAMTOKEN_NOTIFIER_RETRY_MAX_SECONDS": "2",
         "STREAMTOKEN_LOG_JSON": "true",
