@@ -286,10 +286,11 @@ def build_router(deps: Deps, notifier: usage.NotifierProbe | None = None) -> API
 
     def with_usage(environment_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Each shown token's ``usage`` (its last use and clients in the window)."""
-        summaries = call(usage.usage_summaries, environment_id)
+        shown = [body[name]["token_id"] for name in ("token_1", "token_2") if body.get(name) is not None]
+        summaries = call(usage.usage_summaries, environment_id, shown)
         for name in ("token_1", "token_2"):
             if body.get(name) is not None:
-                body[name]["usage"] = summaries.get(body[name]["token_id"])
+                body[name]["usage"] = summaries[body[name]["token_id"]]
         return body
 
     @router.get(

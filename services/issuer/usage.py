@@ -6,6 +6,7 @@ Usage comes from the issuer's fold of the usage topic (``adapters.usage``); noth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -85,19 +86,23 @@ def usage_view(deps: Deps, env_id: str) -> dict[str, Any]:
     }
 
 
-def usage_summaries(deps: Deps, env_id: str) -> dict[str, dict[str, Any]]:
-    """Per valid token id: ``{"last_used_at", "client_count"}`` (what ``GET .../streaming-tokens`` adds)."""
+def usage_summaries(deps: Deps, env_id: str, token_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per token id asked for: ``{"last_used_at", "client_count"}`` (what ``GET .../streaming-tokens`` adds).
+
+    Asked by id, not for the tokens valid now: an answer shows the tokens of its own generation, and a
+    concurrent rotation may already have ended one of them."""
     now = deps.clock()
     with deps.store.transaction() as tx:
-        env = handlers._require(tx, env_id)
-        usage = _usage_of(deps, tx, env, now)
-    return {
-        t.token_id: {
-            "last_used_at": _token_json(t, usage.get(t.token_id), None)["last_used_at"],
-            "client_count": len(usage[t.token_id].clients) if t.token_id in usage else 0,
+        handlers._require(tx, env_id)
+        usage = tx.token_usage(list(token_ids), now - deps.usage_window)
+    summaries: dict[str, dict[str, Any]] = {}
+    for token_id in token_ids:
+        found = usage.get(token_id)
+        summaries[token_id] = {
+            "last_used_at": found.last_used_at.isoformat() if found and found.last_used_at else None,
+            "client_count": len(found.clients) if found else 0,
         }
-        for t in env.valid_at(now)
-    }
+    return summaries
 
 
 # -- a rotation's progress --------------------------------------------------------------------------------

@@ -126,4 +126,8 @@ def test_broker_outage_loses_no_rotation(
             (1, state["token_1"]["fingerprint"]),
             (2, state["token_2"]["fingerprint"]),
         }
-    assert issuer.admin.get("/health/ready").json()["kafka"] == "ok"
+    # Healthy again once the relay's next control-topic check answers (within about a second of publishing).
+    deadline = time.monotonic() + 30
+    while (kafka_health := issuer.admin.get("/health/ready").json()["kafka"]) != "ok":
+        assert time.monotonic() < deadline, kafka_health
+        time.sleep(0.2)
