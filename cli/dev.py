@@ -629,6 +629,8 @@ def _start_demo(
     typer.echo("streamtoken demo (local only: tokens are shown because this is a throw-away stack)")
     for name in ("issuer", "resolver", "notifier"):
         typer.echo(f"  {name:<12} {urls[name] if name in up else 'not running'}")
+    if "issuer" in up:
+        typer.echo(f"  page         {urls['issuer']}/ui/  (log in with the admin PAT)")
     typer.echo(f"  environments {', '.join(data.environments)}")
     typer.echo(f"  admin PAT    {data.pat}")
     typer.echo(f"  dev Token 1  {token_1['token']}  ({token_1.get('token_id')})")
