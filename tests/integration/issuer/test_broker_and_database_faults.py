@@ -23,7 +23,14 @@ from tests.conftest import POSTGRES_ADMIN_URL, _postgres_required, _sqlalchemy_u
 from tests.integration.issuer.conftest import LogCapture, RunningIssuer, read_topic
 
 ENV = {"org": "acme", "project": "telemetry"}
-FAST_WATCH = {"relay_topic_check_interval_s": 0.5, "relay_delivery_timeout_s": 3.0}
+# The usage fold is off here: its librdkafka consumer, fetching from a restarted Tansu, is exposed to the
+# librdkafka 2.12 segfault the resolver and the notifier work around (docs/broker.md); these tests are about
+# the relay, and tests/integration/issuer/test_usage.py covers the fold on Apache Kafka.
+FAST_WATCH = {
+    "relay_topic_check_interval_s": 0.5,
+    "relay_delivery_timeout_s": 3.0,
+    "usage_fold_enabled": False,
+}
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
