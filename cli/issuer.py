@@ -46,6 +46,17 @@ Pat = Annotated[
     str | None, typer.Option("--pat", envvar="STREAMTOKEN_PAT", help="personal access token (Bearer)")
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="print the JSON answer as is")]
+# A PAT's limits, the same in `pats create` and `admin bootstrap-pat`.
+PatEnvironments = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
+    ),
+]
+PatActions = Annotated[
+    list[str] | None,
+    typer.Option("--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -239,16 +250,8 @@ def admin_bootstrap_pat(
             "--ttl-days", help="lifetime (default STREAMTOKEN_ISSUER_PAT_TTL_DAYS, at most ..._MAX_TTL_DAYS)"
         ),
     ] = None,
-    environment: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
-        ),
-    ] = None,
-    action: Annotated[
-        list[str] | None,
-        typer.Option("--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"),
-    ] = None,
+    environment: PatEnvironments = None,
+    action: PatActions = None,
 ) -> None:
     """Record a PAT in the issuer's database and print it (on the issuer's machine, with its settings: the
     first admin PAT). Later PATs: `streamtoken pats create` with an admin PAT."""
@@ -316,16 +319,8 @@ def pats_create(
     ttl_days: Annotated[
         int | None, typer.Option("--ttl-days", help="lifetime (default: the issuer's)")
     ] = None,
-    environment: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--environment", help="limit to this environment id (repeat; a deployment PAT: exactly one)"
-        ),
-    ] = None,
-    action: Annotated[
-        list[str] | None,
-        typer.Option("--action", help="limit to read | reveal | rotate | admin | read-current (repeat)"),
-    ] = None,
+    environment: PatEnvironments = None,
+    action: PatActions = None,
     issuer_url: IssuerUrl = DEFAULT_ISSUER_URL,
     pat: Pat = None,
     as_json: JsonOut = False,
