@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.agent.adapters.child import child_environment, die_with_parent, write_atomically
+from services.agent.adapters.child import child_environment, write_atomically
 from services.agent.adapters.http import cleartext_host
 from services.agent.adapters.issuer import IssuerClient, IssuerError
 from services.agent.adapters.listener import _event_from
@@ -21,6 +21,7 @@ from services.agent.adapters.tokens import (
     VariableTokenSource,
 )
 from services.agent.domain import Credential, WebhookReceived
+from shared.process import die_with_parent
 from shared.tokens import generate_token
 
 TOKEN_1, TOKEN_2 = generate_token(), generate_token()

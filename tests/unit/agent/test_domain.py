@@ -8,6 +8,7 @@ import pytest
 
 from services.agent.domain import (
     Acknowledge,
+    Action,
     AgentMachine,
     AgentStarted,
     ChildExited,
@@ -56,8 +57,13 @@ def running(policy: Policy | None = None) -> AgentMachine:
     return machine
 
 
-def rotated(generation: int, action: str = "restart", webhook_id: str | None = None) -> WebhookReceived:
-    return WebhookReceived(webhook_id or f"msg_{generation}", "streaming_tokens.rotated", action, generation)  # type: ignore[arg-type]
+def phase_of(machine: AgentMachine) -> Phase:
+    """``machine.phase`` read afresh: mypy keeps an asserted ``machine.phase`` narrowed past ``handle()``."""
+    return machine.phase
+
+
+def rotated(generation: int, action: Action = "restart", webhook_id: str | None = None) -> WebhookReceived:
+    return WebhookReceived(webhook_id or f"msg_{generation}", "streaming_tokens.rotated", action, generation)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -75,9 +81,9 @@ def test_restart_webhook_fetches_then_stops_then_starts_with_the_new_token_and_a
     assert acts(machine.handle(rotated(2))) == [FetchToken()]
     assert machine.phase is Phase.RUNNING  # the child keeps running while the new token is fetched
     assert acts(machine.handle(TokenObtained(NEW))) == [StopChild(signal.SIGTERM, 7.0)]
-    assert machine.phase is Phase.RESTARTING
+    assert phase_of(machine) is Phase.RESTARTING
     assert acts(machine.handle(ChildExited(-signal.SIGTERM, 30.0))) == [StartChild(NEW), Acknowledge(2, NEW)]
-    assert machine.phase is Phase.RUNNING
+    assert phase_of(machine) is Phase.RUNNING
     assert machine.applied_generation == 2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +16,7 @@ from services.issuer.adapters.broker import NoBrokerAccess
 from services.issuer.adapters.relay import BrokerSyncFailed, OutboxRelay
 from services.issuer.crypto import TokenCipher
 from services.issuer.metrics import IssuerMetrics
-from services.issuer.ports import Delivery, EnvironmentAccess, OutboxMessage
+from services.issuer.ports import BrokerAccess, Delivery, EnvironmentAccess, OutboxMessage
 from shared.broker_access import broker_password
 from tests.unit.issuer.fakes import FakeBrokerAccess, FakeStore
 from tests.unit.issuer.test_relay import FakeOutbox, FakePublisher
@@ -35,10 +35,11 @@ class Clock:
 class World:
     """Handlers on a fake store, and a relay on a fake outbox fed from the store's outbox rows."""
 
-    def __init__(self, broker: FakeBrokerAccess | NoBrokerAccess | None = None) -> None:
+    def __init__(self, broker: BrokerAccess | None = None) -> None:
         self.clock = Clock()
         self.store = FakeStore()
-        self.broker = broker if broker is not None else FakeBrokerAccess()
+        self.fake = FakeBrokerAccess()  # what the tests read: the relay's broker unless another is given
+        self.broker: BrokerAccess = broker if broker is not None else self.fake
         self.deps = handlers.Deps(
             store=self.store,
             cipher=TokenCipher(Fernet.generate_key().decode()),
@@ -81,7 +82,7 @@ class CheckingPublisher(FakePublisher):
         self.broker_at_publish: list[set[str]] = []
 
     def publish(self, messages: Sequence[OutboxMessage]) -> list[Delivery]:
-        broker = self.world.broker
+        broker = self.world.fake
         for m in messages:
             held = (
                 broker.environments.get(m.environment_id, {}) if isinstance(broker, FakeBrokerAccess) else {}
@@ -101,7 +102,7 @@ def test_the_broker_is_synced_before_the_batch_is_published(world: World) -> Non
     assert handlers.propagation(world.deps, env.id).broker == "pending"
     assert world.relay.drain() == 1
     expected = world.passwords(env.id)
-    assert world.broker.environments[env.id] == expected  # token ids → broker_password(token)
+    assert world.fake.environments[env.id] == expected  # token ids → broker_password(token)
     assert world.publisher.broker_at_publish == [set(expected)]
     state = handlers.propagation(world.deps, env.id)
     assert (state.broker, state.broker_generation, state.generation) == ("applied", 1, 1)
@@ -113,7 +114,7 @@ def test_the_broker_is_synced_before_the_batch_is_published(world: World) -> Non
     assert view.to_json()["propagation"] == unpolled
     world.feed()
     world.relay.drain()
-    assert set(world.broker.environments[env.id]) == {view.token_1.token_id, view.token_2.token_id}
+    assert set(world.fake.environments[env.id]) == {view.token_1.token_id, view.token_2.token_id}
     assert handlers.propagation(world.deps, env.id).broker == "applied"
     assert handlers.reveal_tokens(world.deps, env.id, actor="a").propagation == handlers.Propagation(
         2, "applied", 2
@@ -124,14 +125,14 @@ def test_a_refused_sync_publishes_nothing_of_the_batch_and_is_retried(world: Wor
     a = handlers.create_environment(world.deps, "acme", "telemetry", "prod", actor="a")
     b = handlers.create_environment(world.deps, "acme", "telemetry", "dev", actor="a")
     world.feed()
-    world.broker.fail = 1
+    world.fake.fail = 1
     with pytest.raises(BrokerSyncFailed, match="broker down"):
         world.relay.drain()
     assert world.publisher.sent == []
     assert [m.id for m in world.outbox.pending] == [1, 2]  # nothing of the batch left the outbox
     assert handlers.propagation(world.deps, a.id).broker == "pending"
     assert world.relay.drain() == 2
-    assert set(world.broker.environments) == {a.id, b.id}
+    assert set(world.fake.environments) == {a.id, b.id}
     assert world.outbox.pending == []
 
 
@@ -139,8 +140,8 @@ def test_a_running_relay_reports_the_broker_failure_in_one_line_then_recovers(wo
     env = handlers.create_environment(world.deps, "acme", "telemetry", "prod", actor="a")
     world.feed()
     token = handlers.reveal_tokens(world.deps, env.id, actor="a").token_1.token
-    world.broker.fail = 10**6
-    world.broker.error = "KafkaException: CLUSTER_AUTHORIZATION_FAILED: not allowed\nsecond line"
+    world.fake.fail = 10**6
+    world.fake.error = "KafkaException: CLUSTER_AUTHORIZATION_FAILED: not allowed\nsecond line"
     world.relay.start()
     try:
         deadline = time.monotonic() + 5
@@ -153,8 +154,8 @@ def test_a_running_relay_reports_the_broker_failure_in_one_line_then_recovers(wo
         assert token not in error
         assert not world.relay.healthy
         assert world.publisher.sent == []
-        assert world.broker.closed  # the admin client dropped: the next try starts from fresh metadata
-        world.broker.fail = 0
+        assert world.fake.closed  # the admin client dropped: the next try starts from fresh metadata
+        world.fake.fail = 0
         while world.publisher.sent != [1] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert world.publisher.sent == [1]
@@ -164,7 +165,7 @@ def test_a_running_relay_reports_the_broker_failure_in_one_line_then_recovers(wo
         assert world.relay.healthy
     finally:
         world.relay.stop()
-    assert world.broker.closed
+    assert world.fake.closed
 
 
 def test_a_grace_token_loses_broker_access_when_its_grace_ends(world: World) -> None:
@@ -173,18 +174,18 @@ def test_a_grace_token_loses_broker_access_when_its_grace_ends(world: World) -> 
     view = handlers.rotate_tokens(world.deps, env.id, actor="a", grace_seconds=60)
     world.feed()
     world.relay.drain()
-    assert set(world.broker.environments[env.id]) == {old_1, view.token_1.token_id, view.token_2.token_id}
+    assert set(world.fake.environments[env.id]) == {old_1, view.token_1.token_id, view.token_2.token_id}
     world.clock.now = T0 + timedelta(seconds=59)
     assert world.relay.resync_expired() == []
     world.clock.now = T0 + timedelta(seconds=60)
     assert world.relay.resync_expired() == [env.id]
-    assert set(world.broker.environments[env.id]) == {view.token_1.token_id, view.token_2.token_id}
+    assert set(world.fake.environments[env.id]) == {view.token_1.token_id, view.token_2.token_id}
     assert world.relay.resync_expired() == []  # remembered no more
 
 
 def test_the_relay_reconciles_everything_first_and_again_on_republish(world: World) -> None:
     env = handlers.create_environment(world.deps, "acme", "telemetry", "prod", actor="a")
-    world.broker.environments = {"gone-env-x": {"tid_stale": "pw"}, env.id: {"tid_other": "pw"}}
+    world.fake.environments = {"gone-env-x": {"tid_stale": "pw"}, env.id: {"tid_other": "pw"}}
     world.feed()
     world.relay.start()
     try:
@@ -193,18 +194,18 @@ def test_the_relay_reconciles_everything_first_and_again_on_republish(world: Wor
             time.sleep(0.01)
     finally:
         world.relay.stop()
-    assert world.broker.calls[0] == ("reconcile", "*")  # before the first batch's sync and publish
-    assert world.broker.environments == {env.id: world.passwords(env.id)}
-    assert world.broker.users().isdisjoint({"tid_stale", "tid_other"})
+    assert world.fake.calls[0] == ("reconcile", "*")  # before the first batch's sync and publish
+    assert world.fake.environments == {env.id: world.passwords(env.id)}
+    assert world.fake.users().isdisjoint({"tid_stale", "tid_other"})
 
-    world.broker.environments["gone-env-x"] = {"tid_stale": "pw"}
-    world.broker.calls.clear()
+    world.fake.environments["gone-env-x"] = {"tid_stale": "pw"}
+    world.fake.calls.clear()
     handlers.republish_all(world.deps, actor="a")  # asks the relay to reconcile before publishing
     world.relay.reconcile_if_needed()
-    assert world.broker.calls == [("reconcile", "*")]
-    assert "gone-env-x" not in world.broker.environments
+    assert world.fake.calls == [("reconcile", "*")]
+    assert "gone-env-x" not in world.fake.environments
     world.relay.reconcile_if_needed()  # done: not again until asked
-    assert world.broker.calls == [("reconcile", "*")]
+    assert world.fake.calls == [("reconcile", "*")]
 
 
 def test_a_deleted_environment_is_removed_from_the_broker(world: World) -> None:
@@ -214,7 +215,7 @@ def test_a_deleted_environment_is_removed_from_the_broker(world: World) -> None:
     handlers.delete_environment(world.deps, env.id, actor="a")
     world.feed()
     world.relay.drain()
-    assert env.id not in world.broker.environments
+    assert env.id not in world.fake.environments
     assert world.publisher.broker_at_publish[-1] == set()  # tombstone published after the removal
 
 
@@ -238,19 +239,21 @@ def test_creation_takes_the_environment_ids_lock(world: World) -> None:
     assert world.store.state.creation_locks == 1
 
 
-def test_reconcile_is_resynced_for_an_environment_changed_meanwhile(world: World) -> None:
+def test_reconcile_is_resynced_for_an_environment_changed_meanwhile(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A change committed between reading the desired state and applying it is synced right after."""
     env = handlers.create_environment(world.deps, "acme", "telemetry", "prod", actor="a")
     rotated = threading.Event()
-    original = world.broker.reconcile_all
+    original = world.fake.reconcile_all
 
-    def reconcile_then_rotate(desired):  # type: ignore[no-untyped-def]
+    def reconcile_then_rotate(desired: Mapping[str, Sequence[tuple[str, str]]]) -> None:
         original(desired)
         if not rotated.is_set():
             rotated.set()
             handlers.rotate_tokens(world.deps, env.id, actor="b")  # another replica, meanwhile
 
-    world.broker.reconcile_all = reconcile_then_rotate  # type: ignore[method-assign]
+    monkeypatch.setattr(world.fake, "reconcile_all", reconcile_then_rotate)
     world.relay.reconcile_if_needed()
-    assert world.broker.environments[env.id] == world.passwords(env.id)
+    assert world.fake.environments[env.id] == world.passwords(env.id)
     assert handlers.propagation(world.deps, env.id).broker == "applied"

@@ -279,7 +279,7 @@ async def test_hostile_topic_requests_are_clean_4xx(
 
 
 async def test_a_failed_create_is_503_and_a_huge_stored_retention_still_lists(
-    client: httpx.AsyncClient, dev: Env, admin: FakeAdmin
+    client: httpx.AsyncClient, dev: Env, admin: FakeAdmin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = bearer(dev.token_1)
     admin.topics_["acme-telemetry-dev-odd"] = TopicInfo(
@@ -292,7 +292,7 @@ async def test_a_failed_create_is_503_and_a_huge_stored_retention_still_lists(
     async def refuse(*_: object) -> None:
         raise TopicAdminError("broker down")
 
-    admin.create = refuse  # type: ignore[method-assign]
+    monkeypatch.setattr(admin, "create", refuse)
     r = await client.post("/acme-telemetry-dev/topics", headers=h, json={"name": "new"})
     assert r.status_code == 503
 

@@ -110,7 +110,7 @@ def app_client(table: TokenTable, status: list[Status]) -> AppClient:
 
 def as_quixstreams_reads_it(answer: dict[str, str]) -> ConnectionConfig:
     """What quixstreams 3.x does with the answer (QuixKafkaConfigsBuilder): it raises on any other key."""
-    config = dict(answer)
+    config: dict[str, str | bytes] = dict(answer)
     if (cert := config.pop("ssl.ca.cert", None)) is not None:
         config["ssl.ca.pem"] = base64.b64decode(cert)
     return ConnectionConfig.from_librdkafka_dict(config)

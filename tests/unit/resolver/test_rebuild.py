@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 from confluent_kafka import TopicPartition
@@ -26,16 +27,27 @@ from tests.unit.resolver.fakes import FakeAdmin, bearer
 from tests.unit.resolver.test_bulk_apply import FakeMessage
 
 
-def _replica(table: TokenTable, **kwargs: object) -> TableReplica:
+def _replica(
+    table: TokenTable,
+    *,
+    rebuild_empty_grace_seconds: float = 60.0,
+    on_swap: Callable[[TokenTable], None] | None = None,
+) -> TableReplica:
     replica = TableReplica(
         table,
         KafkaSettings(bootstrap_servers="127.0.0.1:9", topic="streaming-tokens"),
         ResolverMetrics(),
-        **kwargs,
+        rebuild_empty_grace_seconds=rebuild_empty_grace_seconds,
+        on_swap=on_swap,
     )
     replica._loaded = True
     replica._refresh_status()
     return replica
+
+
+def _status(replica: TableReplica) -> Status:
+    """``replica.status`` read afresh: mypy keeps an asserted ``replica.status`` narrowed across calls."""
+    return replica.status
 
 
 def _table_with(*envs: Env) -> TokenTable:
@@ -106,7 +118,7 @@ def test_the_rebuilt_table_is_filled_by_the_bulk_path_and_swapped_in_at_once() -
     assert replica.table is not live
     assert replica.table.generation(dev.environment_id) == 2
     assert replica.table.generation(fresh.environment_id) == 1
-    assert replica.status is Status.READY
+    assert _status(replica) is Status.READY
     assert "rebuild" not in replica.snapshot()
 
 
