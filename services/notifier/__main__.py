@@ -5,15 +5,14 @@ from __future__ import annotations
 from services.notifier.bootstrap import build_app
 from services.notifier.settings import NotifierSettings
 from shared.logs import configure_logging
-from shared.settings import RuntimeSettings
 from shared.web import serve
 
 
 def main(host: str | None = None, port: int | None = None) -> None:
-    runtime = RuntimeSettings()
-    configure_logging("notifier", runtime.log_level, runtime.log_json)
     settings = NotifierSettings()
-    app = build_app(settings, runtime=runtime)
+    runtime = settings.runtime
+    configure_logging("notifier", runtime.log_level, runtime.log_json)
+    app = build_app(settings)
     serve(app, host or settings.host, port or settings.port, log_level=runtime.log_level.lower())
 
 

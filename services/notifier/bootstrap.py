@@ -31,9 +31,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.store import Store, database_unavailable
 from shared import __version__
 from shared.errors import error_body
-from shared.kafka import KafkaSettings
 from shared.logs import get_logger
-from shared.settings import RuntimeSettings
 from shared.web import health_router, install_error_handlers
 
 log = get_logger(__name__)
@@ -112,8 +110,6 @@ def _webhook_transport(settings: NotifierSettings, limits: httpx.Limits) -> http
 def build_app(
     settings: NotifierSettings,
     *,
-    kafka_settings: KafkaSettings | None = None,
-    runtime: RuntimeSettings | None = None,
     store: Store | None = None,
     verifier: TokenVerifier | None = None,
     webhook_transport: httpx.AsyncBaseTransport | None = None,
@@ -121,10 +117,11 @@ def build_app(
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The notifier as an ASGI app. Overrides replace the adapters built from settings (tests pass their
-    own); ``clock`` is the time the store stamps rows with and the delivery engine schedules by."""
-    kafka = kafka_settings or KafkaSettings()
+    own); ``clock`` is the time the store stamps rows with and the delivery engine schedules by. Kafka and
+    the data dir come from ``settings.kafka`` and ``settings.runtime``."""
+    kafka = settings.kafka
     store = store or Store.from_url(
-        settings.resolved_database_url(runtime), settings.database_busy_timeout_seconds, clock
+        settings.resolved_database_url(), settings.database_busy_timeout_seconds, clock
     )
     metrics = NotifierMetrics(registry or CollectorRegistry())
     gauges = HealthGauges(metrics.registry)

@@ -1,4 +1,4 @@
-"""Notifier configuration: every field is a ``STREAMTOKEN_NOTIFIER_*`` environment variable."""
+"""Notifier configuration: ``STREAMTOKEN_NOTIFIER_*`` variables, plus Kafka and runtime settings."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.notifier.domain import WebhookAddressPolicy
+from shared.kafka import KafkaSettings
 from shared.settings import RuntimeSettings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class NotifierSettings(BaseSettings):
-    """Where the notifier listens, what it stores where, and how it delivers webhooks."""
+    """Where the notifier listens, what it stores where, and how it delivers webhooks. Each field is the
+    variable ``STREAMTOKEN_NOTIFIER_<FIELD>``; ``kafka`` and ``runtime`` read the shared
+    ``STREAMTOKEN_KAFKA_*`` and ``STREAMTOKEN_ENV``/``_DATA_DIR``/``_LOG_*`` variables."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMTOKEN_NOTIFIER_", extra="ignore")
 
@@ -164,6 +167,8 @@ class NotifierSettings(BaseSettings):
             "for a lock held by another connection before it fails (the API answers 503)"
         ),
     )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
     @field_validator("allowed_webhook_hosts", "allowed_webhook_networks", mode="before")
     @classmethod
@@ -195,5 +200,5 @@ class NotifierSettings(BaseSettings):
             )
         return self
 
-    def resolved_database_url(self, runtime: RuntimeSettings | None = None) -> str:
-        return self.database_url or (runtime or RuntimeSettings()).sqlite_url("notifier")
+    def resolved_database_url(self) -> str:
+        return self.database_url or self.runtime.sqlite_url("notifier")

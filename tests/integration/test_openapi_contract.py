@@ -103,9 +103,10 @@ def notifier_app(data_dir: Path, resolver_app: Any) -> Any:
         resolver_url="http://resolver",
         consume=False,
         deliver=False,
+        kafka=NOWHERE,
     )
     verifier = ResolverWhoami("http://resolver", 0, transport=httpx.ASGITransport(app=resolver_app))
-    return build_notifier(settings, kafka_settings=NOWHERE, verifier=verifier)
+    return build_notifier(settings, verifier=verifier)
 
 
 @pytest.fixture(scope="module", autouse=True)

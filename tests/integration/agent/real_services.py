@@ -178,9 +178,14 @@ def start_real_services(
     database = f"sqlite:///{tmp_path / 'notifier.db'}"
     notifier_observed = Observed(
         build_notifier(
-            fast_settings(database, resolver_url, consume=False, **(notifier or {})),
-            kafka_settings=NO_KAFKA,
-            runtime=RuntimeSettings(env="test", data_dir=tmp_path / "notifier-data"),
+            fast_settings(
+                database,
+                resolver_url,
+                consume=False,
+                kafka=NO_KAFKA,
+                runtime=RuntimeSettings(env="test", data_dir=tmp_path / "notifier-data"),
+                **(notifier or {}),
+            )
         ),
         slow_path="/v1/subscriptions",
         delay=slow_subscribe,

@@ -84,8 +84,7 @@ def stack(
     wait_ready(resolver, timeout=120)
     notifier = serve_app(
         build_notifier(
-            fast_settings(f"sqlite:///{tmp_path / 'notifier.db'}", resolver, internal_key=KEY),
-            kafka_settings=kafka,
+            fast_settings(f"sqlite:///{tmp_path / 'notifier.db'}", resolver, internal_key=KEY, kafka=kafka)
         )
     )
     issuer = issuer_factory(

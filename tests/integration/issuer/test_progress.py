@@ -47,8 +47,7 @@ def test_progress_reaches_acknowledged_and_tolerates_a_missing_notifier(
     wait_ready(resolver, timeout=120)
     notifier = serve_app(
         build_notifier(
-            fast_settings(f"sqlite:///{tmp_path / 'notifier.db'}", resolver, internal_key=KEY),
-            kafka_settings=kafka,
+            fast_settings(f"sqlite:///{tmp_path / 'notifier.db'}", resolver, internal_key=KEY, kafka=kafka)
         )
     )
     receiver = Receiver()

@@ -61,7 +61,7 @@ def test_the_scheduler_warns_through_the_notifier_once_and_retries_an_unreachabl
     notifier_settings = fast_settings(
         f"sqlite:///{tmp_path / 'notifier.db'}", serve_app(resolver.app), internal_key=KEY, consume=False
     )
-    notifier = serve_app(build_notifier(notifier_settings, kafka_settings=None))
+    notifier = serve_app(build_notifier(notifier_settings))
     receiver = Receiver()
     hooks = serve_app(receiver)
 

@@ -81,8 +81,10 @@ def start_notifier(serve_app: Callable[..., str], resolver_url: str) -> Iterator
     def start(database_url: str, kafka: KafkaSettings | None, **overrides: Any) -> httpx.Client:
         if kafka is None:
             overrides.setdefault("consume", False)
+        else:
+            overrides["kafka"] = kafka
         settings = fast_settings(database_url, resolver_url, **overrides)
-        url = serve_app(build_app(settings, kafka_settings=kafka))
+        url = serve_app(build_app(settings))
         client = httpx.Client(base_url=url, timeout=10)
         clients.append(client)
         return client

@@ -1,6 +1,7 @@
 """Our signatures verify with the third-party ``standardwebhooks`` package; settings parse and validate."""
 
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -10,6 +11,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from services.notifier.delivery import Signer
 from services.notifier.domain import new_secret
 from services.notifier.settings import NotifierSettings
+from shared.kafka import KafkaSettings
 
 
 def _headers(signer: Signer, secret: str, msg_id: str, body: str, timestamp: int) -> dict[str, str]:
@@ -74,6 +76,24 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.allowed_webhook_hosts == ("hooks.example.com", "*.svc.local", "10.0.0.0/8")
     assert settings.restart_concurrency == 3
     assert settings.port == 8003
+
+
+def test_kafka_and_runtime_settings_are_nested_and_read_the_shared_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STREAMTOKEN_KAFKA_BOOTSTRAP_SERVERS", "broker:29092")
+    monkeypatch.setenv("STREAMTOKEN_KAFKA_TOPIC", "tokens-here")
+    monkeypatch.setenv("STREAMTOKEN_ENV", "test")
+    monkeypatch.setenv("STREAMTOKEN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("STREAMTOKEN_NOTIFIER_DATABASE_URL", raising=False)
+    settings = NotifierSettings()
+    assert settings.kafka.bootstrap_servers == "broker:29092"
+    assert settings.kafka.topic == "tokens-here"
+    assert settings.runtime.env == "test"
+    assert settings.resolved_database_url() == f"sqlite:///{(tmp_path / 'data' / 'notifier.db').resolve()}"
+    given = NotifierSettings(database_url="sqlite://", kafka=KafkaSettings(bootstrap_servers="other:1"))
+    assert given.kafka.bootstrap_servers == "other:1"
+    assert given.resolved_database_url() == "sqlite://"
 
 
 def test_a_lease_shorter_than_a_request_is_refused() -> None:
