@@ -98,7 +98,11 @@ def topic_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def topic_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Make topic names no other test uses: ``topic_factory("events")``."""
-    return lambda base="t": _unique(request, base)
+
+    def make(base: str = "t") -> str:
+        return _unique(request, base)
+
+    return make
 
 
 @pytest.fixture

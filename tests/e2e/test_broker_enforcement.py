@@ -47,12 +47,16 @@ def _propagated(stack: RunningStack, environment_id: str) -> Callable[[], bool]:
     return check
 
 
+def _resolves(stack: RunningStack, token: str) -> Callable[[], bool]:
+    return lambda: stack.whoami(token) == 200
+
+
 def _environment(stack: RunningStack, name: str) -> tuple[str, dict[str, Any]]:
     environment_id = stack.create_environment(name)
     wait_for(f"{environment_id} applied at the broker", _propagated(stack, environment_id), timeout=60)
     tokens = stack.tokens(environment_id)
     for slot in ("token_1", "token_2"):
-        wait_for("the resolver to learn the token", lambda s=slot: stack.whoami(tokens[s]["token"]) == 200)
+        wait_for("the resolver to learn the token", _resolves(stack, tokens[slot]["token"]))
     return environment_id, tokens
 
 
@@ -96,9 +100,9 @@ def _first_error(consumer: Consumer, timeout: float = 30.0) -> KafkaError | None
         try:
             message = consumer.poll(0.5)
         except KafkaException as exc:
-            return exc.args[0]  # type: ignore[no-any-return]
+            return exc.args[0]
         if message is not None and message.error() is not None:
-            return message.error()  # type: ignore[no-any-return]
+            return message.error()
     return None
 
 

@@ -59,10 +59,10 @@ def test_quixstreams_producer_and_consumer_round_trip_keyed_events(kafka_setting
     assert len(received) == len(sent) + 1
     assert (b"acme-tele-gone", None) in received
     by_env: dict[str, list[TokenStateChanged]] = {}
-    for key, event in received:
-        if event is not None:
-            assert key == encode_key(event.environment_id)
-            by_env.setdefault(event.environment_id, []).append(event)
+    for key, read in received:
+        if read is not None:
+            assert key == encode_key(read.environment_id)
+            by_env.setdefault(read.environment_id, []).append(read)
     # Keys share a partition, so each environment's generations arrive in order.
     for env, events in by_env.items():
         assert [e.generation for e in events] == [1, 2], env

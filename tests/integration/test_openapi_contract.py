@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
@@ -44,6 +45,9 @@ from tests.unit.resolver.factories import Env
 from tests.unit.resolver.fakes import FakeAdmin
 
 pytestmark = pytest.mark.integration
+
+Operation = APIOperation[Any, Any, Any, Any]  # schemathesis parametrizes neither its operations nor cases
+AnyCase = Case[Any]
 
 MAX_EXAMPLES = 10
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
@@ -127,12 +131,12 @@ BOUNDED = settings(
 )
 
 
-def _own_workspace(case: Case) -> Case:
+def _own_workspace(case: AnyCase) -> AnyCase:
     case.path_parameters = {**(case.path_parameters or {}), "workspace": ENV.environment_id}
     return case
 
 
-def _strategy(operation: APIOperation) -> st.SearchStrategy[Case]:
+def _strategy(operation: Operation) -> st.SearchStrategy[AnyCase]:
     """Generated cases, half of them negative (not fitting the schema: the 422s and their bodies); where
     the path names a workspace, half of them name the caller's own (a random one is always a 403 and would
     leave the rest of the route untested)."""
@@ -142,14 +146,14 @@ def _strategy(operation: APIOperation) -> st.SearchStrategy[Case]:
     return st.one_of(positive, operation.as_strategy(GenerationMode.NEGATIVE))
 
 
-def contract_failures(operation: APIOperation, credentials: list[dict[str, str]]) -> list[str]:
+def contract_failures(operation: Operation, credentials: list[dict[str, str]]) -> list[str]:
     """What schemathesis finds wrong with ``operation`` in ``MAX_EXAMPLES`` requests: one line per
     distinct (status, failure), e.g. ``404 Undocumented status code``."""
     found: dict[str, None] = {}
 
     @BOUNDED
     @given(case=_strategy(operation), sent=st.sampled_from(credentials))
-    def run(case: Case, sent: dict[str, str]) -> None:
+    def run(case: AnyCase, sent: dict[str, str]) -> None:
         response = case.call(headers=sent)
         try:
             case.validate_response(response, checks=CHECKS, headers=sent)
@@ -162,10 +166,15 @@ def contract_failures(operation: APIOperation, credentials: list[dict[str, str]]
     return sorted(found)
 
 
-def operations(request: pytest.FixtureRequest, service: str) -> dict[str, APIOperation]:
+def operations(request: pytest.FixtureRequest, service: str) -> dict[str, Operation]:
     app = request.getfixturevalue(f"{service}_app")
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    return {f"{service} {r.ok().label}": r.ok() for r in schema.get_all_operations()}
+    found: dict[str, Operation] = {}
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
+        found[f"{service} {result.ok().label}"] = result.ok()
+    return found
 
 
 def credentials(service: str) -> list[dict[str, str]]:

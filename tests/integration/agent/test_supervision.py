@@ -27,11 +27,11 @@ def _wait_line(incoming: queue.Queue[str | None], lines: list[str], needle: str,
         left = deadline - time.monotonic()
         assert left > 0, f"no line with {needle!r}:\n" + "".join(lines[-40:])
         try:
-            line = incoming.get(timeout=min(left, 1.0))
+            read = incoming.get(timeout=min(left, 1.0))
         except queue.Empty:
             continue
-        assert line is not None, f"ended before {needle!r}:\n" + "".join(lines[-40:])
-        lines.append(line)
+        assert read is not None, f"ended before {needle!r}:\n" + "".join(lines[-40:])
+        lines.append(read)
 
 
 def _child(parent: int, marker: str) -> psutil.Process:
@@ -77,7 +77,8 @@ def test_dev_restarts_a_service_and_the_broker_that_died(tmp_path: Path) -> None
         args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     assert process.stdout is not None
-    incoming, lines = _lines(process.stdout), []
+    incoming = _lines(process.stdout)
+    lines: list[str] = []
     seen: set[int] = set()
     try:
         _wait_line(incoming, lines, "Ctrl-C stops it all", 120)
@@ -113,7 +114,8 @@ def test_broker_command_restarts_its_broker_and_stops_on_sigterm(tmp_path: Path)
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     assert process.stdout is not None
-    incoming, lines = _lines(process.stdout), []
+    incoming = _lines(process.stdout)
+    lines: list[str] = []
     try:
         _wait_line(incoming, lines, "listening on", 60)
         broker = _child(process.pid, "tansu")

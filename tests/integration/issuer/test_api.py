@@ -11,8 +11,7 @@ import pytest
 from services.issuer.auth import Role
 from shared.events import ChangeType, decode_event
 from shared.kafka import KafkaSettings
-from shared.logs import TOKEN_PATTERN
-from shared.tokens import fingerprint, is_well_formed
+from shared.tokens import TOKEN_PATTERN, fingerprint, is_well_formed
 from tests.integration.issuer.conftest import LogCapture, RunningIssuer, read_topic
 
 ENV = {"org": "acme", "project": "telemetry", "name": "prod"}
@@ -75,7 +74,7 @@ def test_rotation_semantics_end_to_end_with_the_event_on_the_topic(
 
     # No plaintext token anywhere on the topic or in the logs; the logs do speak of the change.
     plaintexts = [old_1["token"], old_2["token"], new_2["token"]]
-    topic_bytes = b"".join((r.key.encode() + (r.value or b"")) for r in records)
+    topic_bytes = b"".join(((r.key or "").encode() + (r.value or b"")) for r in records)
     assert b"stk_" not in topic_bytes
     logs = captured_logs.text
     assert ENV_ID in logs

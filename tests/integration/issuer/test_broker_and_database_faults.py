@@ -54,6 +54,7 @@ def newest_generations(kafka: KafkaSettings, expected: int) -> dict[str, int]:
     newest: dict[str, int] = {}
     for record in read_topic(kafka, expected=expected, timeout=60):
         event = decode_event(record.value)
+        assert record.key is not None
         if event is not None:
             newest[record.key] = max(newest.get(record.key, 0), event.generation)
     return newest

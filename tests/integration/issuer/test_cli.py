@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from shared.broker import free_port
 from shared.kafka import KafkaSettings
-from shared.logs import TOKEN_PATTERN
+from shared.tokens import TOKEN_PATTERN
 from tests.integration.issuer.conftest import RunningIssuer
 
 ENV = {"org": "acme", "project": "telemetry", "name": "prod"}

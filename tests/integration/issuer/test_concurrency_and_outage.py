@@ -114,6 +114,7 @@ def test_broker_outage_loses_no_rotation(
     for record in records:
         event = decode_event(record.value)
         assert event is not None
+        assert record.key is not None
         seen.setdefault(record.key, []).append(event.generation)
         last[record.key] = event
     assert set(seen) == set(latest)

@@ -44,6 +44,7 @@ def test_two_replicas_publish_each_environment_in_order(
     for record in records:
         event = decode_event(record.value)
         assert event is not None
+        assert record.key is not None
         by_env.setdefault(record.key, []).append(event.generation)
     # Publishing is at-least-once (a retry after an unacknowledged delivery may repeat a record), but each
     # environment's records are in order and its newest state comes last.

@@ -16,10 +16,9 @@ from tests.support import read_records
 from tests.unit.resolver.factories import Env
 
 
-def _read_topic(
-    kafka: KafkaSettings, topic: str, expected: int, timeout: float = 20.0
-) -> list[dict[str, Any]]:
-    """Read a Kafka topic directly (no group), from the beginning of every partition."""
+def _read_topic(kafka: KafkaSettings, topic: str, expected: int, timeout: float = 20.0) -> list[Any]:
+    """Read a Kafka topic directly (no group), from the beginning of every partition: its JSON values (an
+    app's records are objects, a state changelog's are the stored values)."""
     records = read_records(kafka.librdkafka(), topic, expected, timeout, settle=0.2)
     return [json.loads(r.value) for r in records if r.value is not None]
 
