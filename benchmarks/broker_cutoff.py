@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,16 @@ def main() -> None:
     print(f"done: {load_average()}")
 
 
+def resolves(stack: RunningStack, token: str) -> Callable[[], bool]:
+    return lambda: stack.whoami(token) == 200
+
+
 def run(stack: RunningStack, broker: ApacheKafkaBroker, args: argparse.Namespace) -> None:
     env_id = stack.create_environment("cutoff")
     wait_for("the environment applied at the broker", lambda: applied(stack, env_id), timeout=60)
     tokens = stack.tokens(env_id)
     for slot in ("token_1", "token_2"):
-        wait_for("the resolver to learn the tokens", lambda s=slot: stack.whoami(tokens[s]["token"]) == 200)
+        wait_for("the resolver to learn the tokens", resolves(stack, tokens[slot]["token"]))
     topic = create_topic(stack, tokens["token_1"]["token"], env_id, "f1-data")
     trickle = Trickle(broker.admin_settings().librdkafka())
     trickle.topics.append(topic)
@@ -151,9 +156,7 @@ def run(stack: RunningStack, broker: ApacheKafkaBroker, args: argparse.Namespace
                     flush=True,
                 )
             new_1 = tokens["token_1"]["token"]
-            wait_for(
-                "the resolver to learn the new Token 1", lambda t=new_1: stack.whoami(t) == 200, timeout=30
-            )
+            wait_for("the resolver to learn the new Token 1", resolves(stack, new_1), timeout=30)
     finally:
         trickle.close()
     print(summary("rotate call (API answer)", api))

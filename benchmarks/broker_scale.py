@@ -285,9 +285,9 @@ def run(broker: ApacheKafkaBroker, access: CountingAccess, n: int, args: argpars
     # What one DeleteAcls request costs at this size: the controller matches every filter against every ACL.
     from confluent_kafka.admin import AdminClient
 
-    from services.issuer.adapters.broker import _Mapping
+    from shared.kafka_acls import AclMapping
 
-    mapping = _Mapping()
+    mapping = AclMapping()
     admin = AdminClient({**broker.admin_settings().librdkafka(), "log_level": 0})
     total_acls = 8 * n + len(grants)
     for count in (4, 100):

@@ -32,6 +32,7 @@ answer; and the recovery time of each fault.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -294,7 +295,7 @@ def workload(args: argparse.Namespace, rng: random.Random, cluster: KafkaCluster
         for tenant in itertools.cycle(tenants):
             if time.monotonic() > deadline:
                 return
-            wait_until(lambda t=tenant: drained(t), STEP_TIMEOUT, every=0.02)  # type: ignore[misc]
+            wait_until(functools.partial(drained, tenant), STEP_TIMEOUT, every=0.02)
             attempted += 1
             try:
                 rotation = rotate(stack, tenant, "chaos")

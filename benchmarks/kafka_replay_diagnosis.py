@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,14 @@ _plain_port = free_port()
 _original_render = kafka_broker.render_config
 
 
-def _render_with_plaintext(values: Any, template: Path = kafka_broker.TEMPLATE) -> str:
+def _render_with_plaintext(
+    values: Mapping[str, object],
+    template: Path = kafka_broker.TEMPLATE,
+    properties: Mapping[str, str] | None = None,
+) -> str:
     """The product's rendering plus a PLAINTEXT listener and the variant's properties (this process only)."""
     lines = []
-    for line in _original_render(values, template).splitlines():
+    for line in _original_render(values, template, properties).splitlines():
         if line.startswith(("listeners=", "advertised.listeners=")):
             line += f",PLAIN://127.0.0.1:{_plain_port}"
         elif line.startswith("listener.security.protocol.map="):

@@ -27,7 +27,8 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.issuer_rotate import issuer_process, postgres_database  # noqa: E402
+from issuer_rotate import issuer_process, postgres_database  # noqa: E402
+
 from shared.broker import EmbeddedBroker, free_port  # noqa: E402
 
 
@@ -49,7 +50,10 @@ def main() -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pat-revocation-") as tmp:
         broker = stack.enter_context(EmbeddedBroker(port=free_port()))
         if args.database == "postgres":
-            url = stack.enter_context(postgres_database())
+            pg_url = stack.enter_context(postgres_database())
+            if pg_url is None:
+                raise SystemExit("--database postgres: PostgreSQL is unreachable")
+            url = pg_url
         else:
             url = f"sqlite:///{Path(tmp) / 'issuer.db'}"
         shared_env = {

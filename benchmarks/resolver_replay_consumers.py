@@ -84,7 +84,6 @@ def faust_child(bootstrap: str, topic: str, n: int) -> None:
     source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     state: dict[str, Any] = {"seen": 0, "first": 0.0}
 
-    @app.agent(source)
     async def count(stream: Any) -> None:
         async for _ in stream:
             if state["seen"] == 0:
@@ -95,6 +94,7 @@ def faust_child(bootstrap: str, topic: str, n: int) -> None:
                 print(f"FAUST {seconds}", flush=True)
                 os._exit(0)
 
+    app.agent(source)(count)  # faust is untyped: applied as a call, not as a decorator mypy cannot type
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
@@ -135,7 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.records
     if args.faust_child:
-        faust_child(*args.faust_child, n)
+        bootstrap, topic = args.faust_child
+        faust_child(bootstrap, topic, n)
         return
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -40,7 +42,7 @@ def test_key_must_match_environment_id() -> None:
         lambda d: d.update(extra=1),
     ],
 )
-def test_invalid_records_are_refused_with_the_shared_models_verdict(mutate) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_records_are_refused_with_the_shared_models_verdict(mutate: Callable[[Any], object]) -> None:
     data = json.loads(encode_event(Env("a-b-c").event()))
     mutate(data)
     with pytest.raises(RecordError):
