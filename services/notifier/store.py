@@ -27,6 +27,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     RowMapping,
+    Select,
     Table,
     and_,
     case,
@@ -58,6 +59,7 @@ from services.notifier.domain import (
     DeliveryStatus,
     Notice,
     Owner,
+    PlannedDelivery,
     ReplayOutcome,
     RotationProgress,
     Subscription,
@@ -236,6 +238,60 @@ def _values(change: SubscriptionChange, now: float) -> dict[str, Any]:
 # deliveries up to the event that ended it (its deployment must still restart).
 def _deliverable() -> ColumnElement[bool]:
     return or_(S.c.enabled.is_(True), D.c.generation <= func.coalesce(S.c.ended_generation, 0))
+
+
+def _targets_query() -> Select[Any]:
+    """The columns of a subscription the fan-out plans with (:class:`SubscriptionTarget`); add the where."""
+    return select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation)
+
+
+def _targets(conn: Connection, query: Select[Any]) -> list[SubscriptionTarget]:
+    """The subscriptions a :func:`_targets_query` selects, as the domain's targets."""
+    return [
+        SubscriptionTarget(r.id, r.deployment_id, _ACTIONS[r.action], r.last_notified_generation)
+        for r in conn.execute(query)
+    ]
+
+
+def _pending_rows(
+    planned: Sequence[PlannedDelivery],
+    event_id: str,
+    environment_id: str,
+    generation: int,
+    rotation_id: str | None,
+    event_type: str,
+    now: float,
+) -> list[dict[str, Any]]:
+    """The delivery rows of one fan-out (a rotation's or a notice's): due now, never attempted."""
+    return [
+        {
+            "id": p.id,
+            "event_id": event_id,
+            "subscription_id": p.subscription_id,
+            "environment_id": environment_id,
+            "generation": generation,
+            "rotation_id": rotation_id,
+            "event_type": event_type,
+            "action": p.action.value,
+            "body": p.body,
+            "status": DeliveryStatus.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "leased_until": 0.0,
+            "awaiting_ack_until": 0.0,
+            "created_at": now,
+        }
+        for p in planned
+    ]
+
+
+def _disable_pending(conn: Connection, which: ColumnElement[bool], reason: str) -> None:
+    """The pending deliveries ``which`` selects will not be sent: disabled, with ``reason``."""
+    conn.execute(
+        update(D)
+        .where(which, D.c.status == DeliveryStatus.PENDING.value)
+        .values(status=DeliveryStatus.DISABLED.value, last_error=reason)
+    )
 
 
 def make_engine(url: str, busy_timeout_seconds: float = 30.0) -> Engine:
@@ -488,11 +544,7 @@ class Store:
             if self._owned(conn, environment_id, sub_id, key) is None:
                 return False
             conn.execute(S.delete().where(S.c.id == sub_id))
-            conn.execute(
-                update(D)
-                .where(D.c.subscription_id == sub_id, D.c.status == DeliveryStatus.PENDING.value)
-                .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
-            )
+            _disable_pending(conn, D.c.subscription_id == sub_id, "subscription deleted")
         return True
 
     def acknowledge(
@@ -593,7 +645,7 @@ class Store:
                     )
                 )
             query = (
-                select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation)
+                _targets_query()
                 .where(
                     S.c.environment_id == ev.environment_id,
                     or_(S.c.enabled.is_(True), S.c.ended_generation == ev.generation),
@@ -603,33 +655,12 @@ class Store:
             )
             if self.is_postgres:
                 query = query.with_for_update()
-            targets = [
-                SubscriptionTarget(r.id, r.deployment_id, _ACTIONS[r.action], r.last_notified_generation)
-                for r in conn.execute(query)
-            ]
-            planned = plan_deliveries(ev, targets)
+            planned = plan_deliveries(ev, _targets(conn, query))
             if not planned:
                 return None
-            rows = [
-                {
-                    "id": p.id,
-                    "event_id": ev.event_id,
-                    "subscription_id": p.subscription_id,
-                    "environment_id": ev.environment_id,
-                    "generation": ev.generation,
-                    "rotation_id": ev.change.rotation_id,
-                    "event_type": event_type,
-                    "action": p.action.value,
-                    "body": p.body,
-                    "status": DeliveryStatus.PENDING.value,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "leased_until": 0.0,
-                    "awaiting_ack_until": 0.0,
-                    "created_at": now,
-                }
-                for p in planned
-            ]
+            rows = _pending_rows(
+                planned, ev.event_id, ev.environment_id, ev.generation, ev.change.rotation_id, event_type, now
+            )
             # RETURNING counts what was new on both databases (rowcount of a batched insert does not).
             new = len(conn.execute(self._insert_ignore(D).returning(D.c.id), rows).all())
             conn.execute(
@@ -728,36 +759,14 @@ class Store:
                     )
                 ).scalar_one()
                 return NoticeRecorded(int(count), created=False)
-            targets = [
-                SubscriptionTarget(r.id, r.deployment_id, _ACTIONS[r.action], r.last_notified_generation)
-                for r in conn.execute(
-                    select(S.c.id, S.c.deployment_id, S.c.action, S.c.last_notified_generation).where(
-                        S.c.environment_id == notice.environment_id, S.c.enabled.is_(True)
-                    )
-                )
-            ]
-            planned = plan_notice(notice, targets, now)
+            enabled = _targets_query().where(
+                S.c.environment_id == notice.environment_id, S.c.enabled.is_(True)
+            )
+            planned = plan_notice(notice, _targets(conn, enabled), now)
             if planned:
-                rows = [
-                    {
-                        "id": p.id,
-                        "event_id": event_id,
-                        "subscription_id": p.subscription_id,
-                        "environment_id": notice.environment_id,
-                        "generation": notice.generation,
-                        "rotation_id": None,
-                        "event_type": NOTICE_TYPE,
-                        "action": p.action.value,
-                        "body": p.body,
-                        "status": DeliveryStatus.PENDING.value,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "leased_until": 0.0,
-                        "awaiting_ack_until": 0.0,
-                        "created_at": now,
-                    }
-                    for p in planned
-                ]
+                rows = _pending_rows(
+                    planned, event_id, notice.environment_id, notice.generation, None, NOTICE_TYPE, now
+                )
                 conn.execute(self._insert_ignore(D), rows)
                 conn.execute(
                     update(n)
@@ -872,17 +881,9 @@ class Store:
                     )
                 )
             if orphans:
-                conn.execute(
-                    update(D)
-                    .where(D.c.id.in_(orphans))
-                    .values(status=DeliveryStatus.DISABLED.value, last_error="subscription deleted")
-                )
+                _disable_pending(conn, D.c.id.in_(orphans), "subscription deleted")
             if disabled:
-                conn.execute(
-                    update(D)
-                    .where(D.c.id.in_(disabled))
-                    .values(status=DeliveryStatus.DISABLED.value, last_error="subscription disabled")
-                )
+                _disable_pending(conn, D.c.id.in_(disabled), "subscription disabled")
         return claimed
 
     @staticmethod
@@ -933,11 +934,7 @@ class Store:
                     .where(S.c.id.in_(gone))
                     .values(enabled=False, disabled_reason=reason, ended_generation=None, updated_at=now)
                 )
-                conn.execute(
-                    update(D)
-                    .where(D.c.subscription_id.in_(gone), D.c.status == DeliveryStatus.PENDING.value)
-                    .values(status=DeliveryStatus.DISABLED.value, last_error="subscription disabled")
-                )
+                _disable_pending(conn, D.c.subscription_id.in_(gone), "subscription disabled")
 
     # --- reading -----------------------------------------------------------------------------------
 
