@@ -285,9 +285,10 @@ def build_router(deps: Deps, notifier: usage.NotifierProbe | None = None) -> API
         return with_usage(environment_id, dict(view.to_json()))
 
     def with_usage(environment_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Each shown token's ``usage`` (its last use and clients in the window)."""
+        """Each shown token's ``usage`` (its last use and clients in the window), read after the change
+        (or display) committed: a database gone away since leaves it null, not the change an error."""
         shown = [body[name]["token_id"] for name in ("token_1", "token_2") if body.get(name) is not None]
-        summaries = call(usage.usage_summaries, environment_id, shown)
+        summaries = call(usage.usage_summaries, environment_id, shown, after_change=True)
         for name in ("token_1", "token_2"):
             if body.get(name) is not None:
                 body[name]["usage"] = summaries[body[name]["token_id"]]

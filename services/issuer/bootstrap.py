@@ -32,7 +32,7 @@ from services.issuer.auth import Role
 from services.issuer.crypto import TokenCipher
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.pats import PatVerifier
-from services.issuer.ports import PatRecord
+from services.issuer.ports import CommitOutcomeUnknown, PatRecord
 from services.issuer.secrets import resolve_encryption_keys, resolve_jwt_secret
 from services.issuer.settings import IssuerSettings
 from services.issuer.usage import NotifierProbe
@@ -334,7 +334,15 @@ def readiness(
 
 DATABASE_UNAVAILABLE = (
     "database_unavailable, database_locked or database_full: the database is down, locked or full "
-    "(nothing was changed; retry after Retry-After seconds)"
+    "(nothing was changed; retry after Retry-After seconds); database_commit_unknown: the connection was "
+    "lost while the change committed and the database could not be read back, so it may have been "
+    "applied (read the resource before retrying, or retry with the same Idempotency-Key)"
+)
+
+COMMIT_UNKNOWN = (
+    "the issuer's database connection was lost while this change was committing and the database could "
+    "not be read back: it may have been applied. Read the environment (its generation) before you retry, "
+    "or retry with the same Idempotency-Key"
 )
 
 
@@ -358,8 +366,17 @@ def install_database_errors(app: FastAPI) -> None:
             error_body(problem.code, problem.message), status_code=503, headers={"Retry-After": "2"}
         )
 
+    async def commit_unknown(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database_error", path=request.url.path, error="database_commit_unknown", detail=str(exc))
+        return JSONResponse(
+            error_body("database_commit_unknown", COMMIT_UNKNOWN),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
     app.add_exception_handler(sa.exc.DBAPIError, database_error)
     app.add_exception_handler(sa.exc.TimeoutError, database_error)
+    app.add_exception_handler(CommitOutcomeUnknown, commit_unknown)
 
 
 # -- commands run on the issuer's machine, straight on its database ---------------------------------------

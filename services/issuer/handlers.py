@@ -21,6 +21,7 @@ from services.issuer.domain import Environment, TokenRecord, Transition
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.ports import (
     AuditEntry,
+    CommitOutcomeUnknown,
     EnvironmentAccess,
     IdempotentResult,
     IssuerStore,
@@ -115,6 +116,7 @@ class Deps:
     pat_revoked: Callable[[str], None] = lambda _jti: None  # drop a revoked PAT from the request cache
     max_grace_tokens: int = 4
     usage_window: timedelta = timedelta(minutes=15)  # clients shown: those seen within this window
+    commit_read_back_s: float = 15.0  # how long a commit cut off by a lost connection is read back for
 
 
 @dataclass(frozen=True)
@@ -482,83 +484,113 @@ def _change_tokens(
         **({"force": True} if force else {}),
     )
     now = deps.clock()
-    with deps.store.transaction() as tx:
-        env = _require(tx, env_id, for_update=True)
-        if idempotency_key is not None:
-            prior = tx.idempotent_result(env_id, idempotency_key)
-            if prior is not None:
-                if prior.request_hash != request_hash:
-                    raise Conflict(
-                        "this Idempotency-Key was already used with a different request on this environment; "
-                        "send a new key for a new request"
+    issued: list[str] = []  # token ids only this change creates: how a cut-off commit is read back
+    try:
+        with deps.store.transaction() as tx:
+            env = _require(tx, env_id, for_update=True)
+            if idempotency_key is not None:
+                prior = tx.idempotent_result(env_id, idempotency_key)
+                if prior is not None:
+                    if prior.request_hash != request_hash:
+                        raise Conflict(
+                            "this Idempotency-Key was already used with a different request on this "
+                            "environment; send a new key for a new request"
+                        )
+                    log.info("idempotent_replay", environment_id=env_id, operation=operation, actor=actor)
+                    replayed = TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
+                    # The replay shows tokens again: it is a display like any other.
+                    tx.add_audit(
+                        AuditEntry(
+                            at=now,
+                            actor=actor,
+                            action="reveal",
+                            environment_id=env_id,
+                            token_ids=(replayed.token_1.token_id, replayed.token_2.token_id),
+                            detail={"generation": replayed.generation, "replay_of": operation},
+                            pat_id=pat_id,
+                        )
                     )
-                log.info("idempotent_replay", environment_id=env_id, operation=operation, actor=actor)
-                replayed = TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
-                # The replay shows tokens again: it is a display like any other.
-                tx.add_audit(
-                    AuditEntry(
-                        at=now,
-                        actor=actor,
-                        action="reveal",
-                        environment_id=env_id,
-                        token_ids=(replayed.token_1.token_id, replayed.token_2.token_id),
-                        detail={"generation": replayed.generation, "replay_of": operation},
-                        pat_id=pat_id,
-                    )
+                    return replace(replayed, propagation=_propagation(deps, tx, env_id, replayed.generation))
+            if expected_generation is not None and expected_generation != env.generation:
+                raise PreconditionFailed(
+                    f"environment {env_id!r} is at generation {env.generation}, not {expected_generation}: "
+                    f"it changed since it was read, so nothing was done; read it again and retry if still "
+                    f"meant",
+                    env.generation,
                 )
-                return replace(replayed, propagation=_propagation(deps, tx, env_id, replayed.generation))
-        if expected_generation is not None and expected_generation != env.generation:
-            raise PreconditionFailed(
-                f"environment {env_id!r} is at generation {env.generation}, not {expected_generation}: it "
-                f"changed since it was read, so nothing was done; read it again and retry if still meant",
-                env.generation,
-            )
-        detail: dict[str, str | int | None] = {}
-        if if_unused_seconds is not None:
-            detail["if_unused_seconds"] = if_unused_seconds
+            detail: dict[str, str | int | None] = {}
+            if if_unused_seconds is not None:
+                detail["if_unused_seconds"] = if_unused_seconds
+                try:
+                    _check_unused(tx, env, now, if_unused_seconds)
+                except TokenInUse as exc:
+                    if not force:
+                        raise
+                    detail["forced_in_use_clients"] = len(exc.clients)
+                    log.info(
+                        "rotation_forced_in_use", environment_id=env_id, actor=actor, clients=len(exc.clients)
+                    )
+            rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
             try:
-                _check_unused(tx, env, now, if_unused_seconds)
-            except TokenInUse as exc:
-                if not force:
-                    raise
-                detail["forced_in_use_clients"] = len(exc.clients)
-                log.info(
-                    "rotation_forced_in_use", environment_id=env_id, actor=actor, clients=len(exc.clients)
+                if operation == "rotate":
+                    transition = domain.rotate(
+                        env,
+                        actor=actor,
+                        now=now,
+                        rotation_id=rotation_id,
+                        grace=timedelta(seconds=grace_seconds),
+                        factory=deps.token_factory,
+                        max_grace_tokens=deps.max_grace_tokens,
+                    )
+                else:
+                    transition = domain.revoke(
+                        env, actor=actor, now=now, rotation_id=rotation_id, factory=deps.token_factory
+                    )
+            except domain.GraceLimitReached as exc:
+                raise Conflict(str(exc)) from None
+            except domain.DomainError as exc:
+                raise Invalid(str(exc)) from None
+            issued.extend(t.record.token_id for t in transition.issued)
+            _store_transition(deps, tx, transition, operation, actor, pat_id, detail)
+            view = _view(deps, tx, transition.after, {t.record.token_id: t.value for t in transition.issued})
+            if idempotency_key is not None:
+                ciphertext = deps.cipher.encrypt(json.dumps(view.to_json()))
+                tx.save_idempotent_result(
+                    env_id, idempotency_key, IdempotentResult(request_hash, ciphertext), now
                 )
-        rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
-        try:
-            if operation == "rotate":
-                transition = domain.rotate(
-                    env,
-                    actor=actor,
-                    now=now,
-                    rotation_id=rotation_id,
-                    grace=timedelta(seconds=grace_seconds),
-                    factory=deps.token_factory,
-                    max_grace_tokens=deps.max_grace_tokens,
-                )
-            else:
-                transition = domain.revoke(
-                    env, actor=actor, now=now, rotation_id=rotation_id, factory=deps.token_factory
-                )
-        except domain.GraceLimitReached as exc:
-            raise Conflict(str(exc)) from None
-        except domain.DomainError as exc:
-            raise Invalid(str(exc)) from None
-        _store_transition(deps, tx, transition, operation, actor, pat_id, detail)
-        view = _view(deps, tx, transition.after, {t.record.token_id: t.value for t in transition.issued})
-        if idempotency_key is not None:
-            ciphertext = deps.cipher.encrypt(json.dumps(view.to_json()))
-            tx.save_idempotent_result(
-                env_id, idempotency_key, IdempotentResult(request_hash, ciphertext), now
-            )
-        view = replace(view, propagation=_propagation(deps, tx, env_id, transition.after.generation))
+            view = replace(view, propagation=_propagation(deps, tx, env_id, transition.after.generation))
+    except CommitOutcomeUnknown as exc:
+        if not issued:
+            raise
+        _settle_cut_off_commit(deps, exc, env_id, operation, issued[0])
     deps.wakeup.wake()
     deps.metrics.changes.labels("rotated" if operation == "rotate" else "revoked").inc()
     if operation == "rotate":
         deps.metrics.rotations.inc()
     _log_change("tokens_rotated" if operation == "rotate" else "tokens_revoked", transition)
     return view
+
+
+def _settle_cut_off_commit(
+    deps: Deps, exc: CommitOutcomeUnknown, env_id: str, operation: str, marker: str
+) -> None:
+    """A commit cut off by a lost connection is read back: the new token ``marker`` exists only if it
+    landed. Returns when it did (the caller answers as usual); raises the database error when it did not
+    (a plain 503: nothing changed, retry) and ``exc`` when the database stayed away (a 503 saying to read
+    the environment before retrying)."""
+    landed = deps.store.read_back(lambda tx: bool(tx.ciphertexts([marker])), deps.commit_read_back_s)
+    log.warning(
+        "commit_cut_off",
+        environment_id=env_id,
+        operation=operation,
+        token_id=marker,
+        landed={True: "yes", False: "no", None: "unknown"}[landed],
+        detail=str(exc),
+    )
+    if landed is None:
+        raise exc
+    if not landed:
+        raise exc.__cause__ or exc
 
 
 def rotate_tokens(

@@ -9,11 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from services.issuer.domain import Environment, Transition
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ class RotationSchedule:
 
 class StoreConflict(Exception):
     """A write collided with a concurrent one (e.g. two creates of the same environment id)."""
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection to the database was lost while it committed: the transaction may or may not have
+    been applied (PostgreSQL can commit and die before it says so). Read back to know."""
 
 
 class StoreTx(Protocol):
@@ -221,7 +227,14 @@ class StoreTx(Protocol):
 
 
 class IssuerStore(Protocol):
-    def transaction(self) -> AbstractContextManager[StoreTx]: ...
+    def transaction(self) -> AbstractContextManager[StoreTx]:
+        """Raises :class:`CommitOutcomeUnknown` when the commit itself was cut off."""
+        ...
+
+    def read_back(self, read: Callable[[StoreTx], T], wait_s: float) -> T | None:
+        """``read`` in a new transaction, retried while the database is unavailable for up to ``wait_s``
+        seconds: its answer, or None when the database stayed unreachable."""
+        ...
 
     def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]: ...
 

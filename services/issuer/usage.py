@@ -86,16 +86,31 @@ def usage_view(deps: Deps, env_id: str) -> dict[str, Any]:
     }
 
 
-def usage_summaries(deps: Deps, env_id: str, token_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def usage_summaries(
+    deps: Deps, env_id: str, token_ids: Sequence[str], *, after_change: bool = False
+) -> dict[str, dict[str, Any] | None]:
     """Per token id asked for: ``{"last_used_at", "client_count"}`` (what ``GET .../streaming-tokens`` adds).
 
     Asked by id, not for the tokens valid now: an answer shows the tokens of its own generation, and a
-    concurrent rotation may already have ended one of them."""
+    concurrent rotation may already have ended one of them. ``after_change``: the answer of a change that
+    has committed, so a database gone away since gives each token ``None`` (usage unknown) rather than
+    turning the applied change into an error."""
     now = deps.clock()
-    with deps.store.transaction() as tx:
+
+    def read(tx: StoreTx) -> dict[str, TokenUsage]:
         handlers._require(tx, env_id)
-        usage = tx.token_usage(list(token_ids), now - deps.usage_window)
-    summaries: dict[str, dict[str, Any]] = {}
+        return tx.token_usage(list(token_ids), now - deps.usage_window)
+
+    if after_change:
+        found_usage = deps.store.read_back(read, wait_s=2.0)
+        if found_usage is None:
+            log.warning("usage_unavailable", environment_id=env_id, token_ids=list(token_ids))
+            return dict.fromkeys(token_ids)
+        usage = found_usage
+    else:
+        with deps.store.transaction() as tx:
+            usage = read(tx)
+    summaries: dict[str, dict[str, Any] | None] = {}
     for token_id in token_ids:
         found = usage.get(token_id)
         summaries[token_id] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from services.issuer.domain import Environment, TokenRecord, Transition
 from services.issuer.ports import (
     AuditEntry,
     Backlog,
+    CommitOutcomeUnknown,
     IdempotentResult,
     OutboxMessage,
     PatRecord,
     RotationSchedule,
     StoreConflict,
+    StoreTx,
+    T,
     TokenUsage,
     UsageClient,
 )
@@ -299,26 +303,6 @@ def database_problem(exc: BaseException) -> DatabaseProblem | None:
         return None
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or exc.connection_invalidated:
         return unavailable
-    return None
-    text = str(getattr(exc, "orig", None) or exc).lower()
-    if "database or disk is full" in text or "no space left" in text or "disk full" in text:
-        return DatabaseProblem(
-            "database_full",
-            "the issuer's database is full (no space left on its disk); free space or move the data "
-            "directory, then retry",
-        )
-    if "database is locked" in text or "database table is locked" in text or "busy" in text:
-        return DatabaseProblem(
-            "database_locked",
-            "the issuer's database is locked by another process for longer than the busy timeout "
-            "(STREAMTOKEN_ISSUER_SQLITE_BUSY_TIMEOUT_S); end that process's transaction, then retry",
-        )
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or exc.connection_invalidated:
-        return DatabaseProblem(
-            "database_unavailable",
-            "the issuer's database is unavailable (restarting or unreachable); nothing was changed, "
-            "retry in a few seconds",
-        )
     return None
 
 
@@ -788,11 +772,41 @@ class SqlStore:
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTx]:
+        """One transaction. Every write is flushed before ``COMMIT`` is sent, so a lost connection before
+        it changed nothing; one lost during it (PostgreSQL) is :class:`CommitOutcomeUnknown`."""
         try:
-            with self.serialised(), Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield SqlTx(session, self.postgres)
+            with self.serialised(), Session(self.engine, expire_on_commit=False) as session:
+                tx = session.begin()
+                try:
+                    yield SqlTx(session, self.postgres)
+                    session.flush()
+                except BaseException:
+                    tx.rollback()
+                    raise
+                try:
+                    tx.commit()
+                except sa.exc.DBAPIError as exc:
+                    problem = database_problem(exc)
+                    if self.postgres and problem is not None and problem.code == "database_unavailable":
+                        raise CommitOutcomeUnknown(
+                            f"the connection was lost during COMMIT: {type(exc.orig).__name__}"
+                        ) from exc
+                    raise
         except sa.exc.IntegrityError as exc:
             raise StoreConflict(f"a concurrent change collided: {type(exc.orig).__name__}") from None
+
+    def read_back(self, read: Callable[[StoreTx], T], wait_s: float) -> T | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self.transaction() as tx:
+                    return read(tx)
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError, CommitOutcomeUnknown) as exc:
+                if not isinstance(exc, CommitOutcomeUnknown) and database_problem(exc) is None:
+                    raise
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.25)
 
     def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]:
         query = select(AuditRow).order_by(col(AuditRow.id).desc()).limit(limit)

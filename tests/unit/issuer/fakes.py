@@ -15,6 +15,7 @@ from services.issuer.ports import (
     PatRecord,
     ResolverGeneration,
     RotationSchedule,
+    T,
     TokenUsage,
 )
 from shared.ids import hyphen_prefixes
@@ -196,6 +197,10 @@ class FakeStore:
             self.open_transactions -= 1
         self.state = working
         self.commits += 1
+
+    def read_back(self, read: Callable[[FakeTx], T], wait_s: float) -> T | None:
+        with self.transaction() as tx:
+            return read(tx)
 
     def audit_entries(self, environment_id: str | None, limit: int) -> list[AuditEntry]:
         entries = [e for e in reversed(self.state.audit) if environment_id in (None, e.environment_id)]
