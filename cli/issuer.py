@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from cli.common import EXIT_SERVER, EXIT_USAGE, fail, fail_call, print_json
+from cli.common import EXIT_SERVER, EXIT_USAGE, confirm_or_stop, fail, fail_call, print_json
 
 CLI_TIMEOUT = 30.0  # seconds per attempt; idempotent calls are tried 3 times (shared.client.Policy)
 
@@ -469,8 +469,7 @@ def env_delete(
     pat: Pat = None,
 ) -> None:
     """Delete an environment: both tokens stop working (admin)."""
-    if not yes and not typer.confirm(f"Delete {environment_id}? Both its tokens stop working."):
-        raise typer.Exit(1)
+    confirm_or_stop(f"Delete {environment_id}? Both its tokens stop working.", yes)
     _request("DELETE", issuer_url, _env_path(environment_id), pat)
     typer.echo(f"deleted {environment_id}")
 
@@ -770,10 +769,7 @@ def tokens_revoke(
     as_json: JsonOut = False,
 ) -> None:
     """Emergency: replace both tokens at once; every client using either stops working (admin)."""
-    if not yes and not typer.confirm(
-        f"Revoke both tokens of {environment_id}? Every client using them stops."
-    ):
-        raise typer.Exit(1)
+    confirm_or_stop(f"Revoke both tokens of {environment_id}? Every client using them stops.", yes)
     data = _request("POST", issuer_url, _env_path(environment_id, "/streaming-tokens/revoke"), pat)
     if as_json:
         _print_json(data)

@@ -74,9 +74,20 @@ def test_manage_environments_and_tokens_from_the_command_line(
     assert code == 3
     assert "403" in err
     assert "admin" in err
+    for answer in ("n\n", ""):  # declined, and no terminal to ask on: exit 2, nothing revoked
+        declined = runner.invoke(
+            app, ["tokens", "revoke", "acme-telemetry-prod"], input=answer, env={"STREAMTOKEN_PAT": admin_pat}
+        )
+        assert declined.exit_code == 2, declined.output
+        assert "nothing was done" in declined.stderr
+        assert "--yes" in declined.stderr
+    declined = runner.invoke(
+        app, ["env", "delete", "acme-telemetry-prod"], input="n\n", env={"STREAMTOKEN_PAT": admin_pat}
+    )
+    assert declined.exit_code == 2, declined.output
     code, out, _ = run("tokens", "revoke", "acme-telemetry-prod", "--yes", pat=admin_pat)
     assert code == 0
-    assert "generation 3" in out
+    assert "generation 3" in out  # the declined revokes changed nothing
     code, out, _ = run("admin", "republish", pat=admin_pat)
     assert code == 0
     assert "queued 1 environments" in out
