@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from services.resolver.admin import TopicAdmin, TopicAdminError, TopicExists, TopicInfo
 from services.resolver.credentials import PublicBroker
 from services.resolver.metrics import ResolverMetrics
+from services.resolver.models import LibrdkafkaSettings, Topic, Workspace
 from services.resolver.replica import SERVING, Status
 from services.resolver.settings import ResolverSettings
 from services.resolver.table import Match, TokenTable
@@ -29,6 +30,7 @@ from services.resolver.usage import UsageTracker
 from shared.errors import INVALID_TOKEN_CHALLENGE, ApiError, bearer_streaming_token, error_body
 from shared.ids import InvalidIdentifier, hyphen_prefixes, short_name, topic_id
 from shared.logs import get_logger
+from shared.models.resolver import GenerationAnswer, HeartbeatAnswer, TopicLookup, WhoamiAnswer
 from shared.topics import kafka_topic_config
 from shared.usage import DEPLOYMENT_ID_PATTERN
 from shared.web import error_responses
@@ -218,7 +220,9 @@ def _under_nested_environment(resolver: Resolver, environment_id: str, topic: st
     )
 
 
-# What each route may answer besides its 2xx (the fast path of /v1/topics answers the same).
+# What each route may answer besides its 2xx (the fast path of /v1/topics answers the same). Each route
+# declares its 2xx body with ``response_model`` and returns the orjson bytes itself (``_json``): FastAPI
+# documents the model and neither validates nor re-encodes a returned Response.
 TOKEN_ERRORS = error_responses(401, 503)
 TOPIC_NAME_ERRORS = error_responses(400, 401, 403, 503)
 WORKSPACE_ERRORS = error_responses(401, 403, 503)
@@ -256,7 +260,7 @@ CREATE_TOPIC_BODY: dict[str, Any] = {
     }
 }
 CREATE_TOPIC_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "the topic existed already: the topic object"},
+    200: {"description": "the topic existed already: the topic object", "model": Topic},
     **error_responses(400, 401, 403, 413, 503),
 }
 
@@ -269,6 +273,7 @@ native = APIRouter(tags=["lookup"])
 @native.get(
     "/v1/topics/{name}",
     summary="Resolve a short topic name to the environment's topic id",
+    response_model=TopicLookup,  # documented here; answered by answer_topic_lookup ahead of FastAPI
     responses=TOPIC_NAME_ERRORS,
 )
 async def resolve_topic(name: str, request: Request) -> Response:
@@ -284,6 +289,7 @@ INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
     "/v1/environments/{environment_id}/generation",
     tags=["propagation"],
     summary="The generation of an environment this resolver's table holds (the issuer's propagation view)",
+    response_model=GenerationAnswer,
     responses=error_responses(401),
     description=(
         "For the issuer's propagation view: which generation of the environment's token state this replica "
@@ -323,6 +329,7 @@ FORWARDED_USER_AGENT_HEADER = "X-Streamtoken-Forwarded-User-Agent"
 @native.get(
     "/v1/whoami",
     summary="The environment, slot and token id of the caller's streaming token",
+    response_model=WhoamiAnswer,
     responses=TOKEN_ERRORS,
     description=(
         "Counted as usage of the token (source `whoami`, the caller's address and User-Agent). The "
@@ -379,6 +386,7 @@ _DEPLOYMENT_ID = re.compile(DEPLOYMENT_ID_PATTERN)
 @native.post(
     "/v1/heartbeat",
     summary="An agent reports the token its child runs with (usage with the deployment id)",
+    response_model=HeartbeatAnswer,
     responses=error_responses(401, 413, 422, 503),
     openapi_extra=HEARTBEAT_BODY,
     description=(
@@ -449,6 +457,7 @@ def _workspace_body(environment_id: str) -> dict[str, Any]:
 @portal.get(
     "/workspaces",
     summary="The caller's environment, as a one-element workspace list",
+    response_model=list[Workspace],
     responses=TOKEN_ERRORS,
 )
 async def workspaces(caller: Caller) -> Response:
@@ -456,7 +465,10 @@ async def workspaces(caller: Caller) -> Response:
 
 
 @portal.get(
-    "/workspaces/{workspace}", summary="The caller's environment as a workspace", responses=WORKSPACE_ERRORS
+    "/workspaces/{workspace}",
+    summary="The caller's environment as a workspace",
+    response_model=Workspace,
+    responses=WORKSPACE_ERRORS,
 )
 async def workspace(workspace: str, caller: Caller) -> Response:
     return _json(_workspace_body(_own_workspace(caller, workspace)))
@@ -468,6 +480,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 @portal.get(
     "/workspaces/{workspace}/broker/librdkafka",
     summary="The caller's own librdkafka connection settings and broker credentials",
+    response_model=LibrdkafkaSettings,
     responses=WORKSPACE_ERRORS,
     description=(
         "A flat librdkafka dict: `bootstrap.servers`, `security.protocol` and, where the broker uses SASL, "
@@ -539,6 +552,7 @@ async def _describe(resolver: Resolver, workspace: str, name: str) -> dict[str, 
 @portal.get(
     "/{workspace}/topics/{name}",
     summary="A topic of the workspace (404 if it does not exist)",
+    response_model=Topic,
     responses=error_responses(400, 401, 403, 404, 503),
 )
 async def get_topic(workspace: str, name: str, caller: Caller, resolver: ResolverDep) -> Response:
@@ -553,7 +567,12 @@ async def get_topic(workspace: str, name: str, caller: Caller, resolver: Resolve
     return _json(body)
 
 
-@portal.get("/{workspace}/topics", summary="Every topic of the workspace", responses=WORKSPACE_ERRORS)
+@portal.get(
+    "/{workspace}/topics",
+    summary="Every topic of the workspace",
+    response_model=list[Topic],
+    responses=WORKSPACE_ERRORS,
+)
 async def list_topics(workspace: str, caller: Caller, resolver: ResolverDep) -> Response:
     _own_workspace(caller, workspace)
     try:
@@ -628,6 +647,7 @@ def _check_quota(resolver: Resolver, workspace: str, held: dict[str, TopicInfo],
     "/{workspace}/topics",
     summary="Create a topic in the workspace (Kafka topic {workspace}-{name})",
     status_code=201,
+    response_model=Topic,
     responses=CREATE_TOPIC_RESPONSES,
     openapi_extra=CREATE_TOPIC_BODY,
 )

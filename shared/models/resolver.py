@@ -1,7 +1,9 @@
-"""The resolver API's answers a client reads (``/v1/topics/{name}``, ``/v1/whoami``, ``/v1/heartbeat``).
+"""The resolver API's answers a client of ours reads (``/v1/topics/{name}``, ``/v1/whoami``,
+``/v1/heartbeat``, and ``/v1/environments/{id}/generation``, which the issuer's propagation view polls).
 
-The resolver writes these bodies itself with orjson on its measured fast path; these models are what its
-clients (``shared.client``) parse them into, and what its routes can declare.
+The resolver writes these bodies itself with orjson (the lookup on its measured fast path) and returns the
+bytes; its routes declare these models in OpenAPI without FastAPI validating or re-encoding anything, and
+its clients (``shared.client``) parse the answers into them.
 """
 
 from __future__ import annotations
@@ -28,3 +30,12 @@ class HeartbeatAnswer(BaseModel):
     token_id: str
     slot: Literal[1, 2] | None = Field(description="null: an outgoing Token 1 in its grace period")
     generation: int
+
+
+class GenerationAnswer(BaseModel):
+    environment_id: str
+    generation: int | None = Field(
+        description="the generation of the environment this replica has applied; null: it holds none "
+        "(unknown or deleted)"
+    )
+    ready: bool = Field(description="the replica is caught up (as /health/ready)")

@@ -6,7 +6,9 @@ checking streaming tokens against that real resolver app. Every operation gets `
 requests, sent with a valid credential, a weaker one or none (:class:`Credentials`), half of them made to
 break the schema (negative cases: their 422s and other errors are checked too), and must answer no 5xx,
 only documented status codes, and bodies that match the documented schemas: error answers against the one
-``ErrorBody`` of ``shared.web`` (:func:`test_every_error_answer_is_the_one_error_body`).
+``ErrorBody`` of ``shared.web`` (:func:`test_every_error_answer_is_the_one_error_body`), the resolver's 2xx
+answers against the model each route declares (:func:`test_every_resolver_answer_declares_its_model`,
+:func:`test_every_resolver_2xx_body_matches_its_model`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from services.issuer.settings import IssuerSettings
 from services.notifier.auth import ResolverWhoami
 from services.notifier.bootstrap import build_app as build_notifier
 from services.notifier.settings import NotifierSettings
+from services.resolver.admin import TopicInfo
 from services.resolver.bootstrap import build_app as build_resolver
 from services.resolver.replica import Status
 from services.resolver.settings import ResolverSettings
@@ -73,14 +76,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("contract")
 
 
+TOPIC = f"{ENV.environment_id}-f1-data"
+
+
 @pytest.fixture(scope="module")
 def resolver_app() -> Any:
     table = TokenTable()
     table.apply_event(ENV.environment_id, ENV.event())
+    admin = FakeAdmin()  # one topic, so the topic reads answer a topic object to check, not only 404/[]
+    admin.topics_[TOPIC] = TopicInfo(TOPIC, 3, 1, True, {"cleanup.policy": "compact", "retention.ms": "-1"})
     return build_resolver(
         ResolverSettings(kafka=NOWHERE),
         table=table,
-        admin=FakeAdmin(),
+        admin=admin,
         start_replica=False,
         status=lambda: Status.READY,
     )
@@ -192,6 +200,61 @@ def test_every_operation_keeps_its_documented_contract(request: pytest.FixtureRe
 
 
 ERROR_BODY = "#/components/schemas/ErrorBody"
+
+
+W = ENV.environment_id
+# One request of a valid caller per resolver operation, and the 2xx it answers: the generated cases above
+# rarely reach some 2xx (a random topic name is a 400 or 404), so each answer's body is checked here too.
+RESOLVER_2XX: dict[str, tuple[dict[str, str], Any, int]] = {
+    "GET /v1/topics/{name}": ({"name": "f1-data"}, None, 200),  # answered by the fast path
+    "GET /v1/environments/{environment_id}/generation": ({"environment_id": W}, None, 200),
+    "GET /v1/whoami": ({}, None, 200),
+    "POST /v1/heartbeat": ({}, {"deployment_id": "contract-1"}, 200),
+    "GET /workspaces": ({}, None, 200),
+    "GET /workspaces/{workspace}": ({"workspace": W}, None, 200),
+    "GET /workspaces/{workspace}/broker/librdkafka": ({"workspace": W}, None, 200),
+    "GET /{workspace}/topics/{name}": ({"workspace": W, "name": "f1-data"}, None, 200),
+    "GET /{workspace}/topics": ({"workspace": W}, None, 200),
+    "POST /{workspace}/topics": ({"workspace": W}, {"name": "f1-data", "configuration": None}, 200),
+}
+
+
+def test_every_resolver_2xx_body_matches_its_model(request: pytest.FixtureRequest) -> None:
+    found = operations(request, "resolver")
+    assert {f"resolver {label}" for label in RESOLVER_2XX} == {
+        label for label in found if not label.startswith("resolver GET /health/")
+    }
+    sent = credentials("resolver")[0]
+    failures = []
+    for label, (parameters, body, status) in RESOLVER_2XX.items():
+        operation = found[f"resolver {label}"]
+        case = operation.Case(path_parameters=parameters, **({} if body is None else {"body": body}))
+        response = case.call(headers=sent)
+        if response.status_code != status:
+            failures.append(f"{label}: {response.status_code} {response.text[:200]}")
+            continue
+        try:
+            case.validate_response(response, checks=CHECKS, headers=sent)
+        except (Exception, BaseExceptionGroup) as exc:
+            failures.append(f"{label}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_resolver_answer_declares_its_model(resolver_app: Any) -> None:
+    """Every 2xx of the resolver names a schema (a component, or an array of one), so the conformance
+    check above validates its bodies; the routes return their own orjson bytes (the lookup from its fast
+    path), which FastAPI does not validate. The health routes are ``shared.web``'s."""
+    spec = resolver_app.openapi()
+    undeclared = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            for code, answer in operation["responses"].items():
+                if code[0] != "2" or path.startswith("/health/"):
+                    continue
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                if "$ref" not in schema.get("items", schema):
+                    undeclared.append(f"{method} {path} {code}: {schema}")
+    assert not undeclared, "\n".join(undeclared)
 
 
 def _schema_refs(answer: dict[str, Any]) -> list[str]:
