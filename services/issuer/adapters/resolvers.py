@@ -1,4 +1,5 @@
-"""Polls the resolver replicas' propagation view (``GET /v1/environments/{id}/generation``) with httpx.
+"""Polls the resolver replicas' propagation view (``GET /v1/environments/{id}/generation``) with httpx;
+the answer is ``shared.models.resolver.GenerationAnswer``, the model the resolver's route declares.
 
 Every replica is asked at once (a small thread pool), each with a short timeout, so one slow or dead
 replica costs at most that timeout. An unreachable replica or an unexpected answer becomes a
@@ -13,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from services.issuer.ports import ResolverGeneration
+from shared.models.resolver import GenerationAnswer
 
 INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
 MAX_PARALLEL = 16
@@ -75,16 +78,11 @@ class HttpResolverProbe:
         if response.status_code != 200:
             return ResolverGeneration(url, None, False, f"HTTP {response.status_code} from the resolver")
         try:
-            body = response.json()
-            generation = body["generation"]
-            ready = body["ready"]
-            if not (generation is None or (isinstance(generation, int) and not isinstance(generation, bool))):
-                raise TypeError("generation")
-            if not isinstance(ready, bool):
-                raise TypeError("ready")
-        except (ValueError, KeyError, TypeError):
+            # strict: a generation is a JSON integer (never true or "7"), ready a JSON boolean
+            answer = GenerationAnswer.model_validate_json(response.content, strict=True)
+        except ValidationError:
             return ResolverGeneration(url, None, False, "not a resolver's generation answer")
-        return ResolverGeneration(url, generation, ready)
+        return ResolverGeneration(url, answer.generation, answer.ready)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -138,6 +138,9 @@ def test_the_probe_asks_every_replica_at_once_with_the_internal_key() -> None:
     assert not answers[1].applied(1)
 
 
+GOOD = {"environment_id": "acme-telemetry-prod", "generation": 7, "ready": True}  # the answer, one field off
+
+
 @pytest.mark.parametrize(
     ("respond", "error"),
     [
@@ -145,6 +148,9 @@ def test_the_probe_asks_every_replica_at_once_with_the_internal_key() -> None:
         (lambda r: httpx.Response(503, json={}), "HTTP 503"),
         (lambda r: httpx.Response(200, text="<html>"), "not a resolver's generation answer"),
         (lambda r: httpx.Response(200, json={"generation": "7", "ready": True}), "not a resolver's"),
+        (lambda r: httpx.Response(200, json={**GOOD, "generation": "7"}), "not a resolver's"),
+        (lambda r: httpx.Response(200, json={**GOOD, "generation": True}), "not a resolver's"),
+        (lambda r: httpx.Response(200, json={**GOOD, "ready": 1}), "not a resolver's"),
     ],
 )
 def test_the_probe_turns_bad_answers_into_reasons(respond: object, error: str) -> None:
