@@ -15,10 +15,12 @@ from alembic.config import Config
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 
+from shared import migrations
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "notifier_alembic_version"
 FIRST_REVISION = "0001"
-# pg_advisory_xact_lock key: two replicas starting together must not both create the tables.
+# pg_advisory_xact_lock key: processes starting together on one database migrate it once.
 MIGRATION_LOCK = 727276
 
 # Columns added (by ALTER TABLE at start) to databases made before the first migration, with their DDL.
@@ -52,14 +54,12 @@ def _adopt_legacy(connection: Connection, config: Config) -> None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``, keeping existing data (PostgreSQL: one replica at a time)."""
-    config = alembic_config()
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-        config.attributes["connection"] = connection
-        _adopt_legacy(connection, config)
-        command.upgrade(config, revision)
+    """Bring the schema to ``revision``, keeping existing data; one process at a time, on PostgreSQL and
+    SQLite (:func:`shared.migrations.upgrade`); a database from before the migrations is adopted under the
+    same lock."""
+    migrations.upgrade(
+        engine, alembic_config(), lock_key=MIGRATION_LOCK, revision=revision, before=_adopt_legacy
+    )
 
 
 def head_revision() -> str:
@@ -73,8 +73,4 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
+    return migrations.current_revision(engine, VERSION_TABLE)

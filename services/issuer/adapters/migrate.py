@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
+from shared import migrations
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_xact_lock key: processes starting together on one database migrate it once.
+MIGRATION_LOCK = 727274
 
 
 def alembic_config() -> Config:
@@ -18,14 +21,9 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``, keeping existing data (PostgreSQL: one replica at a time)."""
-    config = alembic_config()
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            # Two replicas starting together must not both create the tables.
-            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    """Bring the schema to ``revision``, keeping existing data; one process at a time (replicas, the
+    admin commands), on PostgreSQL and SQLite: :func:`shared.migrations.upgrade`."""
+    migrations.upgrade(engine, alembic_config(), lock_key=MIGRATION_LOCK, revision=revision)
 
 
 def head_revision() -> str:
@@ -39,7 +37,4 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    return migrations.current_revision(engine)
