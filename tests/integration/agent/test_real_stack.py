@@ -8,35 +8,26 @@ contracts had drifted from the services': ack 204 vs 200, error codes).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.notifier.bootstrap import build_app as build_notifier
-from services.resolver.bootstrap import build_app as build_resolver
-from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from tests.integration.agent.conftest import RunningAgent, wait_until
 from tests.integration.agent.real_services import log_lines
 from tests.integration.agent.test_adoption import window
-from tests.integration.issuer.conftest import RunningIssuer, issuer_factory  # noqa: F401 (fixture)
-from tests.integration.notifier.conftest import fast_settings
-from tests.integration.resolver.conftest import resolver_settings, wait_ready
+from tests.integration.issuer.conftest import issuer_factory  # noqa: F401 (fixture)
+from tests.integration.issuer.progress_stack import (  # noqa: F401 (fixture)
+    WAIT,
+    ProgressStack,
+    progress_stack_factory,
+)
 
-KEY = "the-notifiers-internal-key-in-the-agent-test"
-WAIT = 60.0
 
-
-@dataclass
-class Stack:
-    issuer: RunningIssuer
-    resolver: str
-    notifier: str
-    environment_id: str
+class Stack(ProgressStack):
+    """The progress tests' stack, with what the agent's tests read and do."""
 
     def tokens(self) -> dict[str, Any]:
         body: dict[str, Any] = self.issuer.admin.get(
@@ -49,12 +40,6 @@ class Stack:
         assert view.status_code == 200, view.text
         deployments: list[dict[str, Any]] = view.json()["deployments"]
         return deployments
-
-    def progress(self) -> dict[str, Any]:
-        body: dict[str, Any] = self.issuer.member.get(
-            f"/v1/environments/{self.environment_id}/streaming-tokens/progress"
-        ).json()
-        return body
 
     def rotate(self) -> dict[str, Any]:
         rotated = self.issuer.admin.post(f"/v1/environments/{self.environment_id}/streaming-tokens/rotate")
@@ -71,41 +56,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(
-    sqlite_url: str,
-    tmp_path: Path,
-    kafka_settings: KafkaSettings,
-    serve_app: Callable[..., str],
-    issuer_factory: Callable[..., RunningIssuer],  # noqa: F811
-) -> Stack:
-    kafka = kafka_settings.model_copy(update={"usage_topic": f"usage-{uuid.uuid4().hex[:8]}"})
-    ensure_streaming_tokens_topic(kafka)
-    resolver = serve_app(build_resolver(resolver_settings(kafka, usage_tick_seconds=0.2)))
-    wait_ready(resolver, timeout=120)
-    notifier = serve_app(
-        build_notifier(
-            fast_settings(f"sqlite:///{tmp_path / 'notifier.db'}", resolver, internal_key=KEY, kafka=kafka)
-        )
-    )
-    issuer = issuer_factory(
-        sqlite_url,
-        kafka,
-        settings={
-            "usage_group": f"usage-{uuid.uuid4().hex[:8]}",
-            "resolver_urls": resolver,
-            "notifier_url": notifier,
-            "notifier_internal_key": KEY,
-        },
-    )
-    created = issuer.admin.post(
-        "/v1/environments", json={"org": "acme", "project": "telemetry", "name": "dev"}
-    )
-    assert created.status_code == 201, created.text
-    real = Stack(issuer, resolver, notifier, created.json()["id"])
-    wait_until(
-        lambda: real.progress()["state"] == "resolvers_applied", "the environment at the resolver", WAIT
-    )
-    return real
+def stack(progress_stack_factory: Callable[[dict[str, str], type[Stack]], Stack]) -> Stack:  # noqa: F811
+    return progress_stack_factory({"org": "acme", "project": "telemetry", "name": "dev"}, Stack)
 
 
 def pat_file(tmp_path: Path, stack: Stack, role: str = "deployment") -> str:

@@ -6,67 +6,34 @@ unreachable notifier or a wrong key is a reason, never a 500."""
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from services.notifier.bootstrap import build_app as build_notifier
-from services.resolver.bootstrap import build_app as build_resolver
-from shared.kafka import KafkaSettings, ensure_streaming_tokens_topic
 from tests.integration.issuer.conftest import RunningIssuer
-from tests.integration.notifier.conftest import fast_settings
+from tests.integration.issuer.progress_stack import (  # noqa: F401 (fixture)
+    NOTIFIER_KEY,
+    ProgressStack,
+    progress,
+    progress_stack_factory,
+)
 from tests.integration.notifier.support import Receiver
-from tests.integration.resolver.conftest import resolver_settings, wait_ready
 from tests.support import wait_until
-
-KEY = "the-notifiers-internal-key-in-this-test"
-
-
-def _progress(issuer: RunningIssuer, env_id: str) -> dict[str, Any]:
-    response = issuer.member.get(f"/v1/environments/{env_id}/streaming-tokens/progress")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def test_progress_reaches_acknowledged_and_tolerates_a_missing_notifier(
     sqlite_url: str,
-    tmp_path: Path,
     request: pytest.FixtureRequest,
-    kafka_settings: KafkaSettings,
     serve_app: Callable[..., str],
     issuer_factory: Callable[..., RunningIssuer],
+    progress_stack_factory: Callable[[dict[str, str], type[ProgressStack]], ProgressStack],  # noqa: F811
 ) -> None:
-    kafka = kafka_settings.model_copy(update={"usage_topic": f"usage-{uuid.uuid4().hex[:8]}"})
-    ensure_streaming_tokens_topic(kafka)
-    resolver = serve_app(build_resolver(resolver_settings(kafka, usage_tick_seconds=0.2)))
-    wait_ready(resolver, timeout=120)
-    notifier = serve_app(
-        build_notifier(
-            fast_settings(f"sqlite:///{tmp_path / 'notifier.db'}", resolver, internal_key=KEY, kafka=kafka)
-        )
-    )
+    stack = progress_stack_factory({"org": "prg", "project": "p", "name": "prod"}, ProgressStack)
+    issuer, notifier, kafka, env_id = stack.issuer, stack.notifier, stack.kafka, stack.environment_id
     receiver = Receiver()
     hooks = serve_app(receiver)
-    issuer = issuer_factory(
-        sqlite_url,
-        kafka,
-        settings={
-            "usage_group": f"usage-{uuid.uuid4().hex[:8]}",
-            "resolver_urls": resolver,
-            "notifier_url": notifier,
-            "notifier_internal_key": KEY,
-        },
-    )
-    created = issuer.admin.post("/v1/environments", json={"org": "prg", "project": "p", "name": "prod"})
-    env_id = created.json()["id"]
-    wait_until(
-        lambda: _progress(issuer, env_id)["state"] == "resolvers_applied", 60, "the new environment applied"
-    )
     tokens = issuer.admin.get(f"/v1/environments/{env_id}/streaming-tokens").json()
     subscription = httpx.post(
         f"{notifier}/v1/subscriptions",
@@ -75,15 +42,15 @@ def test_progress_reaches_acknowledged_and_tolerates_a_missing_notifier(
     )
     assert subscription.status_code == 201, subscription.text
     sub = subscription.json()
-    before = _progress(issuer, env_id)
+    before = stack.progress()
     assert before["deployments"] == {"subscribed": 1, "notified": 0, "acknowledged": 0, "dead": 0}
     assert before["broker"]["applied"] is True
     assert before["resolvers"] == {**before["resolvers"], "applied": 1, "total": 1}
 
     rotated = issuer.admin.post(f"/v1/environments/{env_id}/streaming-tokens/rotate").json()
-    assert _progress(issuer, env_id)["rotation_id"] == rotated["rotation_id"]
+    assert stack.progress()["rotation_id"] == rotated["rotation_id"]
     notified = wait_until(
-        lambda: (p := _progress(issuer, env_id))["state"] == "notified" and p, 60, "the deployment notified"
+        lambda: (p := stack.progress())["state"] == "notified" and p, 60, "the deployment notified"
     )
     assert notified["generation"] == 2
     assert notified["deployments"]["notified"] == 1
@@ -97,7 +64,7 @@ def test_progress_reaches_acknowledged_and_tolerates_a_missing_notifier(
         },
     )
     assert ack.status_code in (200, 201), ack.text
-    done = _progress(issuer, env_id)
+    done = stack.progress()
     assert done["state"] == "acknowledged"
     assert done["deployments"]["acknowledged"] == 1
 
@@ -116,17 +83,17 @@ def test_progress_reaches_acknowledged_and_tolerates_a_missing_notifier(
     wrong = issuer_factory(
         sqlite_url, kafka, settings={"notifier_url": notifier, "notifier_internal_key": "x"}
     )
-    body = _progress(wrong, env_id)
+    body = progress(wrong, env_id)
     assert body["deployments"] is None
     assert body["deployments_reason"].startswith("401")
-    assert KEY not in str(body)
+    assert NOTIFIER_KEY not in str(body)
     held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     held.bind(("127.0.0.1", 0))
     request.addfinalizer(held.close)
     down = issuer_factory(
         sqlite_url, kafka, settings={"notifier_url": f"http://127.0.0.1:{held.getsockname()[1]}"}
     )
-    body = _progress(down, env_id)
+    body = progress(down, env_id)
     assert body["deployments"] is None
     assert "unreachable" in body["deployments_reason"]
     # A streaming token of the environment cannot read the notifier's rotations of another environment.
