@@ -1,7 +1,5 @@
 """The issuer's HTTP API: it authenticates, validates and translates; the handlers decide."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any
@@ -13,9 +11,10 @@ from services.issuer import handlers, usage
 from services.issuer.auth import Action, AuthError, Principal
 from services.issuer.domain import Environment
 from services.issuer.handlers import Deps, IssuerError, PreconditionFailed, TokenInUse
+from services.issuer.pats import PatVerifier
 from services.issuer.ports import PatRecord
 from services.issuer.web import api_principal
-from services.issuer.web.sessions import COOKIE
+from services.issuer.web.sessions import COOKIE, SessionManager
 from shared.errors import ApiError
 from shared.ids import (
     ENVIRONMENT_ID_MAX,
@@ -120,26 +119,30 @@ def _translate(exc: IssuerError) -> ApiError:
     return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
-def _principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    # The page's cookie session (no Authorization header): the principal of the PAT it was opened with.
-    session_id = request.cookies.get(COOKIE)
-    ui_sessions = getattr(request.app.state, "ui_sessions", None)
-    if session_id and ui_sessions is not None and "authorization" not in request.headers:
-        return api_principal(ui_sessions, request, session_id)
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a personal access token is required: send 'Authorization: Bearer <PAT>'",
-            headers=_CHALLENGE,
-        )
-    try:
-        principal: Principal = request.app.state.pats.verify(credentials.credentials)
-    except AuthError as exc:
-        raise ApiError(401, "unauthorized", str(exc), headers=_INVALID_CHALLENGE) from None
+def principal_of(pats: PatVerifier, ui_sessions: SessionManager | None) -> Callable[..., Principal]:
+    """The dependency that authenticates a request: the page's cookie session (no Authorization
+    header) through ``ui_sessions``, else the Bearer PAT through ``pats``; 401 otherwise."""
+
+    def principal(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        # The page's cookie session (no Authorization header): the principal of the PAT it was opened with.
+        session_id = request.cookies.get(COOKIE)
+        if session_id and ui_sessions is not None and "authorization" not in request.headers:
+            return api_principal(ui_sessions, request, session_id)
+        if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a personal access token is required: send 'Authorization: Bearer <PAT>'",
+                headers=_CHALLENGE,
+            )
+        try:
+            return pats.verify(credentials.credentials)
+        except AuthError as exc:
+            raise ApiError(401, "unauthorized", str(exc), headers=_INVALID_CHALLENGE) from None
+
     return principal
 
 
@@ -174,7 +177,6 @@ def _allow(
     return granted
 
 
-Caller = Annotated[Principal, Depends(_principal)]
 AUTH_ERRORS = (401, 403)
 
 
@@ -187,8 +189,17 @@ IN_USE_409: dict[int | str, dict[str, Any]] = {
 }
 
 
-def build_router(deps: Deps, notifier: usage.NotifierProbe | None = None) -> APIRouter:
+def build_router(
+    deps: Deps,
+    pats: PatVerifier,
+    ui_sessions: SessionManager | None = None,
+    notifier: usage.NotifierProbe | None = None,
+) -> APIRouter:
+    """The ``/v1`` routes over ``deps``; callers authenticated by ``pats`` (or the page's ``ui_sessions``),
+    the progress view and scheduled warnings through ``notifier``. Everything reaches the routes by
+    closure, never through ``app.state``."""
     router = APIRouter(prefix="/v1")
+    Caller = Annotated[Principal, Depends(principal_of(pats, ui_sessions))]
 
     def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

@@ -1,8 +1,9 @@
 """Wire the issuer: settings → secrets, database, Kafka, relay, handlers and the FastAPI app.
 
-``build_app(settings, **overrides)`` builds everything from settings; tests override single parts
-(``publisher``, ``topic_admin``, ``broker_access``, ``clock``, ``token_factory``, ``relay_observer``,
-``start_relay``, ``resolver_probe``). ``app.state.issue_pat`` records a PAT (tests, the bootstrap path).
+``build_app(settings, *, store=None, publisher=None, clock=None, ...)`` builds everything from settings;
+tests replace single parts with its typed keyword-only overrides. The :class:`IssuerApp` it returns holds
+typed handles on the parts (``app.deps``, ``app.relay``, ``app.issue_pat``, ...): routes get theirs by
+closure, never through ``app.state``.
 Nothing talks to the database or Kafka until the app starts (its lifespan runs the migrations and the relay).
 """
 
@@ -12,8 +13,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -32,10 +33,11 @@ from services.issuer.auth import Role
 from services.issuer.crypto import TokenCipher
 from services.issuer.metrics import IssuerMetrics
 from services.issuer.pats import PatVerifier
-from services.issuer.ports import CommitOutcomeUnknown, PatRecord
+from services.issuer.ports import BrokerAccess, CommitOutcomeUnknown, PatRecord, Publisher, TopicAdmin
 from services.issuer.secrets import resolve_encryption_keys, resolve_jwt_secret
 from services.issuer.settings import IssuerSettings
 from services.issuer.usage import NotifierProbe
+from services.issuer.web.sessions import SessionManager
 from shared import __version__
 from shared.errors import error_body
 from shared.logs import get_logger
@@ -43,41 +45,78 @@ from shared.web import health_router, install_error_handlers
 
 log = get_logger(__name__)
 
-_OVERRIDES = frozenset(
-    {
-        "publisher",
-        "topic_admin",
-        "broker_access",
-        "clock",
-        "token_factory",
-        "relay_observer",
-        "start_relay",
-        "metrics",
-        "resolver_probe",
-        "notifier_probe",
-        "start_usage",
-        "start_scheduler",
-    }
-)
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
-def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastAPI:
-    """The issuer as an ASGI app. Raises ``SecretConfigError`` for a missing or unfit secret outside dev."""
-    unknown = set(overrides) - _OVERRIDES
-    if unknown:
-        raise TypeError(f"unknown overrides: {sorted(unknown)}; known: {sorted(_OVERRIDES)}")
+class IssuePat(Protocol):
+    """Record a PAT straight in the database: ``(record, JWT)``."""
+
+    def __call__(
+        self,
+        subject: str,
+        role: Role | str,
+        *,
+        ttl: timedelta | None = None,
+        environments: list[str] | None = None,
+        actions: list[str] | None = None,
+        actor: str = "system:bootstrap",
+    ) -> tuple[PatRecord, str]: ...
+
+
+class IssuerApp(FastAPI):
+    """The issuer's ASGI app with typed handles on what :func:`build_app` wired into it (tests, the
+    bootstrap path): the handlers' ``deps`` and ``store``, the outbox ``relay``, the ``jwt_secret`` PATs
+    are signed with, the page's ``ui_sessions``, ``issue_pat`` (a PAT recorded straight in the database:
+    ``(record, JWT)``) and ``run_schedules`` (one pass of the scheduler: ``[(environment id, outcome)]``)."""
+
+    deps: handlers.Deps
+    store: SqlStore
+    relay: OutboxRelay
+    jwt_secret: str
+    ui_sessions: SessionManager
+    issue_pat: IssuePat
+    run_schedules: Callable[[], list[tuple[str, str]]]
+
+
+def build_app(
+    settings: IssuerSettings | None = None,
+    *,
+    store: SqlStore | None = None,
+    publisher: Publisher | None = None,
+    topic_admin: TopicAdmin | None = None,
+    broker_access: BrokerAccess | None = None,
+    metrics: IssuerMetrics | None = None,
+    clock: Callable[[], datetime] | None = None,
+    start_relay: bool | None = None,
+    start_usage: bool | None = None,
+    start_scheduler: bool | None = None,
+) -> IssuerApp:
+    """The issuer as an ASGI app. Raises ``SecretConfigError`` for a missing or unfit secret outside dev.
+
+    Each override replaces the part built from settings: ``store`` an already built :class:`SqlStore`
+    (its engine is then the caller's: not disposed here), ``clock`` (UTC now by default) the time of
+    every part (handlers, relay, usage fold, PATs, page sessions). ``start_relay`` defaults to
+    ``settings.relay_enabled``, ``start_usage`` to ``settings.usage_fold_enabled`` with the relay,
+    ``start_scheduler`` to the relay's.
+    """
     settings = settings or IssuerSettings()
+    now_utc = clock or _utc_now
     cipher = TokenCipher(resolve_encryption_keys(settings.encryption_key, settings.runtime))
     jwt_secret = resolve_jwt_secret(settings.jwt_secret, settings.runtime)
-    engine = make_engine(settings.resolved_database_url(), busy_timeout_s=settings.sqlite_busy_timeout_s)
-    store = SqlStore(engine)
-    metrics: IssuerMetrics = overrides.get("metrics") or IssuerMetrics()
-    publisher = overrides.get("publisher") or QuixPublisher(settings.kafka, settings.relay_delivery_timeout_s)
-    topic_admin = overrides.get(
-        "topic_admin", KafkaTopicAdmin(settings.kafka, timeout_s=min(settings.relay_delivery_timeout_s, 5.0))
+    owns_engine = store is None
+    if store is None:
+        store = SqlStore(
+            make_engine(settings.resolved_database_url(), busy_timeout_s=settings.sqlite_busy_timeout_s)
+        )
+    engine = store.engine
+    metrics = metrics or IssuerMetrics()
+    publisher = publisher or QuixPublisher(settings.kafka, settings.relay_delivery_timeout_s)
+    topic_admin = topic_admin or KafkaTopicAdmin(
+        settings.kafka, timeout_s=min(settings.relay_delivery_timeout_s, 5.0)
     )
-    broker_access = overrides.get("broker_access") or make_broker_access(settings)
-    access = handlers.StoreAccessSource(store, cipher, lambda: deps.clock())
+    broker_access = broker_access or make_broker_access(settings)
     relay = OutboxRelay(
         store,
         publisher,
@@ -87,7 +126,6 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         backoff_max_s=settings.relay_backoff_max_s,
         poll_interval_s=settings.relay_poll_interval_s,
         topic_check_interval_s=settings.relay_topic_check_interval_s,
-        observer=overrides.get("relay_observer"),
         housekeeping=lambda: housekeeping(),
         republish=(
             lambda: handlers.republish_all(
@@ -97,13 +135,13 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         if settings.republish_on_start
         else None,
         broker=broker_access,
-        access=access,
-        purges=handlers.StoreTopicPurges(store, lambda: deps.clock()),
-        clock=lambda: deps.clock(),
+        access=handlers.StoreAccessSource(store, cipher, now_utc),
+        purges=handlers.StoreTopicPurges(store, now_utc),
+        clock=now_utc,
     )
     resolver_urls = settings.resolver_url_list()
     internal_key = settings.resolver_internal_key
-    resolver_probe = overrides.get("resolver_probe") or (
+    resolver_probe = (
         HttpResolverProbe(
             resolver_urls,
             internal_key=internal_key.get_secret_value() if internal_key else None,
@@ -112,10 +150,18 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         if resolver_urls
         else None
     )
+    pats = PatVerifier(jwt_secret, store, now_utc, ttl_s=settings.pat_cache_ttl_s)
+    ui_sessions = web.session_manager(store, pats, jwt_secret, now_utc, settings)
+
+    def pat_revoked(jti: str) -> None:  # after the revocation's commit: its cache entry and page sessions end
+        pats.forget(jti)
+        ui_sessions.end_for_pat(jti)
+
     deps = handlers.Deps(
         store=store,
         cipher=cipher,
         wakeup=relay,
+        clock=now_utc,
         metrics=metrics,
         broker_enforced=relay.broker_enforced,
         broker_reconcile=relay.request_reconcile,
@@ -123,11 +169,12 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         jwt_secret=jwt_secret,
         pat_default_ttl=timedelta(days=settings.pat_ttl_days),
         pat_max_ttl=timedelta(days=settings.pat_max_ttl_days),
+        pat_revoked=pat_revoked,
         max_grace_tokens=settings.max_grace_tokens,
         usage_window=timedelta(seconds=settings.usage_window_s),
     )
     notifier_key = settings.notifier_internal_key
-    notifier_probe: NotifierProbe | None = overrides.get("notifier_probe") or (
+    notifier_probe: NotifierProbe | None = (
         HttpNotifierProbe(
             settings.notifier_url,
             internal_key=notifier_key.get_secret_value() if notifier_key else None,
@@ -136,22 +183,10 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         if settings.notifier_url
         else None
     )
-    folder = UsageFolder(settings.kafka, store, group=settings.usage_group, clock=lambda: deps.clock())
-    pats = PatVerifier(jwt_secret, store, lambda: deps.clock(), ttl_s=settings.pat_cache_ttl_s)
-    ui_sessions = web.session_manager(store, pats, jwt_secret, lambda: deps.clock(), settings)
-
-    def pat_revoked(jti: str) -> None:  # after the revocation's commit: its cache entry and page sessions end
-        pats.forget(jti)
-        ui_sessions.end_for_pat(jti)
-
-    deps.pat_revoked = pat_revoked
-    if "clock" in overrides:
-        deps.clock = overrides["clock"]
-    if "token_factory" in overrides:
-        deps.token_factory = overrides["token_factory"]
+    folder = UsageFolder(settings.kafka, store, group=settings.usage_group, clock=now_utc)
 
     def housekeeping() -> None:
-        now = deps.clock()
+        now = now_utc()
         retention = settings.audit_retention_days
         outbox, keys, audit = store.purge(
             now - timedelta(hours=settings.outbox_retention_hours),
@@ -161,20 +196,23 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
         if outbox or keys or audit:
             log.info("housekeeping_purged", outbox_rows=outbox, idempotency_keys=keys, audit_entries=audit)
 
-    start_relay = bool(overrides.get("start_relay", settings.relay_enabled))
-    start_usage = bool(overrides.get("start_usage", settings.usage_fold_enabled and start_relay))
-    start_scheduler = bool(overrides.get("start_scheduler", start_relay))
+    relay_on = settings.relay_enabled if start_relay is None else start_relay
+    usage_on = (settings.usage_fold_enabled and relay_on) if start_usage is None else start_usage
+    scheduler_on = relay_on if start_scheduler is None else start_scheduler
     scheduler = Scheduler(
         lambda: scheduled_housekeeping(), settings.schedule_interval_s, name="issuer-scheduler"
     )
     last_prune = {"at": 0.0}
 
+    def run_schedules() -> list[tuple[str, str]]:
+        return usage.run_schedules(deps, notifier_probe)
+
     def scheduled_housekeeping() -> None:
         """Scheduled rotations (each pass), and (hourly) clients not seen within the retention."""
-        usage.run_schedules(deps, notifier_probe)
+        run_schedules()
         if time.monotonic() - last_prune["at"] >= 3600:
             last_prune["at"] = time.monotonic()
-            cutoff = deps.clock() - timedelta(hours=settings.usage_client_retention_hours)
+            cutoff = now_utc() - timedelta(hours=settings.usage_client_retention_hours)
             pruned = store.prune_usage(cutoff)
             if pruned:
                 log.info("usage_clients_pruned", clients=pruned)
@@ -185,17 +223,17 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         migrate.upgrade(engine)
         state["migrated"] = True
-        if start_relay:
+        if relay_on:
             relay.start()
-        if start_usage:
+        if usage_on:
             folder.start()
-        if start_scheduler:
+        if scheduler_on:
             scheduler.start()
         log.info(
             "issuer_started",
             database=engine.dialect.name,
             topic=settings.kafka.topic,
-            relay=start_relay,
+            relay=relay_on,
             env=settings.runtime.env,
         )
         try:
@@ -208,23 +246,24 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
                 resolver_probe.close()
             if notifier_probe is not None:
                 notifier_probe.close()
-            engine.dispose()
+            if owns_engine:
+                engine.dispose()
 
     def ready() -> tuple[bool, dict[str, Any]]:
         # Public: states, error names and numbers only (shared.web cuts every text to its first words);
         # the full reason is in the relay's outbox_relay_retry log line. Never a database call here:
         # this runs on the event loop, and a locked SQLite file would block it.
-        running = relay.running or not start_relay
+        running = relay.running or not relay_on
         detail = readiness(
             relay.health(),
-            deps.clock(),
+            now_utc(),
             migrated=state["migrated"],
-            relay_state=("running" if relay.running else "stopped") if start_relay else "disabled",
+            relay_state=("running" if relay.running else "stopped") if relay_on else "disabled",
             broker_enforced=relay.broker_enforced,
             stale_after_s=settings.outbox_stale_after_s,
         )
         # The usage fold (issue 12) is reported, never a reason for "degraded": rotations do not need it.
-        if start_usage:
+        if usage_on:
             detail["usage_fold"] = (
                 "retrying" if folder.last_error else "running" if folder.running else "stopped"
             )
@@ -256,7 +295,7 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
             ttl=ttl,
         )
 
-    app = FastAPI(
+    app = IssuerApp(
         redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
         title="streamtoken issuer",
         version=__version__,
@@ -266,17 +305,15 @@ def build_app(settings: IssuerSettings | None = None, **overrides: Any) -> FastA
     install_error_handlers(app, api_errors={503: DATABASE_UNAVAILABLE})
     install_database_errors(app)
     app.include_router(health_router(ready, metrics.registry))
-    app.include_router(build_router(deps, notifier_probe))
+    app.include_router(build_router(deps, pats, ui_sessions, notifier_probe))
     web.install_ui(app, ui_sessions)  # the page under /ui (services/issuer/web)
-    app.state.deps = deps
-    app.state.usage_folder = folder
-    app.state.notifier_probe = notifier_probe
-    app.state.run_schedules = lambda: usage.run_schedules(deps, notifier_probe)
-    app.state.relay = relay
-    app.state.settings = settings
-    app.state.jwt_secret = jwt_secret
-    app.state.pats = pats
-    app.state.issue_pat = issue_pat
+    app.deps = deps
+    app.store = store
+    app.relay = relay
+    app.jwt_secret = jwt_secret
+    app.ui_sessions = ui_sessions
+    app.issue_pat = issue_pat
+    app.run_schedules = run_schedules
     return app
 
 

@@ -103,7 +103,7 @@ def issuer_app(data_dir: Path) -> Any:
     )
     app = build_issuer(settings, start_relay=False)
     # PATs are records now: a JWT the issuer did not record is a 401, so record an admin and a member PAT.
-    pats = [app.state.issue_pat(f"contract-{role.value}", role)[1] for role in (Role.ADMIN, Role.MEMBER)]
+    pats = [app.issue_pat(f"contract-{role.value}", role)[1] for role in (Role.ADMIN, Role.MEMBER)]
     Credentials.issuer = [*({"Authorization": f"Bearer {pat}"} for pat in pats), {}]
     return app
 

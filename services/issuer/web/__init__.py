@@ -341,12 +341,11 @@ def build_ui_router(manager: SessionManager, limiter: RateLimit | None = None) -
 
 
 def install_ui(app: FastAPI, manager: SessionManager) -> None:
-    """Mount the page on the issuer's app: routes under ``/ui``, static files, security headers, and
-    ``app.state.ui_sessions`` for the cookie path of :func:`services.issuer.api._principal`."""
+    """Mount the page on the issuer's app: routes under ``/ui``, static files and security headers (the
+    cookie path of the JSON API gets ``manager`` from :func:`services.issuer.api.build_router`)."""
     app.include_router(build_ui_router(manager))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="ui-static")
     app.add_middleware(SecurityHeaders)
-    app.state.ui_sessions = manager
 
 
 def session_manager(

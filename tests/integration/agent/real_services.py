@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from services.issuer.bootstrap import IssuerApp
 from services.issuer.bootstrap import build_app as build_issuer
 from services.notifier.bootstrap import build_app as build_notifier
 from services.notifier.store import Store
@@ -75,7 +76,7 @@ NO_KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:9")  # nothing listens: no
 @dataclass
 class RealServices:
     issuer_url: str
-    issuer_app: Any
+    issuer_app: IssuerApp
     admin: httpx.Client
     resolver_url: str
     table: TokenTable
@@ -87,7 +88,7 @@ class RealServices:
 
     def relay(self) -> int:
         """Publish the issuer's pending outbox records to the resolver and the notifier; how many."""
-        outbox = self.issuer_app.state.deps.store
+        outbox = self.issuer_app.store
         with outbox.claim(100) as claim:
             events = [decode_event(m.payload) for m in claim.messages]
             for message, event in zip(claim.messages, events, strict=True):
@@ -111,7 +112,7 @@ class RealServices:
         return self.tokens()
 
     def pat(self, role: str = "deployment") -> str:
-        record_token = self.issuer_app.state.issue_pat(
+        record_token = self.issuer_app.issue_pat(
             "f1-agent", role, environments=[self.environment_id], actor="test"
         )
         return str(record_token[1])
@@ -191,7 +192,7 @@ def start_real_services(
         delay=slow_subscribe,
     )
     notifier_url = serve_app(notifier_observed)
-    admin_pat = issuer_app.state.issue_pat("alice", "admin", actor="test")[1]
+    admin_pat = issuer_app.issue_pat("alice", "admin", actor="test")[1]
     admin = httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {admin_pat}"}, timeout=30)
     services = RealServices(
         issuer_url,

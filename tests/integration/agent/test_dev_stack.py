@@ -60,7 +60,7 @@ def test_demo_data_is_created_once_and_read_back_on_a_second_run(
     serve_app: Callable[..., str], tmp_path: Path
 ) -> None:
     real = start_real_services(serve_app, tmp_path)  # the real issuer; acme-telemetry-dev exists already
-    admin_pat = real.issuer_app.state.issue_pat("demo-admin", "admin", actor="test")[1]
+    admin_pat = real.issuer_app.issue_pat("demo-admin", "admin", actor="test")[1]
     first = create_demo_data(real.issuer_url, admin_pat)
     assert first.environments == ["acme-telemetry-dev", "acme-telemetry-prod"]
     assert first.tokens["token_1"]["token"] == real.tokens()["token_1"]["token"]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.issuer.auth import Role, mint_pat
-from services.issuer.bootstrap import build_app
+from services.issuer.bootstrap import IssuerApp, build_app
 from services.issuer.settings import IssuerSettings
 from shared.kafka import KafkaSettings
 from shared.logs import configure_logging
@@ -39,7 +39,7 @@ def make_settings(database_url: str, kafka: KafkaSettings, data_dir: Path, **ext
 @dataclass
 class RunningIssuer:
     url: str
-    app: Any
+    app: IssuerApp
     admin: httpx.Client
     member: httpx.Client
     anonymous: httpx.Client
@@ -55,12 +55,12 @@ class RunningIssuer:
         actions: list[str] | None = None,
     ) -> str:
         """A PAT recorded in the issuer's database (``ttl`` ≤ 0: its record exists, its JWT has expired)."""
-        record, token = self.app.state.issue_pat(
+        record, token = self.app.issue_pat(
             subject, role, ttl=max(ttl, timedelta(hours=1)), environments=environments, actions=actions
         )
         if ttl <= timedelta(0):  # an already expired PAT: minted in the past
             moment = datetime.now(UTC) + 2 * ttl
-            return mint_pat(self.app.state.jwt_secret, subject, role, -ttl, now=moment, jti=record.jti)
+            return mint_pat(self.app.jwt_secret, subject, role, -ttl, now=moment, jti=record.jti)
         return str(token)
 
     def pat_for(self, role: str, subject: str = "someone", **scope: Any) -> str:
@@ -76,9 +76,23 @@ class RunningIssuer:
 def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Callable[..., RunningIssuer]]:
     clients: list[httpx.Client] = []
 
-    def start(database_url: str, kafka: KafkaSettings, **overrides: Any) -> RunningIssuer:
-        settings_extra = overrides.pop("settings", {})
-        app = build_app(make_settings(database_url, kafka, tmp_path / "data", **settings_extra), **overrides)
+    def start(
+        database_url: str,
+        kafka: KafkaSettings,
+        *,
+        settings: dict[str, Any] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        start_relay: bool | None = None,
+        start_usage: bool | None = None,
+        start_scheduler: bool | None = None,
+    ) -> RunningIssuer:
+        app = build_app(
+            make_settings(database_url, kafka, tmp_path / "data", **(settings or {})),
+            clock=clock,
+            start_relay=start_relay,
+            start_usage=start_usage,
+            start_scheduler=start_scheduler,
+        )
         url = serve_app(app)
 
         def client(token: str | None) -> httpx.Client:
@@ -90,8 +104,8 @@ def issuer_factory(serve_app: Callable[..., str], tmp_path: Path) -> Iterator[Ca
         return RunningIssuer(
             url=url,
             app=app,
-            admin=client(app.state.issue_pat("alice", Role.ADMIN, actor="test")[1]),
-            member=client(app.state.issue_pat("bob", Role.MEMBER, actor="test")[1]),
+            admin=client(app.issue_pat("alice", Role.ADMIN, actor="test")[1]),
+            member=client(app.issue_pat("bob", Role.MEMBER, actor="test")[1]),
             anonymous=client(None),
             _extra_clients=clients,
         )

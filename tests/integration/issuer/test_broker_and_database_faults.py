@@ -87,7 +87,7 @@ def test_a_restarted_tansu_broker_gets_every_environment_back_without_an_issuer_
     embedded_broker_factory(port=broker.port)  # memory storage: the topic and its records are gone
     # nothing is rotated: only the relay's own watch can find out, and the issuer is not restarted
     assert newest_generations(kafka, expected=3) == expected
-    relay = issuer.app.state.relay
+    relay = issuer.app.relay
     assert relay.health().topic_lost in {"missing", "recreated", "empty"}
     wait_for(lambda: ready(issuer)["status"] == "ok", "readiness ok again")
 
@@ -102,7 +102,7 @@ def test_a_control_topic_deleted_and_recreated_on_apache_kafka_is_republished_an
     from confluent_kafka.admin import AdminClient
 
     issuer = issuer_factory(sqlite_url, kafka_settings, settings=FAST_WATCH)
-    assert issuer.app.state.relay.broker_enforced  # SCRAM users and ACLs are managed on this broker
+    assert issuer.app.relay.broker_enforced  # SCRAM users and ACLs are managed on this broker
     expected = create(issuer, ["one", "two"])
     assert newest_generations(kafka_settings, expected=2) == expected
     wait_for(lambda: captured_logs.text.count("broker_reconcile_done") >= 1, "the start-up reconcile")
@@ -113,14 +113,14 @@ def test_a_control_topic_deleted_and_recreated_on_apache_kafka_is_republished_an
     wait_for(
         lambda: (
             kafka_settings.topic not in admin.list_topics(timeout=10).topics
-            or issuer.app.state.relay.health().topic_lost is not None
+            or issuer.app.relay.health().topic_lost is not None
         ),
         "the topic deleted",
     )
     ensure_streaming_tokens_topic(kafka_settings)  # by someone else (or by the relay itself): a new id
 
     assert newest_generations(kafka_settings, expected=2) == expected
-    assert issuer.app.state.relay.health().topic_lost in {"missing", "recreated", "empty"}
+    assert issuer.app.relay.health().topic_lost in {"missing", "recreated", "empty"}
     wait_for(
         lambda: captured_logs.text.count("broker_reconcile_done") > reconciles,
         "the broker's users and ACLs reconciled after the loss",
@@ -412,7 +412,7 @@ def test_a_full_sqlite_database_is_a_503_saying_what_to_do(
 ) -> None:
     issuer = issuer_factory(sqlite_url, kafka_settings)
     env_id = next(iter(create(issuer, ["full"])))
-    engine: sa.Engine = issuer.app.state.deps.store.engine
+    engine: sa.Engine = issuer.app.store.engine
     limit = {"pages": 0}  # 0: no limit
 
     @sa.event.listens_for(engine, "connect")

@@ -89,7 +89,7 @@ def test_broker_outage_loses_no_rotation(
         for name in names:
             response = issuer.admin.post(f"/v1/environments/acme-telemetry-{name}/streaming-tokens/rotate")
             assert response.status_code == 200, response.text  # the API works while Kafka is down
-    relay = issuer.app.state.relay
+    relay = issuer.app.relay
     deadline = time.monotonic() + 30
     while relay.failures == 0 and time.monotonic() < deadline:
         time.sleep(0.1)

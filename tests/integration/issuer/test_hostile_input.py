@@ -44,7 +44,7 @@ def test_a_forged_long_subject_or_a_nul_byte_is_a_4xx_not_a_500(
     issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x" * 500, "role": "admin", "iat": now, "exp": now + 60}
-    long_subject = jwt.encode(claims, issuer.app.state.jwt_secret, algorithm=ALGORITHM)
+    long_subject = jwt.encode(claims, issuer.app.jwt_secret, algorithm=ALGORITHM)
     response = issuer.client_for(long_subject).post("/v1/environments", json=ENV)
     assert response.status_code == 401
     assert "subject" in response.json()["message"]

@@ -29,7 +29,7 @@ def test_admins_mint_list_and_revoke_pats_and_only_recorded_pats_work(
 ) -> None:
     issuer = issuer_factory(database_url, kafka_settings, start_relay=False)
     # A JWT signed with the issuer's secret but never recorded (the old `admin pat`) is refused.
-    forged = mint_pat(issuer.app.state.jwt_secret, "mallory", Role.ADMIN, timedelta(days=300))
+    forged = mint_pat(issuer.app.jwt_secret, "mallory", Role.ADMIN, timedelta(days=300))
     refused = issuer.client_for(forged).get("/v1/environments")
     assert refused.status_code == 401
     assert "not known" in refused.json()["message"]
@@ -151,7 +151,7 @@ def test_an_expired_pat_is_refused(
     ttl: timedelta,
 ) -> None:
     issuer = issuer_factory(sqlite_url, kafka_settings, start_relay=False)
-    record, token = issuer.app.state.issue_pat("short", Role.MEMBER, ttl=timedelta(seconds=30))
+    record, token = issuer.app.issue_pat("short", Role.MEMBER, ttl=timedelta(seconds=30))
     assert record.expires_at < datetime.now(UTC) + timedelta(minutes=1)
     assert issuer.client_for(token).get("/v1/environments").status_code == 200
     assert issuer.client_for(issuer.pat(Role.ADMIN, ttl=ttl)).get("/v1/environments").status_code == 401

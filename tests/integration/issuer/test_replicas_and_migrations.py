@@ -84,7 +84,7 @@ def test_an_issuer_starting_on_an_empty_topic_republishes_everything(
     issuer.admin.post("/v1/environments/acme-telemetry-prod/streaming-tokens/rotate")
     issuer.admin.delete("/v1/environments/acme-telemetry-dev")
     assert len(read_topic(kafka_settings, expected=4, settle=0)) == 4
-    issuer.app.state.relay.stop()  # the old instance is gone (SQLite: one relay per database file)
+    issuer.app.relay.stop()  # the old instance is gone (SQLite: one relay per database file)
 
     fresh = kafka_settings.model_copy(update={"topic": topic_factory("fresh")})
     issuer_factory(sqlite_url, fresh)  # a restart against a broker that lost the topic
@@ -106,7 +106,7 @@ def test_housekeeping_forgets_published_rows_and_old_idempotency_keys(
     rotate = "/v1/environments/acme-telemetry-prod/streaming-tokens/rotate"
     first = issuer.admin.post(rotate, headers={"Idempotency-Key": "k"}).json()
     read_topic(kafka_settings, expected=2, settle=0)
-    store = issuer.app.state.deps.store
+    store = issuer.app.store
     deadline = time.monotonic() + 10
     while store.pending_count() and time.monotonic() < deadline:
         time.sleep(0.05)

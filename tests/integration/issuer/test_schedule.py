@@ -63,9 +63,8 @@ def test_a_schedule_warns_waits_for_token_1_to_be_unused_and_forces_after_the_de
     assert schedule["forced_at"] is not None
     assert issuer.member.get(path).json()["every_days"] == 7
 
-    deps = issuer.app.state.deps
-    store: SqlStore = deps.store
-    run: Callable[[], list[tuple[str, str]]] = issuer.app.state.run_schedules
+    store = issuer.app.store
+    run: Callable[[], list[tuple[str, str]]] = issuer.app.run_schedules
 
     def generation() -> int:
         with store.transaction() as tx:
@@ -179,7 +178,7 @@ def test_the_schedule_api_refuses_bad_input_with_4xx_json(
     assert "schedule_delete" in kinds
     # Deleting the environment takes its schedule and its usage along.
     assert issuer.admin.put(path, json={"every_days": 7}).status_code == 200
-    store: SqlStore = issuer.app.state.deps.store
+    store = issuer.app.store
     with store.transaction() as tx:
         env = tx.environment(env_id)
         assert env is not None
@@ -189,7 +188,7 @@ def test_the_schedule_api_refuses_bad_input_with_4xx_json(
         "clients"
     ]
     assert issuer.admin.delete(f"/v1/environments/{env_id}").status_code == 204
-    assert issuer.app.state.run_schedules() == []
+    assert issuer.app.run_schedules() == []
     import sqlalchemy as sa
 
     with store.engine.connect() as connection:

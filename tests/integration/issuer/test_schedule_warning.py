@@ -49,7 +49,7 @@ def test_the_scheduler_warns_through_the_notifier_once_and_retries_an_unreachabl
     env_id = env["id"]
     body = {"every_days": 7, "unused_window_seconds": 900, "deadline_days": 2, "warn_before_seconds": 86400}
     assert issuer.admin.put(f"/v1/environments/{env_id}/rotation-schedule", json=body).status_code == 200
-    deps = issuer.app.state.deps
+    deps = issuer.app.deps
     tokens = issuer.admin.get(f"/v1/environments/{env_id}/streaming-tokens").json()
 
     resolver = Resolver()

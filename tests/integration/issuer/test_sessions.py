@@ -87,7 +87,7 @@ def test_login_sets_an_httponly_strict_cookie_and_stores_only_its_hash(issuer: R
     assert session["csrf_token"]
     assert session["csrf_token"] != cookie
 
-    engine = issuer.app.state.deps.store.engine
+    engine = issuer.app.store.engine
     with engine.connect() as connection:
         rows = connection.execute(sa.text("SELECT id_hash, pat_jti FROM ui_session")).all()
     assert [row[0] for row in rows] == [hashlib.sha256(cookie.encode()).hexdigest()]
@@ -208,7 +208,7 @@ def test_revoking_the_pat_ends_its_sessions(issuer: RunningIssuer) -> None:
     first, session, _ = login(issuer, pat)
     second, _, _ = login(issuer, pat)
     assert first.get("/v1/environments").status_code == 200
-    store = issuer.app.state.ui_sessions._sessions
+    store = issuer.app.ui_sessions._sessions
     assert store.count_for_pat(session["pat_id"]) == 2
     assert issuer.admin.delete(f"/v1/pats/{session['pat_id']}").status_code == 200
     assert store.count_for_pat(session["pat_id"]) == 0  # ended at once on this replica
@@ -223,7 +223,7 @@ def test_revoking_the_pat_ends_its_sessions(issuer: RunningIssuer) -> None:
 def test_a_revocation_elsewhere_ends_the_session_on_its_next_request(issuer: RunningIssuer) -> None:
     """Another replica revoked the PAT (its record changed in the shared database, no callback here)."""
     client, session, _ = login(issuer, issuer.pat(Role.ADMIN, "judy"))
-    engine = issuer.app.state.deps.store.engine
+    engine = issuer.app.store.engine
     with engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE pat SET revoked_at = :now WHERE jti = :jti"),
