@@ -9,6 +9,7 @@ ones where the agent and the notifier need them. Importing this loads httpx and 
 from shared.client.core import (
     BAD_ANSWER,
     DEFAULT_POLICY,
+    INTERNAL_KEY_HEADER,
     NO_RETRY,
     UNREACHABLE,
     ApiCallError,
@@ -22,6 +23,7 @@ from shared.client.resolver import AsyncResolverClient, ResolverClient
 __all__ = [
     "BAD_ANSWER",
     "DEFAULT_POLICY",
+    "INTERNAL_KEY_HEADER",
     "NO_RETRY",
     "UNREACHABLE",
     "ApiCallError",

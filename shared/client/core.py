@@ -25,6 +25,7 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 UNREACHABLE = "unreachable"  # no answer: refused, reset, timed out
+INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"  # a service's call to another with its internal key
 BAD_ANSWER = "bad_answer"  # an answer that is not the documented shape
 RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -34,7 +35,7 @@ class ApiCallError(Exception):
 
     ``status`` is the HTTP status when the service answered (``None``: it did not), ``code`` the error
     body's stable code (``unreachable`` and ``bad_answer`` are ours), ``message`` its sentence, ``body``
-    the whole error body (``{}`` when there is none).
+    the whole error body (``{}`` when there is none), ``cause`` the httpx error of an unreachable service.
     """
 
     def __init__(
@@ -45,6 +46,8 @@ class ApiCallError(Exception):
         code: str,
         message: str,
         body: Mapping[str, Any] | None = None,
+        *,
+        cause: httpx.HTTPError | None = None,
     ) -> None:
         self.service = service
         self.base_url = base_url
@@ -52,11 +55,17 @@ class ApiCallError(Exception):
         self.code = code
         self.message = scrub(message)
         self.body: dict[str, Any] = dict(body or {})
+        self.cause = cause
         super().__init__(self.describe())
 
     @property
     def unreachable(self) -> bool:
         return self.status is None
+
+    @property
+    def timed_out(self) -> bool:
+        """No answer within the policy's timeout (connect, read, write or pool)."""
+        return isinstance(self.cause, httpx.TimeoutException)
 
     @property
     def refused(self) -> bool:
@@ -167,7 +176,7 @@ class _Base:
         }
 
     def _unreachable(self, exc: httpx.HTTPError) -> ApiCallError:
-        return ApiCallError(self.service, self.base_url, None, UNREACHABLE, type(exc).__name__)
+        return ApiCallError(self.service, self.base_url, None, UNREACHABLE, type(exc).__name__, cause=exc)
 
     def _check(self, call: Call, response: httpx.Response) -> httpx.Response:
         if response.status_code not in call.ok:

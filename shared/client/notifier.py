@@ -1,6 +1,7 @@
 """The notifier's API (Bearer = a streaming token of the environment): ``NotifierClient`` (blocking: the
-CLI) and ``AsyncNotifierClient`` (the agent). Answers are the notifier's own models
-(``shared.models.notifier``); a subscription's management key goes as ``X-Subscription-Key``."""
+CLI; and the issuer, with the notifier's internal key instead of a token) and ``AsyncNotifierClient`` (the
+agent). Answers are the notifier's own models (``shared.models.notifier``); a subscription's management
+key goes as ``X-Subscription-Key``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from shared.models.notifier import (
     Action,
     DeliveryPublic,
     DeliveryStatus,
+    NoticeAccepted,
+    NoticeCreate,
     RotationsPublic,
     SubscriptionCreated,
     SubscriptionPublic,
@@ -66,6 +69,16 @@ class NotifierCalls:
         return Call("GET", "/v1/rotations", "read the rotations")
 
     @staticmethod
+    def environment_rotations(environment_id: str, limit: int) -> Call:
+        path = f"/v1/environments/{quote(environment_id, safe='')}/rotations"
+        return Call("GET", path, f"read the rotations of {environment_id}", params={"limit": limit})
+
+    @staticmethod
+    def notice(environment_id: str, notice: NoticeCreate) -> Call:
+        path = f"/v1/environments/{quote(environment_id, safe='')}/notices"
+        return Call("POST", path, "send the notice", json=notice.model_dump(mode="json"), ok=(202,))
+
+    @staticmethod
     def deliveries(limit: int, cursor: str | None, status: DeliveryStatus | str | None) -> Call:
         params: dict[str, Any] = {"limit": limit}
         if status:
@@ -107,6 +120,16 @@ class NotifierClient(SyncClient):
 
     def replay(self, delivery_id: str) -> DeliveryPublic:
         return self.get(self.calls.replay(delivery_id), DeliveryPublic)
+
+    # The issuer's calls: with the notifier's internal key (``headers={INTERNAL_KEY_HEADER: key}``), no token.
+
+    def environment_rotations(self, environment_id: str, limit: int = 100) -> RotationsPublic:
+        """Any environment's rotations, newest first (the issuer's progress view)."""
+        return self.get(self.calls.environment_rotations(environment_id, limit), RotationsPublic)
+
+    def notice(self, environment_id: str, notice: NoticeCreate) -> NoticeAccepted:
+        """Have the notifier send ``notice`` to the environment's subscribed deployments."""
+        return self.get(self.calls.notice(environment_id, notice), NoticeAccepted)
 
 
 class AsyncNotifierClient(AsyncClient):

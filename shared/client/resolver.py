@@ -1,15 +1,15 @@
 """The resolver's token routes (Bearer = a streaming token): ``ResolverClient`` (blocking: the CLI, the dev
-stack, tests) and ``AsyncResolverClient`` (the notifier's whoami check)."""
+stack, tests; and the issuer's propagation view, with the internal key) and ``AsyncResolverClient`` (the
+notifier's whoami check)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from shared.client.core import AsyncClient, Call, SyncClient
-from shared.models.resolver import HeartbeatAnswer, TopicLookup, WhoamiAnswer
+from shared.client.core import INTERNAL_KEY_HEADER, AsyncClient, Call, SyncClient
+from shared.models.resolver import GenerationAnswer, HeartbeatAnswer, TopicLookup, WhoamiAnswer
 
-INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
 FORWARDED_FOR = "X-Streamtoken-Forwarded-For"  # services.resolver.api.FORWARDED_FOR_HEADER
 FORWARDED_USER_AGENT = "X-Streamtoken-Forwarded-User-Agent"
 
@@ -35,6 +35,11 @@ class ResolverCalls:
             headers={"Authorization": f"Bearer {token}"},
         )
 
+    @staticmethod
+    def generation(environment_id: str) -> Call:
+        path = f"/v1/environments/{quote(environment_id, safe='')}/generation"
+        return Call("GET", path, f"reading the generation of {environment_id}")
+
 
 def forwarded(client: tuple[str, str] | None, internal_key: str | None) -> dict[str, str]:
     """The headers a service sends to have its caller (address, User-Agent) counted instead of itself."""
@@ -55,6 +60,11 @@ class ResolverClient(SyncClient):
 
     def whoami(self, token: str) -> WhoamiAnswer:
         return self.get(self.calls.whoami(token), WhoamiAnswer)
+
+    def generation(self, environment_id: str) -> GenerationAnswer:
+        """The environment's generation in this replica's table (send the resolver's internal key as
+        ``headers={INTERNAL_KEY_HEADER: key}`` when it has one)."""
+        return self.get(self.calls.generation(environment_id), GenerationAnswer)
 
 
 class AsyncResolverClient(AsyncClient):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TopicLookup(BaseModel):
@@ -33,6 +33,8 @@ class HeartbeatAnswer(BaseModel):
 
 
 class GenerationAnswer(BaseModel):
+    model_config = ConfigDict(strict=True)  # a JSON integer or null (never true or "7"), a JSON boolean
+
     environment_id: str
     generation: int | None = Field(
         description="the generation of the environment this replica has applied; null: it holds none "

@@ -1,17 +1,37 @@
 """Asks the notifier about an environment's rotations (the progress view) and has it send a scheduled
-rotation's warning, over httpx with the notifier's internal key (``X-Streamtoken-Internal-Key``), never a
-streaming token: these calls are no usage of any token."""
+rotation's warning, through :class:`shared.client.NotifierClient` with the notifier's internal key
+(``X-Streamtoken-Internal-Key``), never a streaming token: these calls are no usage of any token. Sent
+once (no retry: the progress view answers now, the scheduler asks again on its next pass)."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from services.issuer.usage import NotifierUnavailable
+from shared.client import BAD_ANSWER, INTERNAL_KEY_HEADER, ApiCallError, NotifierClient, Policy
+from shared.models.notifier import NoticeCreate
 
-INTERNAL_KEY_HEADER = "X-Streamtoken-Internal-Key"
+__all__ = ["INTERNAL_KEY_HEADER", "HttpNotifierProbe"]
+
+ROTATIONS_SHOWN = 10  # the progress view needs the current generation's, which is the newest
+
+
+def _unavailable(exc: ApiCallError) -> NotifierUnavailable:
+    """The one-line reason (no key, no token) the progress view and the schedule's audit show."""
+    if exc.unreachable:
+        state = "timed out" if exc.timed_out else "is unreachable"
+        return NotifierUnavailable(f"the notifier {state} ({exc.message})")
+    if exc.status in (401, 403):
+        return NotifierUnavailable(
+            f"{exc.status}: the notifier wants another internal key "
+            "(STREAMTOKEN_ISSUER_NOTIFIER_INTERNAL_KEY = its STREAMTOKEN_NOTIFIER_INTERNAL_KEY)"
+        )
+    if exc.code == BAD_ANSWER:
+        return NotifierUnavailable("unexpected answer from the notifier")
+    return NotifierUnavailable(f"HTTP {exc.status} from the notifier")
 
 
 class HttpNotifierProbe:
@@ -26,47 +46,31 @@ class HttpNotifierProbe:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers={INTERNAL_KEY_HEADER: internal_key} if internal_key else {},
-            timeout=httpx.Timeout(timeout_s),
+        self._client = NotifierClient(
+            self.url,
+            policy=Policy(timeout=timeout_s, retries=0),
             transport=transport,
-            follow_redirects=False,
+            headers={INTERNAL_KEY_HEADER: internal_key} if internal_key else None,
         )
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise NotifierUnavailable(f"the notifier timed out ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise NotifierUnavailable(f"the notifier is unreachable ({type(exc).__name__})") from None
-        if response.status_code in (401, 403):
-            raise NotifierUnavailable(
-                f"{response.status_code}: the notifier wants another internal key "
-                "(STREAMTOKEN_ISSUER_NOTIFIER_INTERNAL_KEY = its STREAMTOKEN_NOTIFIER_INTERNAL_KEY)"
-            )
-        if response.status_code not in (200, 201, 202):
-            raise NotifierUnavailable(f"HTTP {response.status_code} from the notifier")
-        try:
-            body = response.json()
-        except ValueError:
-            raise NotifierUnavailable("the notifier's answer is not JSON") from None
-        if not isinstance(body, dict):
-            raise NotifierUnavailable("unexpected answer from the notifier")
-        return body
 
     def rotations(self, environment_id: str) -> dict[str, Any]:
-        return self._call(
-            "GET", f"/v1/environments/{quote(environment_id, safe='')}/rotations", params={"limit": 10}
-        )
+        try:
+            answer = self._client.environment_rotations(environment_id, limit=ROTATIONS_SHOWN)
+        except ApiCallError as exc:
+            raise _unavailable(exc) from None
+        return answer.model_dump(mode="json")
 
     def warn(self, environment_id: str, notice: dict[str, Any]) -> int:
-        body = self._call("POST", f"/v1/environments/{quote(environment_id, safe='')}/notices", json=notice)
         try:
-            return int(body.get("queued", 0))
-        except (TypeError, ValueError):
-            raise NotifierUnavailable("unexpected answer from the notifier") from None
+            body = NoticeCreate.model_validate(notice)
+        except ValidationError as exc:  # as the notifier's 422 would be: the warning stays pending
+            raise NotifierUnavailable(
+                f"not a notice the notifier takes ({exc.error_count()} errors)"
+            ) from None
+        try:
+            return self._client.notice(environment_id, body).queued
+        except ApiCallError as exc:
+            raise _unavailable(exc) from None
 
     def close(self) -> None:
         self._client.close()
