@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -27,6 +27,7 @@ class Run:
     tests: int
     seconds: float
     failed: int
+    per_test: dict[str, float] = field(default_factory=dict)  # "file::name" -> seconds
 
 
 def run_folder(checkout: Path, folder: str) -> Run:
@@ -49,7 +50,12 @@ def run_folder(checkout: Path, folder: str) -> Run:
         suite = suite if suite.tag == "testsuite" else suite[0]
         tests = int(suite.get("tests", 0)) - int(suite.get("skipped", 0))
         failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-        return Run(tests, float(suite.get("time", "nan")), failed)
+        per_test = {
+            f"{case.get('classname')}::{case.get('name')}": float(case.get("time", 0.0))
+            for case in suite.iter("testcase")
+            if case.find("skipped") is None
+        }
+        return Run(tests, float(suite.get("time", "nan")), failed, per_test)
 
 
 def main() -> None:
@@ -75,7 +81,9 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    print(f"{'folder':<32} {'before':>22} {'after':>22} {'after/before':>13}")
+    print(
+        f"{'folder':<32} {'before':>22} {'after':>22} {'after/before':>13} {'same tests: before, after':>30}"
+    )
     totals = {"before": 0.0, "after": 0.0}
     for folder in args.folders:
         cells = []
@@ -88,7 +96,16 @@ def main() -> None:
             medians[name] = median
             totals[name] += median
             cells.append(f"{tests:>4} tests {median:>7.1f} s{failed}")
-        print(f"{folder:<32} {cells[0]:>22} {cells[1]:>22} {medians['after'] / medians['before']:>12.2f}x")
+        # The tests both checkouts have (same file and name): their own time, median over the rounds.
+        common = set(runs[(folder, "before")][-1].per_test) & set(runs[(folder, "after")][-1].per_test)
+        same = {
+            name: statistics.median(sum(r.per_test.get(t, 0.0) for t in common) for r in runs[(folder, name)])
+            for name in ("before", "after")
+        }
+        print(
+            f"{folder:<32} {cells[0]:>22} {cells[1]:>22} {medians['after'] / medians['before']:>12.2f}x "
+            f"{len(common):>6}: {same['before']:>6.1f} s, {same['after']:>6.1f} s"
+        )
     print(
         f"{'total':<32} {totals['before']:>20.1f} s {totals['after']:>20.1f} s "
         f"{totals['after'] / totals['before']:>12.2f}x"
