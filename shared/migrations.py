@@ -53,7 +53,10 @@ def sqlite_lock_path(engine: Engine) -> str | None:
 
 @contextmanager
 def _file_lock(path: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError:  # made by another user (0600): flock works on a read-only descriptor too
+        fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the process migrating now
         yield

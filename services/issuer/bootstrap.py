@@ -377,9 +377,10 @@ DATABASE_UNAVAILABLE = (
 )
 
 COMMIT_UNKNOWN = (
-    "the issuer's database connection was lost while this change was committing and the database could "
-    "not be read back: it may have been applied. Read the environment (its generation) before you retry, "
-    "or retry with the same Idempotency-Key"
+    "the issuer's database connection was lost while this change was committing, and whether it was "
+    "applied is not known: read what it changed before you retry (a rotation or revocation: the "
+    "environment's generation; a new PAT: the PAT list, and revoke one you did not receive); a request "
+    "sent with an Idempotency-Key can be retried with the same key"
 )
 
 

@@ -575,10 +575,18 @@ def _settle_cut_off_commit(
     deps: Deps, exc: CommitOutcomeUnknown, env_id: str, operation: str, marker: str
 ) -> None:
     """A commit cut off by a lost connection is read back: the new token ``marker`` exists only if it
-    landed. Returns when it did (the caller answers as usual); raises the database error when it did not
-    (a plain 503: nothing changed, retry) and ``exc`` when the database stayed away (a 503 saying to read
-    the environment before retrying)."""
-    landed = deps.store.read_back(lambda tx: bool(tx.ciphertexts([marker])), deps.commit_read_back_s)
+    landed (read under the environment's row lock, so an unfinished commit is waited for, not missed).
+    Returns when it did (the caller answers as usual); raises the database error when it did not (a plain
+    503: nothing changed, retry) and ``exc`` when the database stayed away or the lock was not released
+    within the wait (a 503 saying to read before retrying)."""
+
+    def read(tx: StoreTx) -> bool:
+        # The environment's row lock first: a commit the server has not finished (a synchronous standby,
+        # a connection cut by the network rather than a crash) still holds it, and is waited for.
+        tx.environment(env_id, for_update=True)
+        return bool(tx.ciphertexts([marker]))
+
+    landed = deps.store.read_back(read, deps.commit_read_back_s)
     log.warning(
         "commit_cut_off",
         environment_id=env_id,

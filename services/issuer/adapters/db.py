@@ -800,6 +800,9 @@ class SqlStore:
         while True:
             try:
                 with self.transaction() as tx:
+                    if self.postgres:  # a row lock held by the cut-off transaction: wait, but not longer
+                        left_ms = max(100, int((deadline - time.monotonic()) * 1000))
+                        tx.session.execute(sa.text(f"SET LOCAL lock_timeout = {left_ms}"))
                     return read(tx)
             except (sa.exc.DBAPIError, sa.exc.TimeoutError, CommitOutcomeUnknown) as exc:
                 if not isinstance(exc, CommitOutcomeUnknown) and database_problem(exc) is None:

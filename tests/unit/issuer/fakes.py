@@ -77,7 +77,7 @@ class FakeTx:
         self.state.usage = {k: v for k, v in self.state.usage.items() if k not in ids}
 
     def ciphertexts(self, token_ids: Sequence[str]) -> dict[str, str]:
-        return {t: self.state.ciphertexts[t] for t in token_ids}
+        return {t: self.state.ciphertexts[t] for t in token_ids if t in self.state.ciphertexts}
 
     def add_outbox(self, environment_id: str, generation: int, payload: bytes | None, at: datetime) -> None:
         self.state.outbox.append((environment_id, generation, payload))

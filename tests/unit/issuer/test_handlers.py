@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from services.issuer import handlers
 from services.issuer.crypto import TokenCipher
+from services.issuer.ports import CommitOutcomeUnknown, T
 from shared.events import ChangeType, decode_event
-from tests.unit.issuer.fakes import CountingWakeup, FakeStore, State
+from tests.unit.issuer.fakes import CountingWakeup, FakeStore, FakeTx, State
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -179,3 +184,57 @@ def test_an_id_clash_between_different_names_is_explained(deps: handlers.Deps) -
     handlers.create_environment(deps, "acme-eu", "telemetry", "prod", actor="a")
     with pytest.raises(handlers.Conflict, match="already used by org 'acme-eu'"):
         handlers.create_environment(deps, "acme", "eu-telemetry", "prod", actor="a")
+
+
+class CuttingStore(FakeStore):
+    """A store whose next commit is cut off: applied or not (``applies``), and then readable back or not
+    (``readable``) — the three outcomes of a PostgreSQL connection lost during COMMIT."""
+
+    def __init__(self, applies: bool, readable: bool) -> None:
+        super().__init__()
+        self.applies = applies
+        self.readable = readable
+        self.armed = False
+        self.read_backs = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[FakeTx]:
+        if not self.armed:
+            with super().transaction() as tx:
+                yield tx
+            return
+        self.armed = False
+        before = copy.deepcopy(self.state)
+        with super().transaction() as tx:
+            yield tx
+        if not self.applies:
+            self.state = before
+        lost = sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        raise CommitOutcomeUnknown("the connection was lost during COMMIT") from lost
+
+    def read_back(self, read: Callable[[FakeTx], T], wait_s: float) -> T | None:
+        self.read_backs += 1
+        return super().read_back(read, wait_s) if self.readable else None
+
+
+@pytest.mark.parametrize(
+    ("applies", "readable"), [(True, True), (False, True), (True, False), (False, False)]
+)
+def test_a_cut_off_commit_is_answered_for_what_the_read_back_finds(applies: bool, readable: bool) -> None:
+    store = CuttingStore(applies, readable)
+    deps = handlers.Deps(store=store, cipher=TokenCipher(Fernet.generate_key().decode()), clock=lambda: NOW)
+    env = handlers.create_environment(deps, "acme", "telemetry", "prod", actor="a")
+    store.armed = True
+    if applies and readable:
+        view = handlers.rotate_tokens(deps, env.id, actor="a")  # landed: the usual answer
+        assert view.generation == 2
+        assert store.state.environments[env.id].token_2.token_id == view.token_2.token_id
+    elif readable:
+        with pytest.raises(sa.exc.OperationalError):  # not landed: the plain "changed nothing" 503
+            handlers.rotate_tokens(deps, env.id, actor="a")
+    else:
+        with pytest.raises(CommitOutcomeUnknown):  # nobody can say: database_commit_unknown
+            handlers.rotate_tokens(deps, env.id, actor="a")
+    assert store.read_backs == 1
+    assert store.state.environments[env.id].generation == (2 if applies else 1)
+    assert [e.action for e in store.state.audit].count("rotate") == (1 if applies else 0)

@@ -1,6 +1,6 @@
 """Time per test folder, for two checkouts of the repository, interleaved on the same machine.
 
-    python benchmarks/test_folder_times.py --before /tmp/st-before --after . --rounds 2 \\
+    python benchmarks/folder_times.py --before /tmp/st-before --after . --rounds 2 \\
         tests/unit tests/integration/notifier tests/integration/agent
 
 Each checkout needs its own ``.venv`` (``make install`` in it). Each round runs every folder once in each
