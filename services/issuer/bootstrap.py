@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -50,21 +50,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class IssuePat(Protocol):
-    """Record a PAT straight in the database: ``(record, JWT)``."""
-
-    def __call__(
-        self,
-        subject: str,
-        role: Role | str,
-        *,
-        ttl: timedelta | None = None,
-        environments: list[str] | None = None,
-        actions: list[str] | None = None,
-        actor: str = "system:bootstrap",
-    ) -> tuple[PatRecord, str]: ...
-
-
 class IssuerApp(FastAPI):
     """The issuer's ASGI app with typed handles on what :func:`build_app` wired into it (tests, the
     bootstrap path): the handlers' ``deps`` and ``store``, the outbox ``relay``, the ``jwt_secret`` PATs
@@ -76,8 +61,30 @@ class IssuerApp(FastAPI):
     relay: OutboxRelay
     jwt_secret: str
     ui_sessions: SessionManager
-    issue_pat: IssuePat
     run_schedules: Callable[[], list[tuple[str, str]]]
+    ensure_migrated: Callable[[], None]  # runs the migrations once, unless the app's start already did
+
+    def issue_pat(
+        self,
+        subject: str,
+        role: Role | str,
+        *,
+        ttl: timedelta | None = None,
+        environments: list[str] | None = None,
+        actions: list[str] | None = None,
+        actor: str = "system:bootstrap",
+    ) -> tuple[PatRecord, str]:
+        """Record a PAT straight in the database (the bootstrap path, and tests): ``(record, JWT)``."""
+        self.ensure_migrated()
+        return handlers.create_pat(
+            self.deps,
+            subject,
+            str(role),
+            actor=actor,
+            environments=environments,
+            actions=actions,
+            ttl=ttl,
+        )
 
 
 def build_app(
@@ -272,28 +279,10 @@ def build_app(
             detail["usage_fold"] = "disabled"
         return state["migrated"] and running, detail
 
-    def issue_pat(
-        subject: str,
-        role: Role | str,
-        *,
-        ttl: timedelta | None = None,
-        environments: list[str] | None = None,
-        actions: list[str] | None = None,
-        actor: str = "system:bootstrap",
-    ) -> tuple[PatRecord, str]:
-        """Record a PAT straight in the database (the bootstrap path, and tests): ``(record, JWT)``."""
+    def ensure_migrated() -> None:
         if not state["migrated"]:
             migrate.upgrade(engine)
             state["migrated"] = True
-        return handlers.create_pat(
-            deps,
-            subject,
-            str(role),
-            actor=actor,
-            environments=environments,
-            actions=actions,
-            ttl=ttl,
-        )
 
     app = IssuerApp(
         redirect_slashes=False,  # answer a trailing slash with a JSON 404, not an empty 307
@@ -312,7 +301,7 @@ def build_app(
     app.relay = relay
     app.jwt_secret = jwt_secret
     app.ui_sessions = ui_sessions
-    app.issue_pat = issue_pat
+    app.ensure_migrated = ensure_migrated
     app.run_schedules = run_schedules
     return app
 
