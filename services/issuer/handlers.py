@@ -463,6 +463,65 @@ def _request_hash(operation: str, **fields: Any) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _replay(
+    deps: Deps,
+    tx: StoreTx,
+    env_id: str,
+    key: str,
+    request_hash: str,
+    operation: str,
+    actor: str,
+    pat_id: str | None,
+    now: datetime,
+) -> TokenView | None:
+    """The answer kept for this Idempotency-Key (a display again, so audited), or None for a new key."""
+    prior = tx.idempotent_result(env_id, key)
+    if prior is None:
+        return None
+    if prior.request_hash != request_hash:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request on this environment; send a "
+            "new key for a new request"
+        )
+    log.info("idempotent_replay", environment_id=env_id, operation=operation, actor=actor)
+    replayed = TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
+    tx.add_audit(
+        AuditEntry(
+            at=now,
+            actor=actor,
+            action="reveal",
+            environment_id=env_id,
+            token_ids=(replayed.token_1.token_id, replayed.token_2.token_id),
+            detail={"generation": replayed.generation, "replay_of": operation},
+            pat_id=pat_id,
+        )
+    )
+    return replace(replayed, propagation=_propagation(deps, tx, env_id, replayed.generation))
+
+
+def _transition(
+    deps: Deps, env: Environment, operation: str, *, actor: str, now: datetime, grace_seconds: int
+) -> Transition:
+    """The domain's rotation or revocation of ``env``; its refusals as handler errors."""
+    rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
+    try:
+        if operation == "rotate":
+            return domain.rotate(
+                env,
+                actor=actor,
+                now=now,
+                rotation_id=rotation_id,
+                grace=timedelta(seconds=grace_seconds),
+                factory=deps.token_factory,
+                max_grace_tokens=deps.max_grace_tokens,
+            )
+        return domain.revoke(env, actor=actor, now=now, rotation_id=rotation_id, factory=deps.token_factory)
+    except domain.GraceLimitReached as exc:
+        raise Conflict(str(exc)) from None
+    except domain.DomainError as exc:
+        raise Invalid(str(exc)) from None
+
+
 def _change_tokens(
     deps: Deps,
     env_id: str,
@@ -489,28 +548,11 @@ def _change_tokens(
         with deps.store.transaction() as tx:
             env = _require(tx, env_id, for_update=True)
             if idempotency_key is not None:
-                prior = tx.idempotent_result(env_id, idempotency_key)
-                if prior is not None:
-                    if prior.request_hash != request_hash:
-                        raise Conflict(
-                            "this Idempotency-Key was already used with a different request on this "
-                            "environment; send a new key for a new request"
-                        )
-                    log.info("idempotent_replay", environment_id=env_id, operation=operation, actor=actor)
-                    replayed = TokenView.from_json(json.loads(deps.cipher.decrypt(prior.response_ciphertext)))
-                    # The replay shows tokens again: it is a display like any other.
-                    tx.add_audit(
-                        AuditEntry(
-                            at=now,
-                            actor=actor,
-                            action="reveal",
-                            environment_id=env_id,
-                            token_ids=(replayed.token_1.token_id, replayed.token_2.token_id),
-                            detail={"generation": replayed.generation, "replay_of": operation},
-                            pat_id=pat_id,
-                        )
-                    )
-                    return replace(replayed, propagation=_propagation(deps, tx, env_id, replayed.generation))
+                replayed = _replay(
+                    deps, tx, env_id, idempotency_key, request_hash, operation, actor, pat_id, now
+                )
+                if replayed is not None:
+                    return replayed
             if expected_generation is not None and expected_generation != env.generation:
                 raise PreconditionFailed(
                     f"environment {env_id!r} is at generation {env.generation}, not {expected_generation}: "
@@ -530,26 +572,7 @@ def _change_tokens(
                     log.info(
                         "rotation_forced_in_use", environment_id=env_id, actor=actor, clients=len(exc.clients)
                     )
-            rotation_id = f"rot_{uuid.uuid4().hex[:16]}"
-            try:
-                if operation == "rotate":
-                    transition = domain.rotate(
-                        env,
-                        actor=actor,
-                        now=now,
-                        rotation_id=rotation_id,
-                        grace=timedelta(seconds=grace_seconds),
-                        factory=deps.token_factory,
-                        max_grace_tokens=deps.max_grace_tokens,
-                    )
-                else:
-                    transition = domain.revoke(
-                        env, actor=actor, now=now, rotation_id=rotation_id, factory=deps.token_factory
-                    )
-            except domain.GraceLimitReached as exc:
-                raise Conflict(str(exc)) from None
-            except domain.DomainError as exc:
-                raise Invalid(str(exc)) from None
+            transition = _transition(deps, env, operation, actor=actor, now=now, grace_seconds=grace_seconds)
             issued.extend(t.record.token_id for t in transition.issued)
             _store_transition(deps, tx, transition, operation, actor, pat_id, detail)
             view = _view(deps, tx, transition.after, {t.record.token_id: t.value for t in transition.issued})
