@@ -18,7 +18,6 @@ from typing import Annotated, Any, TypeVar
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from services.notifier.auth import Identity, ResolverUnavailable, TokenVerifier
 from services.notifier.domain import MAX_GENERATION, DeliveryStatus, Notice, Subscription, WebhookDelivery
@@ -50,17 +49,9 @@ from shared.models.notifier import (  # noqa: F401 - the bodies are part of this
     SubscriptionUpdate,
     SubscriptionWithSecret,
 )
+from shared.web import ErrorBody
 
 log = get_logger(__name__)
-
-
-class ErrorBody(BaseModel):
-    """Every error answer: a stable code and one sentence (validation errors add ``details``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    error: str = Field(description="a stable code, e.g. invalid_token, forbidden, not_found")
-    message: str = Field(description="what went wrong, in one sentence")
 
 
 # Each handler error answers one status (the service layer knows no HTTP).
