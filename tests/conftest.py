@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,9 @@ def embedded_broker_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedBr
 
     yield start
     for broker in started:
-        broker.stop()
+        # Tansu waits for its clients to hang up before it exits on SIGTERM; what a test leaves connected
+        # (a consumer garbage-collected later) is no reason to wait: the test's data is thrown away.
+        broker.stop(timeout=0.5)
 
 
 # --- Databases -------------------------------------------------------------------------------------------
@@ -175,45 +177,76 @@ def database_url(request: pytest.FixtureRequest) -> str:
 # --- Loopback HTTP servers -------------------------------------------------------------------------------
 
 
+class LoopbackServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a thread. Stopping is two steps, so that several
+    servers stop together: :meth:`request_stop` on each, then :meth:`join` on each."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+
+    def start(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def request_stop(self) -> None:
+        self.server.should_exit = True
+
+    def join(self) -> None:
+        self.thread.join(15)
+
+
+def stop_servers(servers: list[LoopbackServer]) -> None:
+    """Stop them together: every lifespan's shutdown runs at once, not one after another."""
+    for server in servers:
+        server.request_stop()
+    for server in servers:
+        server.join()
+
+
 @contextmanager
 def running_server(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on 127.0.0.1 in a thread; yields its base URL."""
-    import uvicorn
-
-    port = port or free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"server on port {port} did not start")
-        time.sleep(0.01)
+    server = LoopbackServer(app, port)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.start()
     finally:
-        server.should_exit = True
-        thread.join(15)
+        stop_servers([server])
+
+
+@contextmanager
+def loopback_servers() -> Iterator[Callable[..., str]]:
+    """``url = serve(app)`` inside the block; every app served is stopped together when it ends."""
+    servers: list[LoopbackServer] = []
+
+    def serve(app: Any, port: int | None = None) -> str:
+        server = LoopbackServer(app, port)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield serve
+    finally:
+        stop_servers(servers)
 
 
 @pytest.fixture
 def serve_app() -> Iterator[Callable[..., str]]:
     """``url = serve_app(app)``: the app runs on loopback until the test ends."""
-    stack: list[Any] = []
-
-    def start(app: Any, port: int | None = None) -> str:
-        cm = running_server(app, port)
-        url = cm.__enter__()
-        stack.append(cm)
-        return url
-
-    yield start
-    for cm in reversed(stack):
-        with suppress(Exception):
-            cm.__exit__(None, None, None)
+    with loopback_servers() as serve:
+        yield serve
 
 
 def run_async(coro: Any) -> Any:

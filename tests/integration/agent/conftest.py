@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests import support
-from tests.integration.agent.real_services import RealServices, start_real_services
+from tests.conftest import loopback_servers
+from tests.integration.agent.real_services import RealServices, RealStack, start_real_stack
 
 REPO = Path(__file__).resolve().parents[3]
 CHILD = Path(__file__).with_name("child_app.py")
@@ -111,7 +112,18 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.fixture(scope="module")
+def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    """The real issuer, resolver and notifier, without Kafka (``real_services.py``), one stack per module:
+    each test gets an environment of its own on it (``real``)."""
+    with loopback_servers() as serve:
+        stack = start_real_stack(serve, tmp_path_factory.mktemp("real-stack"))
+        yield stack
+        stack.admin.close()
+
+
 @pytest.fixture
-def real(serve_app: Callable[..., str], tmp_path: Path) -> RealServices:
-    """The real issuer, resolver and notifier, without Kafka (``real_services.py``)."""
-    return start_real_services(serve_app, tmp_path)
+def real(real_stack: RealStack) -> RealServices:
+    """A new environment on the module's real services: its tokens, rotations, subscriptions and
+    acknowledgements are this test's alone."""
+    return real_stack.environment()

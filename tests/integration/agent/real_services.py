@@ -74,7 +74,9 @@ NO_KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:9")  # nothing listens: no
 
 
 @dataclass
-class RealServices:
+class RealStack:
+    """The three services on loopback, shared by the environments tests make on it (:meth:`environment`)."""
+
     issuer_url: str
     issuer_app: IssuerApp
     admin: httpx.Client
@@ -84,7 +86,7 @@ class RealServices:
     store: Store
     issuer_observed: Observed
     notifier_observed: Observed
-    environment_id: str = ""
+    environments: int = 0
 
     def relay(self) -> int:
         """Publish the issuer's pending outbox records to the resolver and the notifier; how many."""
@@ -98,21 +100,80 @@ class RealServices:
             claim.mark_published([m.id for m in claim.messages], datetime.now(UTC))
         return len(events)
 
+    def environment(self, name: str | None = None) -> RealServices:
+        """A new environment of ``acme/telemetry`` (``dev``, then ``dev2``, ``dev3``, …), already relayed."""
+        self.environments += 1
+        name = name or ("dev" if self.environments == 1 else f"dev{self.environments}")
+        created = self.admin.post(
+            "/v1/environments", json={"org": "acme", "project": "telemetry", "name": name}
+        )
+        assert created.status_code == 201, created.text
+        self.relay()
+        return RealServices(self, created.json()["id"])
+
+
+@dataclass
+class RealServices:
+    """One environment on a :class:`RealStack`: what a test reads and does through the real services."""
+
+    stack: RealStack
+    environment_id: str
+
+    # The stack's URLs, apps and observers, read through the environment.
+    @property
+    def issuer_url(self) -> str:
+        return self.stack.issuer_url
+
+    @property
+    def issuer_app(self) -> IssuerApp:
+        return self.stack.issuer_app
+
+    @property
+    def admin(self) -> httpx.Client:
+        return self.stack.admin
+
+    @property
+    def resolver_url(self) -> str:
+        return self.stack.resolver_url
+
+    @property
+    def table(self) -> TokenTable:
+        return self.stack.table
+
+    @property
+    def notifier_url(self) -> str:
+        return self.stack.notifier_url
+
+    @property
+    def store(self) -> Store:
+        return self.stack.store
+
+    @property
+    def issuer_observed(self) -> Observed:
+        return self.stack.issuer_observed
+
+    @property
+    def notifier_observed(self) -> Observed:
+        return self.stack.notifier_observed
+
+    def relay(self) -> int:
+        return self.stack.relay()
+
     def tokens(self) -> dict[str, Any]:
-        body: dict[str, Any] = self.admin.get(
+        body: dict[str, Any] = self.stack.admin.get(
             f"/v1/environments/{self.environment_id}/streaming-tokens"
         ).json()
         return body
 
     def rotate(self, kind: str = "rotate") -> dict[str, Any]:
         """``rotate`` or ``revoke`` at the issuer, then the relay's part."""
-        answer = self.admin.post(f"/v1/environments/{self.environment_id}/streaming-tokens/{kind}")
+        answer = self.stack.admin.post(f"/v1/environments/{self.environment_id}/streaming-tokens/{kind}")
         assert answer.status_code == 200, answer.text
         self.relay()
         return self.tokens()
 
     def pat(self, role: str = "deployment") -> str:
-        record_token = self.issuer_app.issue_pat(
+        record_token = self.stack.issuer_app.issue_pat(
             "f1-agent", role, environments=[self.environment_id], actor="test"
         )
         return str(record_token[1])
@@ -120,7 +181,7 @@ class RealServices:
     def subscriptions(self) -> list[dict[str, Any]]:
         token = self.tokens()["token_1"]["token"]
         answer = httpx.get(
-            f"{self.notifier_url}/v1/subscriptions", headers={"Authorization": f"Bearer {token}"}
+            f"{self.stack.notifier_url}/v1/subscriptions", headers={"Authorization": f"Bearer {token}"}
         )
         assert answer.status_code == 200, answer.text
         listed: list[dict[str, Any]] = answer.json()
@@ -130,22 +191,22 @@ class RealServices:
         """Generations some deployment acknowledged, from the notifier's rotation report."""
         token = self.tokens()["token_1"]["token"]
         answer = httpx.get(
-            f"{self.notifier_url}/v1/environments/{self.environment_id}/rotations",
+            f"{self.stack.notifier_url}/v1/environments/{self.environment_id}/rotations",
             headers={"Authorization": f"Bearer {token}"},
         )
         assert answer.status_code == 200, answer.text
         return sorted(r["generation"] for r in answer.json()["rotations"] if r["acknowledged"])
 
 
-def start_real_services(
+def start_real_stack(
     serve_app: Callable[..., str],
     tmp_path: Path,
     *,
     notifier: dict[str, Any] | None = None,
     slow_subscribe: float = 0.0,
     usage_publisher: Any = None,
-) -> RealServices:
-    """The three services on loopback and one environment (``acme-telemetry-dev``), already relayed.
+) -> RealStack:
+    """The three services on loopback, no environment yet.
 
     ``notifier``: notifier settings to change (e.g. ``allowed_webhook_hosts``); ``slow_subscribe``: hold
     every subscribe request this long; ``usage_publisher``: where the resolver's usage records go (usage
@@ -194,7 +255,7 @@ def start_real_services(
     notifier_url = serve_app(notifier_observed)
     admin_pat = issuer_app.issue_pat("alice", "admin", actor="test")[1]
     admin = httpx.Client(base_url=issuer_url, headers={"Authorization": f"Bearer {admin_pat}"}, timeout=30)
-    services = RealServices(
+    return RealStack(
         issuer_url,
         issuer_app,
         admin,
@@ -205,11 +266,21 @@ def start_real_services(
         issuer_observed,
         notifier_observed,
     )
-    created = admin.post("/v1/environments", json={"org": "acme", "project": "telemetry", "name": "dev"})
-    assert created.status_code == 201, created.text
-    services.environment_id = created.json()["id"]
-    services.relay()
-    return services
+
+
+def start_real_services(
+    serve_app: Callable[..., str],
+    tmp_path: Path,
+    *,
+    notifier: dict[str, Any] | None = None,
+    slow_subscribe: float = 0.0,
+    usage_publisher: Any = None,
+) -> RealServices:
+    """A stack of this test's own (:func:`start_real_stack`) with one environment, ``acme-telemetry-dev``."""
+    stack = start_real_stack(
+        serve_app, tmp_path, notifier=notifier, slow_subscribe=slow_subscribe, usage_publisher=usage_publisher
+    )
+    return stack.environment()
 
 
 @dataclass

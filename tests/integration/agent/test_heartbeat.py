@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shared.usage import TokenUsage
 from tests.integration.agent.conftest import RunningAgent, wait_until
-from tests.integration.agent.real_services import agent_args, log_lines, start_real_services
+from tests.integration.agent.real_services import RealServices, agent_args, log_lines, start_real_services
 from tests.integration.agent.test_adoption import window
 
 
@@ -72,10 +72,9 @@ def test_the_resolver_learns_which_token_each_deployment_runs_and_sees_it_move_t
 
 
 def test_a_heartbeat_on_token_1_makes_the_agent_adopt_without_a_webhook(
-    serve_app: Callable[..., str], tmp_path: Path, start_agent: Callable[..., RunningAgent]
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
     # No subscription (--no-subscribe): the resolver's "slot 1" is how the agent learns of the rotation.
-    real = start_real_services(serve_app, tmp_path)
     agent = start_agent(
         agent_args(real, tmp_path, "--slot", "2", "--inject-as", "MY_TOKEN", "--no-subscribe",
                    "--adopt", "restart", "--heartbeat-interval", "0.3"),
@@ -89,10 +88,9 @@ def test_a_heartbeat_on_token_1_makes_the_agent_adopt_without_a_webhook(
 
 
 def test_a_resolver_without_the_route_is_told_once_and_not_asked_again(
-    serve_app: Callable[..., str], tmp_path: Path, start_agent: Callable[..., RunningAgent]
+    real: RealServices, tmp_path: Path, start_agent: Callable[..., RunningAgent]
 ) -> None:
     # The issuer has no /v1/heartbeat: a 404, as from a resolver older than the route.
-    real = start_real_services(serve_app, tmp_path)
     args = agent_args(real, tmp_path, "--heartbeat-interval", "0.2")
     args[args.index("--portal-url") + 1] = real.issuer_url
     agent = start_agent(args)
@@ -101,4 +99,5 @@ def test_a_resolver_without_the_route_is_told_once_and_not_asked_again(
     wait_until(lambda: log_lines(agent.stderr(), "subscribed"), "the subscription")
     assert len(log_lines(agent.stderr(), "heartbeat_unsupported")) == 1
     assert log_lines(agent.stderr(), "heartbeat_failed") == []
-    assert real.issuer_observed.count("POST", "/v1/heartbeat") == 1
+    token_1 = real.tokens()["token_1"]["token"]  # the child's token: this test's heartbeats alone
+    assert real.issuer_observed.count("POST", "/v1/heartbeat", token_1) == 1
