@@ -248,6 +248,7 @@ class UsageFlusher:
         self.published = 0
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._in_flight = False  # a publish call the broker has not answered yet
 
     async def flush(self, *, everything: bool = False) -> int:
         """Publish what is due now; the number of records published."""
@@ -255,6 +256,7 @@ class UsageFlusher:
         if not due:
             return 0
         records = build_records(due, self.resolver_id, datetime.now(UTC))
+        self._in_flight = True
         try:
             await asyncio.to_thread(self.publisher.publish, records)
         except Exception as exc:
@@ -264,6 +266,8 @@ class UsageFlusher:
             if self._failures == 1 or self._failures % 60 == 0:
                 log.warning("usage_publish_failed", error=type(exc).__name__, records=len(records))
             return 0
+        finally:
+            self._in_flight = False
         if self._failures:
             log.info("usage_publish_recovered", failures=self._failures)
             self._failures = 0
@@ -283,12 +287,24 @@ class UsageFlusher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
 
     async def stop(self) -> None:
+        waiting = self._in_flight
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.flush(everything=True), timeout=5.0)
+        if self._failures or waiting:
+            # The broker refused the last tick's records, or has not answered it yet: a last try would
+            # only hold the shutdown up (5 s, and its blocked thread after that). Usage is best effort:
+            # say what is not sent.
+            log.warning(
+                "usage_dropped_at_stop",
+                keys=len(self.tracker.pending),
+                failures=self._failures,
+                unanswered=waiting,
+            )
+        else:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(everything=True), timeout=5.0)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.publisher.close)

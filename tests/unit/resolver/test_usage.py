@@ -135,6 +135,26 @@ async def test_a_failed_publish_is_sent_again_with_its_counts(
     assert publisher.records[0].clients[0].uses == 4
 
 
+async def test_stop_sends_what_is_counted_unless_the_broker_refused_the_last_tick(
+    app: Any, client: httpx.AsyncClient, dev: Env, publisher: ListPublisher
+) -> None:
+    flusher = app.state.usage_flusher
+    await client.get("/v1/topics/a", headers=bearer(dev.token_1))
+    assert await flusher.flush() == 1
+    await client.get("/v1/topics/a", headers=bearer(dev.token_1))  # throttled: still pending
+    await flusher.stop()
+    assert len(publisher.records) == 2, "a healthy stop sends what is still counted"
+
+    publisher.fail = True
+    await client.get("/v1/topics/a", headers=bearer(dev.token_2))
+    assert await flusher.flush() == 0  # the broker refused it: counted as a failure
+    publisher.fail = False
+    await flusher.stop()
+    # No last try at stop while the broker is failing (it would hold the shutdown up): dropped, and said.
+    assert len(publisher.records) == 2
+    assert len(app.state.resolver.usage.pending) == 1
+
+
 async def test_usage_off_counts_nothing(dev: Env, publisher: ListPublisher) -> None:
     app = _app(dev, publisher, usage_enabled=False)
     assert app.state.usage_flusher is None
