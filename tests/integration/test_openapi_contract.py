@@ -86,7 +86,8 @@ def resolver_app() -> Any:
     admin = FakeAdmin()  # one topic, so the topic reads answer a topic object to check, not only 404/[]
     admin.topics_[TOPIC] = TopicInfo(TOPIC, 3, 1, True, {"cleanup.policy": "compact", "retention.ms": "-1"})
     return build_resolver(
-        ResolverSettings(kafka=NOWHERE),
+        # No usage records: there is no broker here, and a flush at shutdown would wait 5 s for one.
+        ResolverSettings(kafka=NOWHERE, usage_enabled=False),
         table=table,
         admin=admin,
         start_replica=False,
