@@ -179,6 +179,7 @@ def build_app(
         pat_revoked=pat_revoked,
         max_grace_tokens=settings.max_grace_tokens,
         usage_window=timedelta(seconds=settings.usage_window_s),
+        commit_read_back_s=settings.commit_read_back_s,
     )
     notifier_key = settings.notifier_internal_key
     notifier_probe: NotifierProbe | None = (

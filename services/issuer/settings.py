@@ -111,6 +111,14 @@ class IssuerSettings(BaseSettings):
         description="STREAMTOKEN_ISSUER_OUTBOX_STALE_AFTER_S: readiness is degraded while the oldest "
         "pending outbox row is older than this",
     )
+    commit_read_back_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="STREAMTOKEN_ISSUER_COMMIT_READ_BACK_S: how long a rotation or revocation whose "
+        "COMMIT lost its PostgreSQL connection reads back whether it landed before it answers 503 "
+        "database_commit_unknown",
+    )
     sqlite_busy_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -88,6 +88,8 @@ class CommitCutter:
                 client.close()
                 continue
             server = socket.create_connection(self._upstream)
+            for sock in (client, server):  # forwarded message by message: no Nagle delay on each
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = _Connection(client, server)
             threading.Thread(target=self._client_to_server, args=(connection,), daemon=True).start()
             threading.Thread(target=self._server_to_client, args=(connection,), daemon=True).start()

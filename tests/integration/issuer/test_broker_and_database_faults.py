@@ -349,7 +349,9 @@ def test_a_cut_off_commit_the_database_cannot_confirm_says_so_and_the_idempotenc
     postgres_url: str, kafka_settings: KafkaSettings, issuer_factory: Callable[..., RunningIssuer]
 ) -> None:
     with CommitCutter(5432) as cutter:
-        issuer = issuer_factory(_through(postgres_url, cutter), kafka_settings, settings=FAST_WATCH)
+        issuer = issuer_factory(
+            _through(postgres_url, cutter), kafka_settings, settings={**FAST_WATCH, "commit_read_back_s": 3.0}
+        )
         env_id = next(iter(create(issuer, ["unsure"])))
         rotate = f"/v1/environments/{env_id}/streaming-tokens/rotate"
         key = {"Idempotency-Key": "rotate-unsure-1"}
