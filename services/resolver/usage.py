@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -226,6 +227,34 @@ def replica_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}"
 
 
+async def _in_daemon_thread(call: Callable[[], None]) -> None:
+    """``call()`` on a daemon thread of its own, awaited. Unlike ``asyncio.to_thread``, a call the broker
+    leaves blocked (librdkafka waits out its timeout) holds neither the event loop's close nor the
+    process's exit: a resolver stops at once even while its broker is away."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            call()
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="usage-publish", daemon=True).start()
+    await done
+
+
 class UsageFlusher:
     """The background task: every ``tick`` seconds, the due keys become records on the usage topic."""
 
@@ -258,7 +287,7 @@ class UsageFlusher:
         records = build_records(due, self.resolver_id, datetime.now(UTC))
         self._in_flight = True
         try:
-            await asyncio.to_thread(self.publisher.publish, records)
+            await _in_daemon_thread(lambda: self.publisher.publish(records))
         except Exception as exc:
             self.tracker.put_back(due)
             self._failures += 1
@@ -303,8 +332,8 @@ class UsageFlusher:
                 failures=self._failures,
                 unanswered=waiting,
             )
-        else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.flush(everything=True), timeout=5.0)
+            return  # and no close either: its flush would wait for the same broker
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.publisher.close)
+            await asyncio.wait_for(self.flush(everything=True), timeout=5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(_in_daemon_thread(self.publisher.close), timeout=5.0)
