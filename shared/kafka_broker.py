@@ -562,11 +562,20 @@ class ApacheKafkaBroker:
         )
 
     def stop(self, timeout: float = 20.0) -> None:
+        self.request_stop()
+        self.finish_stop(time.monotonic() + timeout)
+
+    def request_stop(self) -> None:
+        """SIGTERM: the broker's controlled shutdown begins (:meth:`finish_stop` waits for it)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
+    def finish_stop(self, deadline: float) -> None:
+        """Wait for the stop :meth:`request_stop` began until ``deadline`` (monotonic), then SIGKILL."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if process is not None:
             try:
-                process.wait(timeout)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -684,9 +693,14 @@ class KafkaCluster:
             node.wait_ready(timeout)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop every node at once. One after another, the last ones wait out their controlled shutdown
+        with no controller quorum left to answer it (the whole ``timeout``, then SIGKILL)."""
         for node in self.nodes.values():
-            node.stop()
+            node.request_stop()
+        deadline = time.monotonic() + timeout
+        for node in self.nodes.values():
+            node.finish_stop(deadline)
 
     def poll(self) -> int | None:
         """An exit status when every node has ended, else None (the cluster is up while one node is)."""
