@@ -23,6 +23,35 @@ def wait_until(
         time.sleep(interval)
 
 
+def broker_login(config: dict[str, Any], timeout: float = 8.0) -> str:
+    """What the broker does with these client credentials: ``"accepted"`` (a metadata call answered),
+    ``"refused"`` (the SASL handshake failed: said at once, where librdkafka alone would retry it until the
+    timeout) or ``"no answer"`` (neither within ``timeout`` s, e.g. a client speaking the wrong protocol)."""
+    import threading
+
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    refused = threading.Event()
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            refused.set()
+
+    admin = AdminClient({**config, "error_cb": on_error})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=0.5)
+        except KafkaException:
+            admin.poll(0)  # serves the error callback
+            if refused.is_set():
+                return "refused"
+            continue
+        return "accepted"
+    return "no answer"
+
+
 @dataclass(frozen=True)
 class Record:
     key: str | None

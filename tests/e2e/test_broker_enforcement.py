@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from shared.broker_access import broker_password
 from tests.e2e.harness import RunningStack, wait_for
+from tests.support import broker_login
 
 # What quixstreams accepts in the broker answer (PORTAL_API.md).
 ALLOWED_KEYS = {"bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.username", "sasl.password"}
@@ -104,14 +105,6 @@ def _first_error(consumer: Consumer, timeout: float = 30.0) -> KafkaError | None
         if message is not None and message.error() is not None:
             return message.error()
     return None
-
-
-def _authenticates(config: dict[str, Any]) -> bool:
-    try:
-        AdminClient(config).list_topics(timeout=8)
-    except KafkaException:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -224,9 +217,9 @@ def test_a_token_reaches_only_its_own_environment_at_the_broker(e2e_stack: Runni
 
     # No credentials, or a wrong password: no connection at all.
     anonymous = {k: v for k, v in config.items() if not k.startswith("sasl.")}
-    assert not _authenticates({**anonymous, "security.protocol": "SSL"})
-    assert not _authenticates({**config, "sasl.password": broker_password(prod_1["token"])})
-    assert not _authenticates({**config, "sasl.username": prod_1["token_id"]})
+    assert broker_login({**anonymous, "security.protocol": "SSL"}) != "accepted"
+    assert broker_login({**config, "sasl.password": broker_password(prod_1["token"])}) == "refused"
+    assert broker_login({**config, "sasl.username": prod_1["token_id"]}) == "refused"
 
 
 def test_rotation_and_revoke_cut_the_old_tokens_off_at_the_broker(
@@ -266,7 +259,7 @@ def test_rotation_and_revoke_cut_the_old_tokens_off_at_the_broker(
         KafkaError.GROUP_AUTHORIZATION_FAILED,
     }, consumer_error
     # Its new connections are refused: the SCRAM user is gone.
-    assert not _authenticates(old_config)
+    assert broker_login(old_config) == "refused"
 
     # The promoted Token 1 (the old Token 2) and the new Token 2 work.
     after = rotated.json()
@@ -283,7 +276,7 @@ def test_rotation_and_revoke_cut_the_old_tokens_off_at_the_broker(
     assert revoked.status_code == 200, revoked.text
     wait_for("the revocation applied at the broker", _propagated(e2e_stack, env_id), timeout=60)
     for config in configs:
-        assert not _authenticates(config)
+        assert broker_login(config) == "refused"
     fresh = revoked.json()["token_1"]
     wait_for("the resolver to learn the new Token 1", lambda: e2e_stack.whoami(fresh["token"]) == 200)
     assert _produce(_client_config(_portal_settings(e2e_stack, fresh["token"], env_id)), topic) is None

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from tests import support
-from tests.conftest import loopback_servers
-from tests.integration.agent.real_services import RealServices, RealStack, start_real_stack
+from tests.integration.agent.real_services import RealServices, RealStack, real_stack_on_loopback
 
 REPO = Path(__file__).resolve().parents[3]
 CHILD = Path(__file__).with_name("child_app.py")
@@ -116,10 +115,8 @@ def alive(pid: int) -> bool:
 def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     """The real issuer, resolver and notifier, without Kafka (``real_services.py``), one stack per module:
     each test gets an environment of its own on it (``real``)."""
-    with loopback_servers() as serve:
-        stack = start_real_stack(serve, tmp_path_factory.mktemp("real-stack"))
+    with real_stack_on_loopback(tmp_path_factory.mktemp("real-stack")) as stack:
         yield stack
-        stack.admin.close()
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from services.resolver.table import TokenTable
 from shared.events import decode_event
 from shared.kafka import KafkaSettings
 from shared.settings import RuntimeSettings
+from tests.conftest import loopback_servers
 from tests.integration.issuer.conftest import make_settings
 from tests.integration.notifier.conftest import fast_settings
 
@@ -266,6 +268,17 @@ def start_real_stack(
         issuer_observed,
         notifier_observed,
     )
+
+
+@contextmanager
+def real_stack_on_loopback(tmp_path: Path, **options: Any) -> Iterator[RealStack]:
+    """:func:`start_real_stack` for a longer scope than a test's (a module's): served, then stopped."""
+    with loopback_servers() as serve:
+        stack = start_real_stack(serve, tmp_path, **options)
+        try:
+            yield stack
+        finally:
+            stack.admin.close()
 
 
 def start_real_services(

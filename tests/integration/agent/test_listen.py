@@ -3,7 +3,7 @@ notifier allowing the deployment network by CIDR (no ``*``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,14 +12,27 @@ import pytest
 
 from shared.tokens import generate_token
 from tests.integration.agent.conftest import RunningAgent, wait_until
-from tests.integration.agent.real_services import RealServices, agent_args, log_lines, start_real_services
+from tests.integration.agent.real_services import (
+    RealServices,
+    RealStack,
+    agent_args,
+    log_lines,
+    real_stack_on_loopback,
+)
 
 DEPLOYMENT_NETWORK = {"allowed_webhook_hosts": ("127.0.0.0/8",)}  # as an operator names 10.42.0.0/16
 
 
+@pytest.fixture(scope="module")
+def network_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    """The module's real services, the notifier allowing the deployment network."""
+    with real_stack_on_loopback(tmp_path_factory.mktemp("network"), notifier=DEPLOYMENT_NETWORK) as stack:
+        yield stack
+
+
 @pytest.fixture
-def network(serve_app: Callable[..., str], tmp_path: Path) -> RealServices:
-    return start_real_services(serve_app, tmp_path, notifier=DEPLOYMENT_NETWORK)
+def network(network_stack: RealStack) -> RealServices:
+    return network_stack.environment()
 
 
 def subscription_url(real: RealServices, agent: RunningAgent) -> str:

@@ -32,6 +32,7 @@ from shared.broker_access import ISSUER_USER, RESOLVER_USER, broker_password
 from shared.kafka import KafkaSettings
 from shared.kafka_broker import ApacheKafkaBroker
 from tests.integration.issuer.conftest import RunningIssuer
+from tests.support import broker_login
 
 
 def _env_id(tag: str) -> str:
@@ -98,17 +99,6 @@ def produce_once(config: dict[str, Any], topic: str, timeout: float = 20.0) -> t
     return (results[0] if results else None), client_errors
 
 
-def refused_at_authentication(config: dict[str, Any], timeout: float = 20.0) -> bool:
-    errors: list[Any] = []
-    producer = Producer({**config, "error_cb": errors.append})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        producer.poll(0.1)
-        if any(e.code() == KafkaError._AUTHENTICATION for e in errors):
-            return True
-    return False
-
-
 def tenant_users(admin: AdminClient) -> dict[str, set[tuple[Any, int]]]:
     described = admin.describe_user_scram_credentials().result(30)
     return {
@@ -170,7 +160,7 @@ def test_a_tokens_user_reaches_its_environment_only_and_is_refused_once_removed(
     issuer_access.sync_environment(env_a, [(tid_c, pw_c)])  # idempotent
     assert acls_of(admin, f"User:{tid_a}") == set()
     assert tid_a not in tenant_users(admin)
-    assert refused_at_authentication(tenant_config(kafka_broker, tid_a, pw_a, "SCRAM-SHA-256"))
+    assert broker_login(tenant_config(kafka_broker, tid_a, pw_a, "SCRAM-SHA-256"), 20) == "refused"
     error, _ = produce_once(tenant_config(kafka_broker, tid_c, pw_c, "SCRAM-SHA-256"), f"{env_a}-x")
     assert error is None
 
@@ -285,8 +275,11 @@ def test_rotation_reaches_the_broker_and_the_answers_say_so(
     rotated = issuer.admin.post(f"/v1/environments/{env_id}/streaming-tokens/rotate").json()
     assert rotated["propagation"]["broker"] in {"pending", "applied"}
     _wait(lambda: issuer.member.get(propagation).json()["broker_generation"] == 2)
-    assert refused_at_authentication(
-        tenant_config(kafka_broker, old["token_id"], broker_password(old["token"]), "SCRAM-SHA-256")
+    assert (
+        broker_login(
+            tenant_config(kafka_broker, old["token_id"], broker_password(old["token"]), "SCRAM-SHA-256"), 20
+        )
+        == "refused"
     )
     new = rotated["token_1"]
     error, _ = produce_once(
