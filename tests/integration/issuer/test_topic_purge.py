@@ -38,9 +38,15 @@ def _topics(admin: AdminClient) -> set[str]:
 
 
 def _read(config: dict[str, Any], topic: str, seconds: float = 5.0) -> tuple[list[bytes], set[int]]:
-    """Values read from partition 0 of ``topic`` from the beginning, and the error codes seen."""
+    """Values read from partition 0 of ``topic`` from the beginning, and the error codes seen; up to its
+    end when it has one, else (no such topic, no access) for ``seconds``."""
     consumer = Consumer(
-        {**config, "group.id": f"{topic}-reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}
+        {
+            **config,
+            "group.id": f"{topic}-reader-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
     )
     values: list[bytes] = []
     errors: set[int] = set()
@@ -52,6 +58,8 @@ def _read(config: dict[str, Any], topic: str, seconds: float = 5.0) -> tuple[lis
             if message is None:
                 continue
             if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    break  # read to the end: nothing more is there
                 errors.add(message.error().code())
             elif message.value() is not None:
                 values.append(message.value())
