@@ -123,9 +123,7 @@ def embedded_broker_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedBr
 
     yield start
     for broker in started:
-        # Tansu waits for its clients to hang up before it exits on SIGTERM; what a test leaves connected
-        # (a consumer garbage-collected later) is no reason to wait: the test's data is thrown away.
-        broker.stop(timeout=0.5)
+        broker.stop()
 
 
 # --- Databases -------------------------------------------------------------------------------------------
