@@ -8,8 +8,8 @@
 Run the two suites one after the other on a quiet machine (never at once: they share the cores and the
 PostgreSQL server). Prints the whole suite's time in each (pytest's per-test times: setup, call and
 teardown; not the session's start), the time of the tests both have (same module and name) per folder, and
-the new tests' time per ``--group`` (named sets of test modules, by dotted prefix) and for the rest, so that
-the after-suite can be compared with the before-suite with and without a group's new coverage.
+the new tests' time per ``--group`` (named sets of test modules or packages, by dotted name) and for the
+rest, so that the after-suite can be compared with the before-suite with and without a group's new tests.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def per_test(report: Path) -> dict[str, float]:
 def folder(test: str) -> str:
     """``tests.integration.issuer`` for a test in tests/integration/issuer/, ``tests.unit`` for unit tests."""
     parts = test.split("::")[0].split(".")
-    return ".".join(parts[:3]) if parts[1] == "integration" and len(parts) > 3 else ".".join(parts[:2])
+    return ".".join(parts[:3]) if parts[1:2] == ["integration"] and len(parts) > 3 else ".".join(parts[:2])
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=PREFIX,PREFIX",
-        help="a named set of new tests, by module prefix (repeatable)",
+        help="a named set of new tests, by module or package name (repeatable)",
     )
     args = parser.parse_args()
     before, after = per_test(args.before), per_test(args.after)
@@ -68,7 +68,8 @@ def main() -> None:
         ratio = a / b if b else float("nan")
         print(f"{name:<36} {count[name]:>5} {b:>8.1f}s {a:>8.1f}s {ratio:>6.2f}x")
     same_b, same_a = sum(by_folder_b.values()), sum(by_folder_a.values())
-    print(f"{'all of them':<36} {len(same):>5} {same_b:>8.1f}s {same_a:>8.1f}s {same_a / same_b:>6.2f}x")
+    overall = same_a / same_b if same_b else float("nan")
+    print(f"{'all of them':<36} {len(same):>5} {same_b:>8.1f}s {same_a:>8.1f}s {overall:>6.2f}x")
 
     groups: dict[str, tuple[str, ...]] = {}
     for spec in args.group:
@@ -79,7 +80,10 @@ def main() -> None:
     grouped_count: Counter[str] = Counter()
     for test in new:
         module = test.split("::")[0]
-        name = next((g for g, ps in groups.items() if any(module.startswith(p) for p in ps)), "other new")
+        name = next(
+            (g for g, ps in groups.items() if any(module == p or module.startswith(p + ".") for p in ps)),
+            "other new",
+        )
         grouped[name] += after[test]
         grouped_count[name] += 1
     print(f"\n{'new tests':<36} {'tests':>5} {'after':>9}")

@@ -699,8 +699,14 @@ class KafkaCluster:
         for node in self.nodes.values():
             node.request_stop()
         deadline = time.monotonic() + timeout
+        errors = []
         for node in self.nodes.values():
-            node.finish_stop(deadline)
+            try:
+                node.finish_stop(deadline)
+            except Exception as exc:  # every node is still waited for (or killed)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def poll(self) -> int | None:
         """An exit status when every node has ended, else None (the cluster is up while one node is)."""

@@ -115,9 +115,9 @@ class IssuerSettings(BaseSettings):
         15.0,
         gt=0,
         le=600,
-        description="STREAMTOKEN_ISSUER_COMMIT_READ_BACK_S: how long a rotation or revocation whose "
-        "COMMIT lost its PostgreSQL connection reads back whether it landed before it answers 503 "
-        "database_commit_unknown",
+        description="STREAMTOKEN_ISSUER_COMMIT_READ_BACK_S: the longest a rotation or revocation whose "
+        "COMMIT lost its PostgreSQL connection waits to read back whether it landed (landed: 200; not: "
+        "503 database_unavailable); past it, 503 database_commit_unknown",
     )
     sqlite_busy_timeout_s: float = Field(
         30.0,

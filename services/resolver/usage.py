@@ -227,14 +227,14 @@ def replica_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}"
 
 
-async def _in_daemon_thread(call: Callable[[], None]) -> None:
-    """``call()`` on a daemon thread of its own, awaited. Unlike ``asyncio.to_thread``, a call the broker
-    leaves blocked (librdkafka waits out its timeout) holds neither the event loop's close nor the
-    process's exit: a resolver stops at once even while its broker is away."""
+def _in_daemon_thread(call: Callable[[], None], name: str) -> asyncio.Future[None]:
+    """``call()`` started on a daemon thread of its own; the future settles with its outcome. Unlike
+    ``asyncio.to_thread``, a call the broker leaves blocked (librdkafka waits out its timeout) holds
+    neither the event loop's close nor the process's exit."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
-    def settle(error: BaseException | None) -> None:
+    def settle(error: Exception | None) -> None:
         if done.done():
             return
         if error is None:
@@ -243,16 +243,16 @@ async def _in_daemon_thread(call: Callable[[], None]) -> None:
             done.set_exception(error)
 
     def run() -> None:
-        error: BaseException | None = None
+        error: Exception | None = None
         try:
             call()
-        except BaseException as exc:  # handed to the awaiting task
+        except Exception as exc:  # handed to the awaiting task
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
             loop.call_soon_threadsafe(settle, error)
 
-    threading.Thread(target=run, name="usage-publish", daemon=True).start()
-    await done
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
 
 
 class UsageFlusher:
@@ -267,6 +267,7 @@ class UsageFlusher:
         resolver_id: str | None = None,
         on_published: Callable[[int], None] = lambda _n: None,
         on_failed: Callable[[], None] = lambda: None,
+        stop_wait: float = 2.0,
     ) -> None:
         self.tracker = tracker
         self.publisher = publisher
@@ -277,7 +278,9 @@ class UsageFlusher:
         self.published = 0
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
-        self._in_flight = False  # a publish call the broker has not answered yet
+        self._publishing: asyncio.Future[None] | None = None  # the publish the broker has not answered yet
+        self._publishing_keys = 0
+        self.stop_wait = stop_wait
 
     async def flush(self, *, everything: bool = False) -> int:
         """Publish what is due now; the number of records published."""
@@ -285,9 +288,11 @@ class UsageFlusher:
         if not due:
             return 0
         records = build_records(due, self.resolver_id, datetime.now(UTC))
-        self._in_flight = True
+        self._publishing = _in_daemon_thread(lambda: self.publisher.publish(records), "usage-publish")
+        self._publishing_keys = len(due)
         try:
-            await _in_daemon_thread(lambda: self.publisher.publish(records))
+            # Shielded: a stop cancels this task, not the publish, and waits a little for its answer.
+            await asyncio.shield(self._publishing)
         except Exception as exc:
             self.tracker.put_back(due)
             self._failures += 1
@@ -296,7 +301,7 @@ class UsageFlusher:
                 log.warning("usage_publish_failed", error=type(exc).__name__, records=len(records))
             return 0
         finally:
-            self._in_flight = False
+            self._publishing = None
         if self._failures:
             log.info("usage_publish_recovered", failures=self._failures)
             self._failures = 0
@@ -316,24 +321,40 @@ class UsageFlusher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
 
     async def stop(self) -> None:
-        waiting = self._in_flight
+        """Send what is still counted, bounded: a tick's publish in flight is waited for ``stop_wait`` s;
+        one the broker has not answered by then, or a broker that refused the last tick, gets one short
+        last try at most. Usage is best effort: what is not sent is logged, never waited for long."""
+        publishing = self._publishing
+        if publishing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(publishing), timeout=self.stop_wait)
+            await asyncio.sleep(0)  # the tick's own bookkeeping (counted, or put back) runs first
+        unanswered = publishing is not None and not publishing.done()
+        in_flight_keys = self._publishing_keys if unanswered else 0
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._failures or waiting:
-            # The broker refused the last tick's records, or has not answered it yet: a last try would
-            # only hold the shutdown up (5 s, and its blocked thread after that). Usage is best effort:
-            # say what is not sent.
+        if unanswered:
+            # The broker did not answer within stop_wait: another try would only hold the shutdown up.
             log.warning(
                 "usage_dropped_at_stop",
-                keys=len(self.tracker.pending),
+                keys=len(self.tracker.pending) + in_flight_keys,
                 failures=self._failures,
-                unanswered=waiting,
+                reason="broker_unanswered",
             )
-            return  # and no close either: its flush would wait for the same broker
+            return
+        # After a refused tick the broker is likely still away: one short try instead of the usual 5 s.
+        bound = self.stop_wait if self._failures else 5.0
+        try:
+            await asyncio.wait_for(self.flush(everything=True), timeout=bound)
+            lost = len(self.tracker.pending)  # a refused flush put its keys back
+        except Exception:  # no answer within the bound: that flush's keys are gone too
+            lost = len(self.tracker.pending) + self._publishing_keys
+        if lost:
+            log.warning("usage_dropped_at_stop", keys=lost, failures=self._failures, reason="broker_refused")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.flush(everything=True), timeout=5.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(_in_daemon_thread(self.publisher.close), timeout=5.0)
+            await asyncio.wait_for(
+                asyncio.shield(_in_daemon_thread(self.publisher.close, "usage-close")), timeout=bound
+            )

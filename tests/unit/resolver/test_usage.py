@@ -4,6 +4,8 @@ tests). The heartbeat route and the notifier's forwarded whoami."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -135,7 +137,20 @@ async def test_a_failed_publish_is_sent_again_with_its_counts(
     assert publisher.records[0].clients[0].uses == 4
 
 
-async def test_stop_sends_what_is_counted_unless_the_broker_refused_the_last_tick(
+class GatedPublisher(ListPublisher):
+    """A broker that answers a publish only once ``gate`` is set (a slow or absent broker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def publish(self, records: Sequence[TokenUsage]) -> None:
+        if not self.gate.wait(5):
+            raise RuntimeError("no answer")
+        super().publish(records)
+
+
+async def test_a_healthy_stop_sends_what_is_still_counted(
     app: Any, client: httpx.AsyncClient, dev: Env, publisher: ListPublisher
 ) -> None:
     flusher = app.state.usage_flusher
@@ -143,16 +158,53 @@ async def test_stop_sends_what_is_counted_unless_the_broker_refused_the_last_tic
     assert await flusher.flush() == 1
     await client.get("/v1/topics/a", headers=bearer(dev.token_1))  # throttled: still pending
     await flusher.stop()
-    assert len(publisher.records) == 2, "a healthy stop sends what is still counted"
+    assert len(publisher.records) == 2
+    assert not app.state.resolver.usage.pending
 
+
+async def test_a_stop_while_the_broker_refuses_tries_once_briefly_and_keeps_nothing_waiting(
+    app: Any, client: httpx.AsyncClient, dev: Env, publisher: ListPublisher
+) -> None:
+    flusher = app.state.usage_flusher
+    flusher.stop_wait = 0.1
     publisher.fail = True
     await client.get("/v1/topics/a", headers=bearer(dev.token_2))
-    assert await flusher.flush() == 0  # the broker refused it: counted as a failure
-    publisher.fail = False
-    await flusher.stop()
-    # No last try at stop while the broker is failing (it would hold the shutdown up): dropped, and said.
-    assert len(publisher.records) == 2
+    assert await flusher.flush() == 0  # refused: counted as a failure, the counts put back
+    await flusher.stop()  # one short last try, refused too: dropped (and logged), not waited for
+    assert publisher.records == []
     assert len(app.state.resolver.usage.pending) == 1
+
+    publisher.fail = False  # a broker back by the stop: the short last try sends it
+    await flusher.stop()
+    assert len(publisher.records) == 1
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_a_stop_during_a_tick_waits_briefly_for_its_answer(dev: Env, answered: bool) -> None:
+    publisher = GatedPublisher()
+    app = _app(dev, publisher)
+    flusher = app.state.usage_flusher
+    flusher.stop_wait = 1.0 if answered else 0.1
+    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4567))
+    async with httpx.AsyncClient(transport=transport, base_url="http://resolver") as client:
+        await client.get("/v1/topics/a", headers={**bearer(dev.token_1), **_ua("first/1")})
+        tick = asyncio.create_task(flusher.flush())  # the tick's publish, in flight
+        await asyncio.sleep(0.05)
+        await client.get("/v1/topics/a", headers={**bearer(dev.token_1), **_ua("second/1")})
+        if answered:
+            threading.Timer(0.05, publisher.gate.set).start()
+        await flusher.stop()
+        if answered:  # the tick's record, then the rest at the last flush: nothing lost
+            assert [[c.user_agent for c in r.clients] for r in publisher.records] == [
+                ["first/1"],
+                ["second/1"],
+            ]
+            assert await tick == 1
+        else:  # no answer in stop_wait: the stop does not wait longer, nor try again
+            assert publisher.records == []
+            assert len(app.state.resolver.usage.pending) == 1
+            publisher.gate.set()
+            tick.cancel()
 
 
 async def test_usage_off_counts_nothing(dev: Env, publisher: ListPublisher) -> None:
