@@ -21,6 +21,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.suite_times import per_test
+
 
 @dataclass
 class Run:
@@ -50,12 +53,7 @@ def run_folder(checkout: Path, folder: str) -> Run:
         suite = suite if suite.tag == "testsuite" else suite[0]
         tests = int(suite.get("tests", 0)) - int(suite.get("skipped", 0))
         failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-        per_test = {
-            f"{case.get('classname')}::{case.get('name')}": float(case.get("time", 0.0))
-            for case in suite.iter("testcase")
-            if case.find("skipped") is None
-        }
-        return Run(tests, float(suite.get("time", "nan")), failed, per_test)
+        return Run(tests, float(suite.get("time", "nan")), failed, per_test(report))
 
 
 def main() -> None:

@@ -16,10 +16,12 @@ from tests.support import read_records
 from tests.unit.resolver.factories import Env
 
 
-def _read_topic(kafka: KafkaSettings, topic: str, expected: int, timeout: float = 20.0) -> list[Any]:
+def _read_topic(
+    kafka: KafkaSettings, topic: str, expected: int, timeout: float = 20.0, settle: float = 0.2
+) -> list[Any]:
     """Read a Kafka topic directly (no group), from the beginning of every partition: its JSON values (an
     app's records are objects, a state changelog's are the stored values)."""
-    records = read_records(kafka.librdkafka(), topic, expected, timeout, settle=0.2)
+    records = read_records(kafka.librdkafka(), topic, expected, timeout, settle=settle)
     return [json.loads(r.value) for r in records if r.value is not None]
 
 
@@ -118,9 +120,5 @@ def test_stateful_app_with_changelog_topic_runs(
     changelog = f"{env.environment_id}-changelog__lap-counter--laps--default"
     # The state store flushes the final count per key to the changelog: one record, not one per update
     # (the app has finished: what is on the topic is all there is; a second's quiet settles it).
-    landed = [
-        json.loads(r.value)
-        for r in read_records(kafka_settings.librdkafka(), changelog, 1, 20, settle=1.0)
-        if r.value is not None
-    ]
+    landed = _read_topic(kafka_settings, changelog, 1, settle=1.0)
     assert landed[-1] == 5

@@ -1,0 +1,1 @@
+"""Benchmark scripts (each runs as a script: see docs/benchmarks.md)."""
